@@ -1,0 +1,42 @@
+# Two commands for a fresh machine: `make run` (the main job) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: install install-test system-deps run walkthrough test test-all lint mypy bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+install: $(PY)
+	$(PIP) install -q -e .
+
+install-test: $(PY) system-deps
+	$(PIP) install -q -e ".[test]"
+
+# Debian packages the tests use: redis-cli, an old redis-server (7.0, no HEXPIRE) for the
+# refusal test, stunnel for TLS, Chromium and its driver for the page test.
+system-deps:
+	bash scripts/install-system-deps
+
+run: walkthrough
+
+walkthrough: install
+	$(PY) examples/walkthrough.py
+
+test: install-test
+	$(VENV)/bin/pytest -q
+
+lint: $(PY)
+	$(VENV)/bin/ruff check feast_redis_hexpire tests examples bench
+	$(VENV)/bin/ruff format --check feast_redis_hexpire tests examples bench
+
+mypy: $(PY)
+	$(VENV)/bin/mypy feast_redis_hexpire
+
+bench: install
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info feature_repo/data

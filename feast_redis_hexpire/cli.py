@@ -1,0 +1,75 @@
+"""``feast-hexpire``: run a local server, inspect an entity's hash.
+
+    feast-hexpire local-redis [--kind redis|valkey] [--port N]
+    feast-hexpire inspect user u0001 [--repo feature_repo] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["main"]
+
+
+def _local_redis(args: argparse.Namespace) -> int:
+    from .local_redis import LocalRedis
+
+    server = LocalRedis(args.kind, port=args.port, data_dir=args.data_dir).start()
+    print(f"{args.kind} listening on {server.connection_string}", flush=True)
+    print(f"export REDIS_CONNECTION_STRING={server.connection_string}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        assert server.process is not None
+        server.process.wait()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from feast import FeatureStore
+
+    from .inspect import inspect_entity
+
+    report = inspect_entity(FeatureStore(repo_path=args.repo), args.entity, args.id)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
+    return 0 if report.exists else 3
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="feast-hexpire", description=__doc__.split("\n")[0])
+    commands = top.add_subparsers(dest="command", required=True)
+
+    local = commands.add_parser("local-redis", help="run Redis 8.2 or Valkey 9.1 on loopback until Ctrl-C")
+    local.add_argument("--kind", choices=["redis", "valkey"], default="redis")
+    local.add_argument("--port", type=int, default=None, help="default: a free port")
+    local.add_argument("--data-dir", default=None, help="default: a temporary directory")
+    local.set_defaults(run=_local_redis)
+
+    inspect = commands.add_parser("inspect", help="show one entity's hash with key and field TTLs")
+    inspect.add_argument("entity", help="entity name, e.g. user")
+    inspect.add_argument("id", help="entity id, e.g. u0001")
+    inspect.add_argument("--repo", default=os.environ.get("FEAST_REPO", "feature_repo"))
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.set_defaults(run=_inspect)
+    return top
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except Exception as e:  # one line, no traceback: the message names what was wrong
+        print(f"feast-hexpire {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Feature values and event timestamps as bytes in a Redis hash field.
+
+The ``text`` encoding follows the seed: a value is stored as readable text and decoded with
+the type the feature view declares (the schema is the type information, as in the seed):
+
+=====================================  ==========================================
+Feast type                             stored as
+=====================================  ==========================================
+String, Json, Uuid, TimeUuid, Decimal  the UTF-8 text itself
+Bytes (PdfBytes, ImageBytes)           the raw bytes
+Int32, Int64, UnixTimestamp            decimal digits (``612``)
+Float64                                shortest text that round-trips (``92.4``)
+Float32                                shortest text that round-trips as float32
+Bool                                   ``true`` / ``false``
+Array / Set of the scalars above       a JSON array (bytes items in base64)
+null (no value set)                    a single NUL byte
+anything else                          NUL, ``P``, then the serialized ValueProto
+=====================================  ==========================================
+
+NaN and infinities are written ``NaN``, ``Infinity``, ``-Infinity``. A value whose type does not
+match the declared type, or a string or bytes value that itself starts with NUL, falls back to
+the tagged protobuf form, so every value round-trips exactly. The ``proto`` encoding stores every
+value as a plain serialized ValueProto, as Feast's built-in store does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.value_type import ValueType
+
+from .constants import NULL_VALUE, PROTO_MARKER
+
+__all__ = ["decode_ts", "decode_value", "encode_ts", "encode_value", "expected_kind"]
+
+_STRING_KINDS = {"string_val", "json_val", "uuid_val", "time_uuid_val", "decimal_val"}
+_INT_KINDS = {"int32_val", "int64_val", "unix_timestamp_val"}
+_LIST_ITEM = {  # repeated kind -> scalar kind of its items
+    f"{base}_{shape}_val": f"{base}_val"
+    for base in (
+        ["bytes", "string", "int32", "int64", "double", "float", "bool", "unix_timestamp", "uuid", "time_uuid", "decimal"]
+    )
+    for shape in ("list", "set")
+}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ALIASES = {"pdf_bytes_val": "bytes_val", "image_bytes_val": "bytes_val"}
+_ONEOFS = {f.name for f in ValueProto.DESCRIPTOR.oneofs_by_name["val"].fields}
+_TEXT_KINDS = _STRING_KINDS | _INT_KINDS | set(_LIST_ITEM) | {
+    "bytes_val",
+    "double_val",
+    "float_val",
+    "bool_val",
+}
+
+
+def expected_kind(value_type: ValueType) -> str | None:
+    """The ValueProto oneof a feature of this type is written with, if it has a text form."""
+    kind = _ALIASES.get(f"{value_type.name.lower()}_val", f"{value_type.name.lower()}_val")
+    return kind if kind in _ONEOFS and kind in _TEXT_KINDS else None
+
+
+def _float_text(value: float, single: bool) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return str(np.float32(value)) if single else repr(value)
+
+
+def _scalar_to_json(kind: str, item: object) -> str:
+    if kind == "bytes_val":
+        return json.dumps(base64.b64encode(item).decode("ascii"))  # type: ignore[arg-type]
+    if kind in ("double_val", "float_val"):
+        return _float_text(item, kind == "float_val")  # type: ignore[arg-type]
+    if kind == "bool_val":
+        return "true" if item else "false"
+    if kind in _INT_KINDS:
+        return str(item)
+    return json.dumps(item, ensure_ascii=False)
+
+
+def _scalar_from_json(kind: str, item: object) -> object:
+    if kind == "bytes_val":
+        return base64.b64decode(item)  # type: ignore[arg-type]
+    return item
+
+
+def _text(kind: str, value: ValueProto) -> bytes:
+    item = getattr(value, kind)
+    if kind == "bytes_val":
+        return item
+    if kind in _STRING_KINDS:
+        return item.encode("utf-8")
+    if kind in _INT_KINDS:
+        return str(item).encode("ascii")
+    if kind in ("double_val", "float_val"):
+        return _float_text(item, kind == "float_val").encode("ascii")
+    if kind == "bool_val":
+        return b"true" if item else b"false"
+    scalar = _LIST_ITEM[kind]
+    items = ",".join(_scalar_to_json(scalar, x) for x in item.val)
+    return f"[{items}]".encode()
+
+
+def _from_text(kind: str, raw: bytes) -> ValueProto:
+    value = ValueProto()
+    if kind == "bytes_val":
+        value.bytes_val = raw
+    elif kind in _STRING_KINDS:
+        setattr(value, kind, raw.decode("utf-8"))
+    elif kind in _INT_KINDS:
+        setattr(value, kind, int(raw))
+    elif kind in ("double_val", "float_val"):
+        setattr(value, kind, float(raw))
+    elif kind == "bool_val":
+        if raw not in (b"true", b"false"):
+            raise ValueError(f"not a bool: {raw[:40]!r}")
+        value.bool_val = raw == b"true"
+    else:
+        scalar = _LIST_ITEM[kind]
+        container = getattr(value, kind)
+        container.SetInParent()  # an empty list is still a list, not a null
+        container.val.extend(_scalar_from_json(scalar, x) for x in json.loads(raw))
+    return value
+
+
+def encode_value(value: ValueProto, kind: str | None, encoding: str = "text") -> bytes:
+    """Bytes to store for ``value``; ``kind`` is the oneof the feature's declared type uses."""
+    if encoding == "proto":
+        return value.SerializeToString()
+    actual = value.WhichOneof("val")
+    if actual is None:
+        return NULL_VALUE
+    if actual == kind:
+        raw = _text(kind, value)
+        if not raw.startswith(b"\x00"):
+            return raw
+    return PROTO_MARKER + value.SerializeToString()
+
+
+def decode_value(raw: bytes, kind: str | None, encoding: str = "text") -> ValueProto:
+    """The ValueProto that :func:`encode_value` turned into ``raw``."""
+    if encoding == "proto":
+        value = ValueProto()
+        value.ParseFromString(raw)
+        return value
+    if raw == NULL_VALUE:
+        return ValueProto()
+    if raw.startswith(PROTO_MARKER) or kind is None:
+        value = ValueProto()
+        value.ParseFromString(raw.removeprefix(PROTO_MARKER))
+        return value
+    return _from_text(kind, raw)
+
+
+def encode_ts(ts: datetime) -> int:
+    """Event time as integer microseconds since the epoch; a naive datetime means UTC."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    delta = ts - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def decode_ts(raw: bytes) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(raw))

@@ -1,0 +1,223 @@
+"""The online-store configuration: every setting declared once, with its default and help.
+
+The README's configuration table is checked against ``RedisHexpireOnlineStoreConfig.model_fields``
+by a test, so a setting cannot be added without being documented.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import Enum
+from typing import Any, Literal
+
+from feast.repo_config import FeastConfigBaseModel
+from pydantic import Field, StrictStr, field_validator, model_validator
+
+from .constants import DEFAULT_FIELD_TTL_SECONDS, DEFAULT_KEY_TTL_SECONDS
+
+__all__ = ["RedisHexpireOnlineStoreConfig", "RedisType", "parse_connection_string", "redact"]
+
+STORE_TYPES = (
+    "feast_redis_hexpire.RedisHexpireOnlineStore",
+    "feast_redis_hexpire.online_store.RedisHexpireOnlineStore",
+)
+
+
+class RedisType(str, Enum):
+    redis = "redis"
+    redis_cluster = "redis_cluster"
+    redis_sentinel = "redis_sentinel"
+
+
+_SECRET = re.compile(r"((?:^|,)\s*password\s*=)[^,]*", re.IGNORECASE)
+_UNSET_ENV = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+
+
+def redact(text: str) -> str:
+    """``text`` with every ``password=...`` value replaced, for logs, errors and reprs."""
+    return _SECRET.sub(r"\1***", text)
+
+
+def parse_connection_string(connection_string: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """``host:port[,host:port...][,key=value...]`` as Feast's redis store reads it.
+
+    Values are JSON-decoded when they parse (``ssl=true`` -> True, ``db=1`` -> 1), so the same
+    string that works with ``type: redis`` works here.
+    """
+    nodes: list[tuple[str, int]] = []
+    params: dict[str, Any] = {}
+    for part in connection_string.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" in part:
+            name, value = part.split("=", 1)
+            try:
+                params[name.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                params[name.strip()] = value
+            continue
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ValueError(
+                f"connection_string: {redact(part)!r} is not host:port "
+                f"(expected host:port[,password=...][,ssl=true][,db=N])"
+            )
+        nodes.append((host.strip("[]"), int(port)))
+    if not nodes:
+        raise ValueError("connection_string: no host:port in it")
+    return nodes, params
+
+
+def _positive(name: str, value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
+    """Online store config: Feast's ``type: redis`` settings plus the two TTL layers."""
+
+    type: Literal[STORE_TYPES] = Field(  # type: ignore[valid-type]
+        STORE_TYPES[0], description="Online store type selector."
+    )
+    connection_string: StrictStr = Field(
+        "localhost:6379",
+        description="`host:port[,host:port...],password=...,username=...,ssl=true,db=N`, as "
+        "Feast's redis store; other `key=value` pairs go to redis-py (e.g. `ssl_ca_certs=`, "
+        "`ssl_certfile=`, `ssl_keyfile=`). Several hosts are cluster seeds or sentinels.",
+    )
+    redis_type: RedisType = Field(
+        RedisType.redis, description="`redis`, `redis_cluster` or `redis_sentinel`."
+    )
+    sentinel_master: StrictStr = Field(
+        "mymaster", description="Master name the sentinels watch (`redis_sentinel` only)."
+    )
+    key_ttl_seconds: int | None = Field(
+        DEFAULT_KEY_TTL_SECONDS,
+        description="Key-level EXPIRE that every batch-view write re-pins (seed: one daily "
+        "cycle). `null` leaves keys without a key TTL. View tag `hexpire.key_ttl_seconds` "
+        "overrides it.",
+    )
+    stream_field_ttl_seconds: int = Field(
+        DEFAULT_FIELD_TTL_SECONDS,
+        description="Per-field TTL (HPEXPIRE) of every field a streaming-view write sets. View "
+        "tag `hexpire.field_ttl_seconds` overrides it.",
+    )
+    ttl_from: Literal["write", "event"] = Field(
+        "write",
+        description="Streaming field TTL counts from the `write` (seed) or from the row's "
+        "`event` timestamp; with `event`, an already expired row is dropped and counted.",
+    )
+    key_prefix: StrictStr = Field(
+        "{project}:",
+        description="Text before `<entity>:<id>` in every key; `{project}` is replaced by the "
+        "project name. Must not be empty.",
+    )
+    field_names: Literal["feature", "view_feature"] = Field(
+        "feature",
+        description="Hash field per feature: `feature` (`risk_segment`; two views of one entity "
+        "may not share a feature name) or `view_feature` (`<view>:<feature>`).",
+    )
+    value_encoding: Literal["text", "proto"] = Field(
+        "text",
+        description="`text`: readable values decoded by the view's schema (see Storage "
+        "layout); `proto`: serialized ValueProto bytes like Feast's redis store.",
+    )
+    freshness_check: Literal["off", "flag", "drop"] = Field(
+        "off",
+        description="Read-time check of a view's `ttl` against the stored event time: `flag` "
+        "marks stale values OUTSIDE_MAX_AGE, `drop` reports them NOT_FOUND.",
+    )
+    write_batch_size: int = Field(
+        2000, description="Rows per pipelined round trip on writes (bounds client memory)."
+    )
+    socket_timeout: float | None = Field(
+        5.0, description="Seconds to wait for a reply before the command fails."
+    )
+    socket_connect_timeout: float | None = Field(
+        5.0, description="Seconds to wait for a TCP connection."
+    )
+    retries: int = Field(
+        3, description="Retries with exponential backoff on connection errors and timeouts."
+    )
+    skip_dedup: bool = Field(
+        False,
+        description="Write rows without the event-time check (an older row may overwrite a "
+        "newer one). Kept for compatibility with Feast's redis store.",
+    )
+    full_scan_for_deletion: bool = Field(
+        True,
+        description="On `feast apply`, remove the fields of deleted views from every hash "
+        "(one SCAN of the view's entities).",
+    )
+    client: Literal["redis"] = Field(
+        "redis", description="Accepted for compatibility with Feast's redis store; only `redis`."
+    )
+
+    @field_validator("key_ttl_seconds")
+    @classmethod
+    def _key_ttl(cls, value: int | None) -> int | None:
+        _positive("key_ttl_seconds", value)
+        return value
+
+    @field_validator("stream_field_ttl_seconds", "write_batch_size")
+    @classmethod
+    def _positive_int(cls, value: int, info: Any) -> int:
+        _positive(info.field_name, value)
+        return value
+
+    @field_validator("socket_timeout", "socket_connect_timeout")
+    @classmethod
+    def _positive_float(cls, value: float | None, info: Any) -> float | None:
+        _positive(info.field_name, value)
+        return value
+
+    @field_validator("retries")
+    @classmethod
+    def _retries(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"retries must be >= 0, got {value}")
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.replace("{project}", "x").strip():
+            raise ValueError("key_prefix must not be empty or blank")
+        return value
+
+    @field_validator("connection_string")
+    @classmethod
+    def _connection(cls, value: str) -> str:
+        unset = _UNSET_ENV.search(value)
+        if unset:
+            raise ValueError(
+                f"connection_string refers to environment variable {unset.group(1)}, which is "
+                f"not set (start a server with `feast-hexpire local-redis` and export it)"
+            )
+        parse_connection_string(value)
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel(self) -> RedisHexpireOnlineStoreConfig:
+        if self.redis_type == RedisType.redis_sentinel and not self.sentinel_master:
+            raise ValueError("sentinel_master must be set for redis_type: redis_sentinel")
+        return self
+
+    def prefix_for(self, project: str) -> str:
+        return self.key_prefix.replace("{project}", project)
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if name == "connection_string" else value
+
+
+def __getattr__(name: str) -> Any:
+    # Feast loads the store class from the module that defines its config class.
+    if name == "RedisHexpireOnlineStore":
+        from .online_store import RedisHexpireOnlineStore
+
+        return RedisHexpireOnlineStore
+    raise AttributeError(name)

@@ -1,0 +1,117 @@
+"""redis-py clients (sync and asyncio; single server, cluster, sentinel) built from the config."""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import redis
+import redis.asyncio as aredis
+from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .config import RedisHexpireOnlineStoreConfig, RedisType, parse_connection_string
+from .exceptions import ServerUnsupportedError
+
+__all__ = ["address", "make_async_client", "make_client", "require_hfe", "server_version"]
+
+SyncClient = Union[redis.Redis, redis.RedisCluster]
+AsyncClient = Union[aredis.Redis, aredis.RedisCluster]
+
+# connection_string keys that configure the sentinels themselves, not the master.
+_SENTINEL_PARAMS = {"sentinel_password": "password", "sentinel_username": "username"}
+
+
+def _kwargs(cfg: RedisHexpireOnlineStoreConfig, retry_cls: Any) -> tuple[list, dict, dict]:
+    nodes, params = parse_connection_string(cfg.connection_string)
+    sentinel_kwargs = {
+        target: str(params.pop(name)) for name, target in _SENTINEL_PARAMS.items() if name in params
+    }
+    for name in ("password", "username"):
+        if name in params:
+            params[name] = str(params[name])
+    params.setdefault("socket_timeout", cfg.socket_timeout)
+    params.setdefault("socket_connect_timeout", cfg.socket_connect_timeout)
+    params["retry"] = retry_cls(ExponentialBackoff(cap=1.0, base=0.05), cfg.retries)
+    params["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
+    return nodes, params, sentinel_kwargs
+
+
+def make_client(cfg: RedisHexpireOnlineStoreConfig) -> SyncClient:
+    from redis.retry import Retry
+
+    nodes, params, sentinel_kwargs = _kwargs(cfg, Retry)
+    if cfg.redis_type == RedisType.redis_cluster:
+        params.pop("db", None)
+        params.pop("retry_on_error", None)
+        params.pop("retry", None)
+        return redis.RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), cfg.retries),
+            **params,
+        )
+    if cfg.redis_type == RedisType.redis_sentinel:
+        sentinel = redis.Sentinel(
+            nodes,
+            sentinel_kwargs={**sentinel_kwargs, "socket_timeout": cfg.socket_timeout},
+            **params,
+        )
+        return sentinel.master_for(cfg.sentinel_master)
+    host, port = nodes[0]
+    return redis.Redis(host=host, port=port, **params)
+
+
+def make_async_client(cfg: RedisHexpireOnlineStoreConfig) -> AsyncClient:
+    from redis.asyncio.retry import Retry
+
+    nodes, params, sentinel_kwargs = _kwargs(cfg, Retry)
+    if cfg.redis_type == RedisType.redis_cluster:
+        params.pop("db", None)
+        params.pop("retry_on_error", None)
+        params.pop("retry", None)
+        return aredis.RedisCluster(
+            startup_nodes=[aredis.cluster.ClusterNode(h, p) for h, p in nodes],
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), cfg.retries),
+            **params,
+        )
+    if cfg.redis_type == RedisType.redis_sentinel:
+        sentinel = aredis.Sentinel(
+            nodes,
+            sentinel_kwargs={**sentinel_kwargs, "socket_timeout": cfg.socket_timeout},
+            **params,
+        )
+        return sentinel.master_for(cfg.sentinel_master)
+    host, port = nodes[0]
+    return aredis.Redis(host=host, port=port, **params)
+
+
+def address(cfg: RedisHexpireOnlineStoreConfig) -> str:
+    """The configured host:port list (never the password), for error messages."""
+    nodes, _ = parse_connection_string(cfg.connection_string)
+    text = ",".join(f"{h}:{p}" for h, p in nodes)
+    return f"{cfg.redis_type.value} {text}" if cfg.redis_type != RedisType.redis else text
+
+
+def server_version(client: SyncClient) -> tuple[str, str]:
+    """(server name, version) of the server, e.g. ("Redis", "8.2.3") or ("Valkey", "9.1.2")."""
+    info = client.info("server")
+    if info and all(isinstance(v, dict) for v in info.values()):  # cluster: one dict per node
+        info = next(iter(info.values()))
+    if info.get("server_name") == "valkey" or "valkey_version" in info:
+        return "Valkey", str(info.get("valkey_version", info.get("redis_version")))
+    return "Redis", str(info.get("redis_version"))
+
+
+def require_hfe(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> str:
+    """Raise unless the server has hash-field expiration; returns "Redis 8.2.3" or the like."""
+    name, version = server_version(client)
+    reply = client.execute_command("COMMAND", "INFO", "HPEXPIRE")
+    if isinstance(reply, dict):  # RESP3 / cluster shape
+        reply = list(reply.values())
+    if not reply or reply[0] is None:
+        raise ServerUnsupportedError(
+            f"{name} {version} at {address(cfg)} has no HEXPIRE (hash-field expiration); "
+            f"need Redis >= 7.4 or Valkey >= 9.0"
+        )
+    return f"{name} {version}"

@@ -1,0 +1,21 @@
+"""Every name the plugin writes into Redis or reads from a view's tags, in one place."""
+
+# Hash field holding a view's event timestamp: "_ts:<view>" (same name as Feast's built-in store).
+TS_FIELD_PREFIX = "_ts:"
+
+# Stored values that start with a NUL byte are not plain text (see codec.py).
+NULL_VALUE = b"\x00"
+PROTO_MARKER = b"\x00P"
+
+# Feature-view tags that override the store-wide policy for one view.
+TAG_MODE = "hexpire.mode"  # "batch" or "streaming"
+TAG_KEY_TTL = "hexpire.key_ttl_seconds"  # batch views: key-level TTL
+TAG_FIELD_TTL = "hexpire.field_ttl_seconds"  # streaming views: per-field TTL
+
+# Defaults from the seed: a daily batch cycle and a five-minute streaming freshness window.
+DEFAULT_KEY_TTL_SECONDS = 24 * 60 * 60
+DEFAULT_FIELD_TTL_SECONDS = 5 * 60
+
+# Characters escaped inside an entity id so a key stays injective and glob-safe.
+KEY_SEPARATOR = ":"
+COMPOUND_SEPARATOR = "+"

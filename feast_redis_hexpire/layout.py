@@ -1,0 +1,103 @@
+"""Key and field names: where each entity and each feature lives in Redis.
+
+One hash per entity::
+
+    <key_prefix><entity>:<id>             fs:user:u0001
+    <key_prefix><jk1>+<jk2>:<id1>:<id2>   fs:merchant_id+user_id:m7:u0001   (compound entity)
+
+``<entity>`` is the entity's name when the view has one entity with one join key; for a compound
+entity it is the join-key names, sorted, joined by ``+``, with the ids in the same order. An id is
+written as text (integers as digits, bytes as ``0x`` + hex) with ``%``, ``:``, ``+``, braces, glob
+characters, backslash and control characters percent-escaped, so keys are injective within an
+entity whose join-key type does not change, and no id can change a SCAN pattern or a cluster hash
+slot. Fields are named by the feature (``risk_segment``), or ``<view>:<feature>`` when
+``field_names: view_feature`` is set, plus one ``_ts:<view>`` event-timestamp field per view.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+from .constants import COMPOUND_SEPARATOR, KEY_SEPARATOR, TS_FIELD_PREFIX
+
+__all__ = [
+    "KeyBuilder",
+    "entity_segment",
+    "escape_id",
+    "feature_field",
+    "id_text",
+    "scan_pattern",
+    "ts_field",
+]
+
+_ESCAPED = "%:+{}*?[]\\" + "".join(chr(c) for c in range(0x20)) + "\x7f"
+_ESCAPE_TABLE = str.maketrans({c: f"%{ord(c):02X}" for c in _ESCAPED})
+_GLOB = re.compile(r"([*?\[\]\\])")
+
+
+def escape_id(text: str) -> str:
+    """Percent-escape the characters that would make a key ambiguous or glob-active."""
+    return text.translate(_ESCAPE_TABLE)
+
+
+def id_text(value: ValueProto) -> str:
+    kind = value.WhichOneof("val")
+    if kind == "string_val":
+        return escape_id(value.string_val)
+    if kind in ("int64_val", "int32_val"):
+        return str(getattr(value, kind))
+    if kind == "bytes_val":
+        return "0x" + value.bytes_val.hex()
+    if kind is None:
+        raise ValueError("entity key has a null join-key value")
+    raise ValueError(f"entity key join-key type {kind} is not supported (use string or int)")
+
+
+def entity_segment(entity_names: Sequence[str], join_keys: Sequence[str]) -> str:
+    """The ``<entity>`` part of a key for a view with these entities and join keys."""
+    if len(entity_names) == 1 and len(join_keys) == 1:
+        return escape_id(entity_names[0])
+    return COMPOUND_SEPARATOR.join(escape_id(k) for k in sorted(join_keys))
+
+
+class KeyBuilder:
+    """Builds the hash key of each entity of one view; the prefix work is done once."""
+
+    def __init__(self, prefix: str, entity_names: Sequence[str]) -> None:
+        self.prefix = prefix
+        self.entity_names = list(entity_names)
+
+    def key(self, entity_key: EntityKeyProto) -> bytes:
+        join_keys = entity_key.join_keys
+        values = entity_key.entity_values
+        if len(join_keys) == 1:
+            segment = entity_segment(self.entity_names, join_keys)
+            return f"{self.prefix}{segment}:{id_text(values[0])}".encode()
+        pairs = sorted(zip(join_keys, values), key=lambda p: p[0])
+        segment = entity_segment(self.entity_names, [k for k, _ in pairs])
+        ids = KEY_SEPARATOR.join(id_text(v) for _, v in pairs)
+        return f"{self.prefix}{segment}:{ids}".encode()
+
+    def keys(self, entity_keys: Iterable[EntityKeyProto]) -> list[bytes]:
+        return [self.key(k) for k in entity_keys]
+
+
+def ts_field(view_name: str) -> str:
+    return f"{TS_FIELD_PREFIX}{view_name}"
+
+
+def feature_field(view_name: str, feature: str, field_names: str) -> str:
+    return f"{view_name}:{feature}" if field_names == "view_feature" else feature
+
+
+def glob_escape(text: str) -> str:
+    return _GLOB.sub(r"\\\1", text)
+
+
+def scan_pattern(prefix: str, segment: str) -> str:
+    """SCAN MATCH pattern for every entity of one segment; nothing outside it can match."""
+    return f"{glob_escape(prefix)}{glob_escape(segment)}:*"

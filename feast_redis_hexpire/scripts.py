@@ -1,0 +1,160 @@
+"""Server-side Lua scripts: each touches exactly one key, so it is atomic and cluster-safe.
+
+Scripts are sent with EVALSHA inside ordinary pipelines (one round trip per batch); a server that
+has not seen a script yet answers NOSCRIPT, and :func:`run_pipelined` loads it and re-sends only
+the commands that failed, so a row never runs twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+__all__ = ["DELETE_VIEW_FIELDS", "UNLINK_IF_OURS", "WRITE_ROW", "Script", "run_pipelined"]
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    lua: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.lua.encode()).hexdigest())
+
+
+# Write one row of one feature view into its entity hash.
+# KEYS[1]   the entity hash
+# ARGV[1]   the view's timestamp field, "_ts:<view>"
+# ARGV[2]   the row's event time, integer microseconds since the epoch
+# ARGV[3]   key TTL in ms (batch view), "0" for none
+# ARGV[4]   field TTL in ms (streaming view), "0" for a batch view
+# ARGV[5]   absolute field expiry in unix ms when TTLs count from the event time, else "0"
+# ARGV[6]   "1" to skip the event-time check (skip_dedup)
+# ARGV[7..] field, value pairs of the row
+# Returns 1 written, 0 not newer than the stored row (nothing written, key TTL re-pinned),
+# -1 already expired by its event time (nothing written). The HSET and the HPEXPIRE run in one
+# script, so no streaming field ever exists without its TTL.
+WRITE_ROW = Script(
+    "write_row",
+    """
+local key, ts_field = KEYS[1], ARGV[1]
+local key_ttl, field_ttl, expire_at = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+if ARGV[6] ~= '1' then
+  local stored = redis.call('HGET', key, ts_field)
+  if stored and tonumber(stored) >= tonumber(ARGV[2]) then
+    if key_ttl > 0 then redis.call('PEXPIRE', key, key_ttl) end
+    return 0
+  end
+end
+if expire_at > 0 then
+  local now = redis.call('TIME')
+  if expire_at <= tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then
+    return -1
+  end
+end
+local fields = {ts_field}
+for i = 7, #ARGV, 2 do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', key, ts_field, ARGV[2], unpack(ARGV, 7))
+if key_ttl > 0 then redis.call('PEXPIRE', key, key_ttl) end
+if field_ttl > 0 or expire_at > 0 then
+  local codes
+  if expire_at > 0 then
+    codes = redis.call('HPEXPIREAT', key, expire_at, 'FIELDS', #fields, unpack(fields))
+  else
+    codes = redis.call('HPEXPIRE', key, field_ttl, 'FIELDS', #fields, unpack(fields))
+  end
+  for i = 1, #codes do
+    if codes[i] ~= 1 then
+      redis.call('HDEL', key, unpack(fields))
+      return redis.error_reply('HPEXPIRE returned ' .. tostring(codes[i]) .. ' for field ' ..
+        fields[i] .. ' of ' .. key .. ' instead of 1; the row was removed, not left without a TTL')
+    end
+  end
+end
+return 1
+""",
+)
+
+# Remove a deleted view's fields from one hash, only if the hash holds that view's timestamp.
+# KEYS[1]   the entity hash
+# ARGV[1]   the view's timestamp field; ARGV[2..] its feature fields
+# Returns the number of fields removed.
+DELETE_VIEW_FIELDS = Script(
+    "delete_view_fields",
+    """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  return redis.call('HDEL', KEYS[1], unpack(ARGV))
+end
+return 0
+""",
+)
+
+# Unlink a key found by SCAN only if it is a hash holding one of this project's timestamp fields,
+# so a key of another application that happens to match the pattern is never deleted.
+# KEYS[1]   candidate key
+# ARGV[1..] timestamp fields of the project's views
+# Returns 1 unlinked, 0 left alone.
+UNLINK_IF_OURS = Script(
+    "unlink_if_ours",
+    """
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
+for i = 1, #ARGV do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then return redis.call('UNLINK', KEYS[1]) end
+end
+return 0
+""",
+)
+
+Call = tuple[bytes, Sequence[Any]]  # (key, argv)
+
+
+def _queue(pipe: Any, script: Script, calls: Sequence[Call]) -> None:
+    for key, argv in calls:
+        pipe.evalsha(script.sha, 1, key, *argv)
+
+
+def _missing(results: list[Any]) -> list[int]:
+    return [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+
+
+def _raise_first(results: list[Any]) -> None:
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+
+
+def run_pipelined(client: Any, script: Script, calls: Sequence[Call]) -> list[Any]:
+    """Run ``script`` once per call in one pipeline; returns one reply per call."""
+    with client.pipeline(transaction=False) as pipe:
+        _queue(pipe, script, calls)
+        results = pipe.execute(raise_on_error=False)
+    missing = _missing(results)
+    if missing:
+        client.script_load(script.lua)
+        with client.pipeline(transaction=False) as pipe:
+            _queue(pipe, script, [calls[i] for i in missing])
+            for i, result in zip(missing, pipe.execute(raise_on_error=False)):
+                results[i] = result
+    _raise_first(results)
+    return results
+
+
+async def run_pipelined_async(client: Any, script: Script, calls: Sequence[Call]) -> list[Any]:
+    """:func:`run_pipelined` for a redis.asyncio client."""
+    async with client.pipeline(transaction=False) as pipe:
+        _queue(pipe, script, calls)
+        results = await pipe.execute(raise_on_error=False)
+    missing = _missing(results)
+    if missing:
+        await client.script_load(script.lua)
+        async with client.pipeline(transaction=False) as pipe:
+            _queue(pipe, script, [calls[i] for i in missing])
+            for i, result in zip(missing, await pipe.execute(raise_on_error=False)):
+                results[i] = result
+    _raise_first(results)
+    return results

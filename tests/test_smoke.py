@@ -1,0 +1,22 @@
+"""The sample repo end to end through the Python API, on both servers."""
+
+import random
+from datetime import datetime, timezone
+
+from feast_redis_hexpire.synth import streaming_frame
+
+
+def test_materialize_push_read(store, r):
+    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    assert r.exists("fs:user:u0001")
+    assert 86000 < r.ttl("fs:user:u0001") <= 86400
+    store.push("user_events_push", streaming_frame(["u0001"], random.Random(7)))
+    assert 0 < r.httl("fs:user:u0001", "tx_count_5m")[0] <= 300
+    assert r.httl("fs:user:u0001", "risk_segment")[0] == -1
+    result = store.get_online_features(
+        features=["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"],
+        entity_rows=[{"user_id": "u0001"}, {"user_id": "u0002"}],
+    ).to_dict()
+    assert result["risk_segment"][0] == r.hget("fs:user:u0001", "risk_segment").decode()
+    assert result["tx_count_5m"][0] == int(r.hget("fs:user:u0001", "tx_count_5m"))
+    assert result["tx_count_5m"][1] is None

@@ -43,19 +43,36 @@ _INT_KINDS = {"int32_val", "int64_val", "unix_timestamp_val"}
 _LIST_ITEM = {  # repeated kind -> scalar kind of its items
     f"{base}_{shape}_val": f"{base}_val"
     for base in (
-        ["bytes", "string", "int32", "int64", "double", "float", "bool", "unix_timestamp", "uuid", "time_uuid", "decimal"]
+        [
+            "bytes",
+            "string",
+            "int32",
+            "int64",
+            "double",
+            "float",
+            "bool",
+            "unix_timestamp",
+            "uuid",
+            "time_uuid",
+            "decimal",
+        ]
     )
     for shape in ("list", "set")
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ALIASES = {"pdf_bytes_val": "bytes_val", "image_bytes_val": "bytes_val"}
 _ONEOFS = {f.name for f in ValueProto.DESCRIPTOR.oneofs_by_name["val"].fields}
-_TEXT_KINDS = _STRING_KINDS | _INT_KINDS | set(_LIST_ITEM) | {
-    "bytes_val",
-    "double_val",
-    "float_val",
-    "bool_val",
-}
+_TEXT_KINDS = (
+    _STRING_KINDS
+    | _INT_KINDS
+    | set(_LIST_ITEM)
+    | {
+        "bytes_val",
+        "double_val",
+        "float_val",
+        "bool_val",
+    }
+)
 
 
 def expected_kind(value_type: ValueType) -> str | None:

@@ -136,12 +136,8 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
     socket_timeout: float | None = Field(
         5.0, description="Seconds to wait for a reply before the command fails."
     )
-    socket_connect_timeout: float | None = Field(
-        5.0, description="Seconds to wait for a TCP connection."
-    )
-    retries: int = Field(
-        3, description="Retries with exponential backoff on connection errors and timeouts."
-    )
+    socket_connect_timeout: float | None = Field(5.0, description="Seconds to wait for a TCP connection.")
+    retries: int = Field(3, description="Retries with exponential backoff on connection errors and timeouts.")
     skip_dedup: bool = Field(
         False,
         description="Write rows without the event-time check (an older row may overwrite a "

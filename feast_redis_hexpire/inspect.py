@@ -54,9 +54,7 @@ class EntityReport:
             "exists": self.exists,
             "key_ttl_ms": self.key_ttl_ms,
             "encoding": self.encoding,
-            "fields": [
-                {**f.__dict__, "ttl": f.ttl_text} for f in self.fields
-            ],
+            "fields": [{**f.__dict__, "ttl": f.ttl_text} for f in self.fields],
             "other_fields": self.other_fields,
         }
 
@@ -125,4 +123,3 @@ def inspect_entity(store: FeatureStore, entity: str, entity_id: str) -> EntityRe
         report.fields.append(FieldReport(view, feature, fld, None if raw is None else _text(raw), int(ttl)))
     report.other_fields = {_text(k): _text(v) for k, v in stored.items()}
     return report
-

@@ -80,7 +80,7 @@ class LocalRedis:
     def client(self, **kwargs: object) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)  # type: ignore[arg-type]
 
-    def start(self, timeout: float = 10.0) -> "LocalRedis":
+    def start(self, timeout: float = 10.0) -> LocalRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [
             str(self.binary),
@@ -108,7 +108,7 @@ class LocalRedis:
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise TimeoutError(f"{self.kind}-server on port {self.port} did not start")
+                    raise TimeoutError(f"{self.kind}-server on port {self.port} did not start") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -123,7 +123,7 @@ class LocalRedis:
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def __enter__(self) -> "LocalRedis":
+    def __enter__(self) -> LocalRedis:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

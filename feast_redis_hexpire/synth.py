@@ -82,7 +82,9 @@ def streaming_row(rng: random.Random, now: Optional[datetime] = None) -> dict[st
     }
 
 
-def streaming_frame(user_ids: Sequence[str], rng: random.Random, now: Optional[datetime] = None) -> pd.DataFrame:
+def streaming_frame(
+    user_ids: Sequence[str], rng: random.Random, now: Optional[datetime] = None
+) -> pd.DataFrame:
     """A DataFrame ready for ``FeatureStore.push()`` to the streaming view's push source."""
     now = now or datetime.now(timezone.utc)
     frame = pd.DataFrame([{"user_id": u, **streaming_row(rng, now)} for u in user_ids])

@@ -1,0 +1,46 @@
+"""Shared by the examples: a Redis to talk to and the sample repo ready to use.
+
+Uses ``$REDIS_CONNECTION_STRING`` when set; otherwise starts a local Redis 8.2 for the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from feast_redis_hexpire.local_redis import LocalRedis
+
+REPO = Path(__file__).resolve().parent.parent / "feature_repo"
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    configured = os.environ.get("REDIS_CONNECTION_STRING")
+    if configured:
+        print(f"Using Redis at {configured.split(',')[0]}")
+        yield configured
+        return
+    with LocalRedis("redis") as server:
+        print(f"Started a local Redis 8.2 at {server.connection_string} (stopped at exit)")
+        os.environ["REDIS_CONNECTION_STRING"] = server.connection_string
+        try:
+            yield server.connection_string
+        finally:
+            del os.environ["REDIS_CONNECTION_STRING"]
+
+
+def feast(*args: str) -> None:
+    """Run the real feast CLI in the sample repo, as a user would."""
+    print(f"$ feast {' '.join(args)}")
+    subprocess.run([sys.executable, "-m", "feast.cli.cli", *args], cwd=REPO, check=True)
+
+
+def generate_data(count: int, seed: int = 1) -> None:
+    subprocess.run(
+        [sys.executable, str(REPO / "generate_data.py"), "--count", str(count), "--seed", str(seed)],
+        check=True,
+    )

@@ -79,13 +79,11 @@ def main() -> None:
         step("5. The seed's redis-cli checks, from Python")
         users = sum(1 for _ in redis.scan_iter(match="fs:user:*", count=1000))
         print(f"redis-cli --scan --pattern 'fs:user:*' | wc -l   -> {users}")
-        print(
-            f"redis-cli HGETALL fs:user:u0001                  -> {len(redis.hgetall('fs:user:u0001'))} fields"
-        )
+        fields = len(redis.hgetall("fs:user:u0001"))
+        print(f"redis-cli HGETALL fs:user:u0001                  -> {fields} fields")
         print(f"redis-cli TTL fs:user:u0001                      -> {redis.ttl('fs:user:u0001')}")
-        print(
-            f"redis-cli HTTL fs:user:u0001 FIELDS 5 ...        -> {redis.httl('fs:user:u0001', *STREAMING_FEATURES)}"
-        )
+        httl = redis.httl("fs:user:u0001", *STREAMING_FEATURES)
+        print(f"redis-cli HTTL fs:user:u0001 FIELDS 5 ...        -> {httl}")
         hmget = redis.hmget("fs:user:u0001", "risk_segment", "tx_count_7d", "avg_amount_30d", "tx_count_5m")
         print(f"redis-cli HMGET fs:user:u0001 risk_segment ...   -> {hmget}")
         print()

@@ -2,6 +2,7 @@
 
     feast-hexpire local-redis [--kind redis|valkey] [--port N]
     feast-hexpire inspect user u0001 [--repo feature_repo] [--json]
+    feast-hexpire settings
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0 if report.exists else 3
 
 
+def _settings(args: argparse.Namespace) -> int:
+    from .config import settings_table
+
+    print(settings_table())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="feast-hexpire", description=__doc__.split("\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
@@ -59,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("--repo", default=os.environ.get("FEAST_REPO", "feature_repo"))
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(run=_inspect)
+
+    settings = commands.add_parser("settings", help="print the online_store settings as a markdown table")
+    settings.set_defaults(run=_settings)
     return top
 
 

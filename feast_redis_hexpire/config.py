@@ -217,3 +217,12 @@ def __getattr__(name: str) -> Any:
 
         return RedisHexpireOnlineStore
     raise AttributeError(name)
+
+
+def settings_table() -> str:
+    """The README's configuration table, made from the declarations above."""
+    rows = ["| setting | default | what it does |", "|---|---|---|"]
+    for name, spec in RedisHexpireOnlineStoreConfig.model_fields.items():
+        default = getattr(spec.default, "value", spec.default)
+        rows.append(f"| `{name}` | `{'null' if default is None else default}` | {spec.description} |")
+    return "\n".join(rows)

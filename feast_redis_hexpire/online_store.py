@@ -57,6 +57,9 @@ ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
 _IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+_LAYOUT_ATTR = "_hexpire_layout"
+
+
 @dataclass(frozen=True)
 class ViewLayout:
     """Where one feature view's values live: its key builder, fields and value types."""
@@ -69,8 +72,31 @@ class ViewLayout:
 
     @classmethod
     def of(cls, config: RepoConfig, table: Any) -> ViewLayout:
+        """The layout of ``table``, cached on the view object (Feast's registry cache hands
+        the same objects to every read) and rebuilt when a setting it depends on changes."""
         cfg: RedisHexpireOnlineStoreConfig = config.online_store
         versioning = getattr(config.registry, "enable_online_feature_view_versioning", False)
+        signature = (
+            config.project,
+            cfg.key_prefix,
+            cfg.field_names,
+            cfg.value_encoding,
+            versioning,
+            len(table.features),
+        )
+        cached = getattr(table, _LAYOUT_ATTR, None)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        built = cls._build(config, table, versioning)
+        try:
+            setattr(table, _LAYOUT_ATTR, (signature, built))
+        except AttributeError:  # a view type that refuses new attributes: just don't cache
+            pass
+        return built
+
+    @classmethod
+    def _build(cls, config: RepoConfig, table: Any, versioning: bool) -> ViewLayout:
+        cfg: RedisHexpireOnlineStoreConfig = config.online_store
         name = compute_versioned_name(table, versioning)
         join_keys = set(getattr(table, "join_keys", None) or ())
         fields = {
@@ -307,12 +333,18 @@ class RedisHexpireOnlineStore(OnlineStore):
         return commands, decode, stale_marks
 
     def _hmget(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
+        if len(commands) == 1:  # one entity: a plain command skips the pipeline machinery
+            key, fields = commands[0]
+            return [self.client(config).hmget(key, fields)]
         with self.client(config).pipeline(transaction=False) as pipe:
             for key, fields in commands:
                 pipe.hmget(key, fields)
             return pipe.execute()
 
     async def _hmget_async(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
+        if len(commands) == 1:
+            key, fields = commands[0]
+            return [await self.async_client(config).hmget(key, fields)]
         async with self.async_client(config).pipeline(transaction=False) as pipe:
             for key, fields in commands:
                 pipe.hmget(key, fields)

@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Any, Literal
 
 from feast.repo_config import FeastConfigBaseModel
-from pydantic import Field, StrictStr, field_validator, model_validator
+from pydantic import Field, StrictStr, ValidationError, field_validator, model_validator
 
 from .constants import DEFAULT_FIELD_TTL_SECONDS, DEFAULT_KEY_TTL_SECONDS
 
@@ -30,13 +30,23 @@ class RedisType(str, Enum):
     redis_sentinel = "redis_sentinel"
 
 
-_SECRET = re.compile(r"((?:^|,)\s*password\s*=)[^,]*", re.IGNORECASE)
+# Any `...password=` pair: password, sentinel_password, ssl_password.
+_SECRET = re.compile(r"((?:^|,)\s*\w*password\s*=)[^,]*", re.IGNORECASE)
 _UNSET_ENV = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 
 
 def redact(text: str) -> str:
     """``text`` with every ``password=...`` value replaced, for logs, errors and reprs."""
     return _SECRET.sub(r"\1***", text)
+
+
+def _scrub(value: Any) -> Any:
+    """``value`` with passwords redacted, for the ``input_value`` of a validation error."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    return value
 
 
 def parse_connection_string(connection_string: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
@@ -195,6 +205,17 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
             )
         parse_connection_string(value)
         return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _redact_errors(cls, values: Any, handler: Any) -> Any:
+        # pydantic prints each error's input value, which for connection_string holds the
+        # password; Feast's RepoConfig re-raises these errors on `feast apply`.
+        try:
+            return handler(values)
+        except ValidationError as e:
+            errors = [{**err, "input": _scrub(err.get("input"))} for err in e.errors()]
+            raise ValidationError.from_exception_data(e.title, errors) from None  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _sentinel(self) -> RedisHexpireOnlineStoreConfig:

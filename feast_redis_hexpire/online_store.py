@@ -36,6 +36,7 @@ from .exceptions import (
     ConfigError,
     FieldCollisionError,
     FieldTTLError,
+    HexpireError,
     StoreUnavailableError,
 )
 from .policy import ViewPolicy, policy_for
@@ -223,8 +224,11 @@ class RedisHexpireOnlineStore(OnlineStore):
 
     def _failure(self, config: RepoConfig, table: Any, start: int, total: int, err: Exception) -> Exception:
         where = address(config.online_store)
-        if isinstance(err, ResponseError) and "HPEXPIRE returned" in str(err):
-            return FieldTTLError(f"{table.name}: {err}")
+        if isinstance(err, ResponseError):
+            if "HPEXPIRE returned" in str(err):
+                return FieldTTLError(f"feature view {table.name!r}: {err}")
+            # e.g. WRONGTYPE: a key of the same name that is not a hash; other rows were written.
+            return HexpireError(f"feature view {table.name!r}: Redis at {where} refused a row: {err}")
         return StoreUnavailableError(
             f"writing feature view {table.name!r} to {where} failed: {err}; rows {start}..{total - 1} "
             f"of this batch may not be written (rows before {start} were); rerunning the "

@@ -9,10 +9,11 @@ import redis.asyncio as aredis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import RedisHexpireOnlineStoreConfig, RedisType, parse_connection_string
-from .exceptions import ServerUnsupportedError
+from .exceptions import ServerUnsupportedError, StoreUnavailableError
 
 __all__ = ["address", "make_async_client", "make_client", "require_hfe", "server_version"]
 
@@ -105,8 +106,14 @@ def server_version(client: SyncClient) -> tuple[str, str]:
 
 def require_hfe(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> str:
     """Raise unless the server has hash-field expiration; returns "Redis 8.2.3" or the like."""
-    name, version = server_version(client)
-    reply = client.execute_command("COMMAND", "INFO", "HPEXPIRE")
+    try:
+        name, version = server_version(client)
+        reply = client.execute_command("COMMAND", "INFO", "HPEXPIRE")
+    except NoPermissionError as e:  # an ACL user without the plugin's commands
+        raise StoreUnavailableError(
+            f"Redis at {address(cfg)} refused a command the plugin needs: {e}; grant the user "
+            f"the least-privilege ACL in docs/ACL.md"
+        ) from e
     if isinstance(reply, dict):  # RESP3 / cluster shape
         reply = list(reply.values())
     if not reply or reply[0] is None:

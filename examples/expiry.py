@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from _local import REPO, feast, generate_data, redis_server
 from feast import FeatureStore
 
+from feast_redis_hexpire.online_store import hexpire_store
 from feast_redis_hexpire.synth import streaming_frame
 
 FEATURES = ["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"]
@@ -41,7 +42,7 @@ def main() -> None:
         now = datetime.now(timezone.utc)
         store.materialize(now - timedelta(days=1), now, feature_views=["user_batch_features"])
         store.push("user_events_push", streaming_frame(["u0001"], random.Random(1)))
-        redis = store._get_provider().online_store.client(store.config)
+        redis = hexpire_store(store).client(store.config)
         print(
             f"key TTL {redis.pttl('fs:user:u0001')} ms, tx_count_5m field TTL "
             f"{redis.hpttl('fs:user:u0001', 'tx_count_5m')[0]} ms"

@@ -15,6 +15,7 @@ from _local import REPO, feast, generate_data, redis_server
 from feast import FeatureStore
 
 from feast_redis_hexpire.inspect import inspect_entity
+from feast_redis_hexpire.online_store import hexpire_store
 from feast_redis_hexpire.synth import STREAMING_FEATURES, streaming_frame, user_id
 
 USERS = 200
@@ -43,7 +44,7 @@ def main() -> None:
             (now - timedelta(days=1)).strftime(TIME), now.strftime(TIME),
         )  # fmt: skip
         store = FeatureStore(repo_path=str(REPO))
-        redis = store._get_provider().online_store.client(store.config)
+        redis = hexpire_store(store).client(store.config)
         print(f"fs:user:u0001 TTL = {redis.ttl('fs:user:u0001')} s (key-level, from key_ttl_seconds)")
 
         step("2. Streaming push: five real-time features with a per-field TTL")

@@ -17,7 +17,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.value_type import ValueType
 
 from . import layout
-from .online_store import RedisHexpireOnlineStore, ViewLayout
+from .online_store import ViewLayout, hexpire_store
 
 __all__ = ["FieldReport", "EntityReport", "entity_key", "inspect_entity"]
 
@@ -91,7 +91,7 @@ def _text(raw: bytes) -> str:
 def inspect_entity(store: FeatureStore, entity: str, entity_id: str) -> EntityReport:
     """One round trip of HGETALL, PTTL, OBJECT ENCODING and HPTTL for the entity's hash."""
     config = store.config
-    online: RedisHexpireOnlineStore = store._get_provider().online_store  # type: ignore[attr-defined]
+    online = hexpire_store(store)
     views = [v for v in store.list_feature_views() if entity in (v.entities or [])]
     views += [v for v in store.list_stream_feature_views() if entity in (v.entities or [])]
     ek = entity_key(store, entity, entity_id)

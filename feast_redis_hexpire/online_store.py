@@ -527,3 +527,13 @@ class RedisHexpireOnlineStore(OnlineStore):
         """The hash key of one entity of ``table`` (for inspection and tests)."""
         return ViewLayout.of(config, table).keys.key(entity_key)
 
+
+
+def hexpire_store(feature_store: Any) -> RedisHexpireOnlineStore:
+    """The plugin instance behind a ``feast.FeatureStore`` (for its client, stats and layout)."""
+    online = feature_store._get_provider().online_store
+    if not isinstance(online, RedisHexpireOnlineStore):
+        raise ConfigError(
+            f"the repo's online store is {type(online).__name__}, not RedisHexpireOnlineStore"
+        )
+    return online

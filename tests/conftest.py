@@ -93,3 +93,44 @@ def repo(tmp_path: Path, server: LocalRedis, r: Any, monkeypatch: pytest.MonkeyP
 def store(repo: Path) -> FeatureStore:
     """The sample repo applied (not yet materialized)."""
     return apply_repo(repo)
+
+
+# ---- helpers shared by the issue-2 suite (test_codec ... test_async) ----
+
+
+def online_store_of(store: FeatureStore) -> Any:
+    """The RedisHexpireOnlineStore instance a FeatureStore writes through (its `.stats` live here)."""
+    return store._get_provider().online_store
+
+
+def field_statuses(response: Any) -> dict[str, list[str]]:
+    """{feature name: [FieldStatus name per entity row]} of an OnlineResponse."""
+    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+
+    proto = response.proto
+    names = list(proto.metadata.feature_names.val)
+    return {
+        name: [FieldStatus.Name(s) for s in result.statuses] for name, result in zip(names, proto.results)
+    }
+
+
+def user_key(user_id: str) -> Any:
+    """The EntityKeyProto of the sample repo's `user` entity."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    return EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path, server: LocalRedis, r: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Factory: a sample-repo copy (20 users of data) with extra online_store settings, on ``server``."""
+    monkeypatch.setenv("REDIS_CONNECTION_STRING", server.connection_string)
+    made = iter(range(1000))
+
+    def make(**online_store: Any) -> Path:
+        path = write_repo(tmp_path / f"repo{next(made)}", server.connection_string, **online_store)
+        write_data(path)
+        return path
+
+    return make

@@ -114,8 +114,11 @@ Call = tuple[bytes, Sequence[Any]]  # (key, argv)
 
 
 def _queue(pipe: Any, script: Script, calls: Sequence[Call]) -> None:
+    # execute_command, not pipe.evalsha(): redis-py's ClusterPipeline blocks the evalsha()
+    # method (a script could touch keys of several slots), but routes a raw EVALSHA by its one
+    # key's slot, so each shard gets its rows in one batch and the shards run in parallel.
     for key, argv in calls:
-        pipe.evalsha(script.sha, 1, key, *argv)
+        pipe.execute_command("EVALSHA", script.sha, 1, key, *argv)
 
 
 def _missing(results: list[Any]) -> list[int]:

@@ -1,0 +1,155 @@
+"""A master killed during a loop of pushes and reads: shared by the cluster and sentinel tests.
+
+Every push writes one new entity (``w00000``, ``w00001``, ...) with ``tx_count_5m`` = its number,
+so afterwards each acknowledged write can be checked on its own: present with its value, or lost.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+from feast import FeatureStore
+
+# Async replication: a master acknowledges a write before its replica has it, so what a SIGKILLed
+# master acknowledged in its last moments may be gone. On loopback the replica is milliseconds
+# behind; an acknowledged write older than this before the kill must have survived.
+LOSS_WINDOW_S = 1.0
+# After the new master is in place the client must work again, with no restart, within this.
+RECOVERY_GRACE_S = 3.0
+READ_USERS = [f"u{n:04d}" for n in range(1, 13)]
+
+
+@dataclass
+class Op:
+    kind: str  # "write" | "read"
+    n: int
+    at: float  # monotonic time the call returned
+    error: str | None = None
+
+
+@dataclass
+class FailoverReport:
+    ops: list[Op] = field(default_factory=list)
+    killed_at: float = 0.0
+    promoted_at: float = 0.0
+    lost: list[tuple[int, float]] = field(default_factory=list)  # (write n, seconds acked before kill)
+    unacked_present: int = 0
+
+    def writes(self, ok: bool | None = None) -> list[Op]:
+        return [o for o in self.ops if o.kind == "write" and (ok is None or (o.error is None) == ok)]
+
+    def errors_after(self, t: float) -> list[Op]:
+        return [o for o in self.ops if o.error and o.at > t]
+
+    def summary(self, label: str) -> str:
+        acked, failed = self.writes(True), self.writes(False)
+        reads = [o for o in self.ops if o.kind == "read"]
+        lost = ", ".join(f"w{n:05d} ({ago * 1000:.0f} ms before the kill)" for n, ago in self.lost)
+        first_ok = min((o.at for o in acked if o.at > self.killed_at), default=float("nan"))
+        last_error = max((o.at for o in self.ops if o.error), default=self.killed_at)
+        return (
+            f"[{label}] writes: {len(acked)} acknowledged, {len(failed)} failed "
+            f"({self.unacked_present} of those were applied anyway); reads: {len(reads)}, "
+            f"{sum(1 for o in reads if o.error)} failed; new master after "
+            f"{self.promoted_at - self.killed_at:.2f} s, first acknowledged write after the kill "
+            f"at +{first_ok - self.killed_at:.2f} s, last failed call at "
+            f"+{last_error - self.killed_at:.2f} s; acknowledged writes lost: {len(self.lost)}"
+            + (f" [{lost}] (async replication: acked by the old master, not yet on its replica)"
+               if self.lost else "")
+        )  # fmt: skip
+
+
+def push_one(store: FeatureStore, n: int) -> None:
+    now = datetime.now(timezone.utc)
+    frame = pd.DataFrame(
+        [{
+            "user_id": f"w{n:05d}", "last_login_ts": n, "last_device_id": f"d{n}", "tx_count_5m": n,
+            "failed_logins_15m": 0, "session_country": "US", "event_timestamp": pd.Timestamp(now),
+        }]
+    )  # fmt: skip
+    store.push("user_events_push", frame)
+
+
+def read_some(store: FeatureStore) -> None:
+    result = store.get_online_features(
+        features=["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"],
+        entity_rows=[{"user_id": u} for u in READ_USERS],
+    ).to_dict()
+    if any(v is None for v in result["risk_segment"]):
+        raise AssertionError(f"materialized users read back as missing: {result['risk_segment']}")
+
+
+def run(
+    store: FeatureStore,
+    kill: Callable[[], None],
+    wait_new_master: Callable[[], Any],
+    raw: Callable[[], Any],
+    key_of: Callable[[int], bytes],
+    before: int = 150,
+    after: int = 100,
+    timeout: float = 60.0,
+) -> FailoverReport:
+    """Push/read in a loop; a thread kills the master after ``before`` acknowledged writes and
+    waits for its replacement; the loop goes on until ``after`` more writes are acknowledged past
+    the replacement + grace. Then every acknowledged write is checked with ``raw()``."""
+    report = FailoverReport()
+    ready, replaced = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    def killer() -> None:
+        try:
+            ready.wait()
+            report.killed_at = time.monotonic()
+            kill()
+            wait_new_master()
+            report.promoted_at = time.monotonic()
+        except BaseException as e:  # surfaced by the loop
+            failure.append(e)
+        finally:
+            replaced.set()
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    n = 0
+    acked_after = 0
+    while acked_after < after and time.monotonic() < deadline and not failure:
+        error = None
+        try:
+            push_one(store, n)
+        except Exception as e:  # recorded: failed writes are part of the report
+            error = f"{type(e).__name__}: {e}"
+        now = time.monotonic()
+        report.ops.append(Op("write", n, now, error))
+        if error is None and len(report.writes(True)) >= before:
+            ready.set()
+        if error is None and replaced.is_set() and now > report.promoted_at + RECOVERY_GRACE_S:
+            acked_after += 1
+        if n % 5 == 0:
+            try:
+                read_some(store)
+                report.ops.append(Op("read", n, time.monotonic()))
+            except Exception as e:
+                report.ops.append(Op("read", n, time.monotonic(), f"{type(e).__name__}: {e}"))
+        n += 1
+    thread.join(timeout=30)
+    if failure:
+        raise failure[0]
+    assert acked_after >= after, f"only {acked_after} writes acknowledged after the new master"
+
+    client = raw()
+    for op in report.writes():
+        value = client.hget(key_of(op.n), "tx_count_5m")
+        present = value is not None and int(value) == op.n
+        if op.error is None and not present:
+            report.lost.append((op.n, report.killed_at - op.at))
+        elif op.error is not None and present:
+            report.unacked_present += 1
+    client.close()
+    return report

@@ -1,0 +1,161 @@
+"""Redis Cluster (3 masters + 3 replicas on loopback): the sample repo end to end, a hash-tag
+prefix, teardown on every node, and a master SIGKILLed during pushes and reads.
+
+Run with ``-s`` to see the failover report: ``pytest -m cluster tests/test_cluster.py -s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import failover
+import pytest
+import redis
+from conftest import SERVER_KINDS, apply_repo, write_data, write_repo
+
+from feast_redis_hexpire.synth import streaming_frame
+from feast_redis_hexpire.topology import LocalCluster, kill
+
+pytestmark = pytest.mark.cluster
+
+USERS = [f"u{n:04d}" for n in range(1, 21)]
+
+
+@pytest.fixture(scope="module", params=SERVER_KINDS)
+def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    with LocalCluster(request.param) as running:
+        yield running
+
+
+def raw_client(cluster: LocalCluster) -> redis.RedisCluster:
+    node = cluster.live_masters()[0]
+    return redis.RedisCluster(host="127.0.0.1", port=node.port)
+
+
+@pytest.fixture
+def rc(cluster: LocalCluster) -> Iterator[redis.RedisCluster]:
+    client = raw_client(cluster)
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    yield client
+    client.close()
+
+
+def cluster_repo(path: Path, cluster: LocalCluster, **online_store: Any) -> Path:
+    repo = write_repo(path, cluster.connection_string, redis_type="redis_cluster", **online_store)
+    write_data(repo)
+    return repo
+
+
+def hmget_calls(cluster: LocalCluster) -> dict[int, int]:
+    """HMGET calls per master port since the last CONFIG RESETSTAT; MOVED/ASK would be errors."""
+    out = {}
+    for node in cluster.masters:
+        with node.client() as c:
+            stats = c.info("commandstats")
+            errors = c.info("errorstats")
+            assert not [k for k in errors if "MOVED" in k or "ASK" in k], errors
+            out[node.port] = stats.get("cmdstat_hmget", {}).get("calls", 0)
+    return out
+
+
+def test_sample_repo_across_shards(tmp_path, cluster, rc):
+    # Keys that teardown must leave alone: another project's, and a non-hash under our pattern.
+    rc.hset("other:user:u0001", mapping={"risk_segment": "low", "_ts:user_batch_features": 1})
+    rc.set("fs:user:not-a-hash", "x")
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
+    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+
+    keys = [f"fs:user:{u}".encode() for u in USERS]
+    owner = cluster.owner_function()
+    owners = {owner(k).port for k in keys}
+    assert owners == {m.port for m in cluster.masters}, "20 users should land on all 3 masters"
+    assert all(86000 < rc.ttl(k) <= 86400 for k in keys)
+
+    store.push("user_events_push", streaming_frame(USERS[:10], random.Random(3)))
+    assert all(0 < rc.httl(k, "tx_count_5m")[0] <= 300 for k in keys[:10])
+    assert all(rc.httl(k, "risk_segment")[0] == -1 for k in keys)
+
+    # One HMGET per entity, each sent straight to the master owning its slot.
+    for node in cluster.masters:
+        with node.client() as c:
+            c.config_resetstat()
+    features = ["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"]
+    rows = [{"user_id": u} for u in USERS]
+    result = store.get_online_features(features=features, entity_rows=rows).to_dict()
+    per_master = hmget_calls(cluster)
+    for port, calls in per_master.items():
+        assert calls == sum(1 for k in keys if owner(k).port == port), per_master
+    assert result["risk_segment"] == [rc.hget(k, "risk_segment").decode() for k in keys]
+    assert result["tx_count_5m"][:10] == [int(rc.hget(k, "tx_count_5m")) for k in keys[:10]]
+    assert result["tx_count_5m"][10:] == [None] * 10
+
+    # The asyncio cluster client: push + read through the async paths.
+    async def async_round() -> dict:
+        await store.push_async("user_events_push", streaming_frame(USERS[10:], random.Random(4)))
+        response = await store.get_online_features_async(features=features, entity_rows=rows)
+        return response.to_dict()
+
+    result = asyncio.run(async_round())
+    assert result["tx_count_5m"] == [int(rc.hget(k, "tx_count_5m")) for k in keys]
+    assert all(0 < rc.httl(k, "tx_count_5m")[0] <= 300 for k in keys[10:])
+
+    # Teardown scans every master and removes exactly the project's hashes.
+    store.teardown()
+    assert not [k for k in keys if rc.exists(k)]
+    assert rc.exists("other:user:u0001") and rc.get("fs:user:not-a-hash") == b"x"
+
+
+def test_hash_tag_prefix_puts_the_project_on_one_shard(tmp_path, cluster, rc):
+    # Braces in key_prefix are a Redis hash tag: "{project}:{vip}:" -> fs:{vip}:user:u0001, so
+    # every key hashes on "vip", one slot, one master: a batch read is one round trip.
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster, key_prefix="{project}:{vip}:"))
+    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    keys = [f"fs:{{vip}}:user:{u}".encode() for u in USERS]
+    assert all(rc.exists(k) for k in keys)
+    assert {rc.keyslot(k) for k in keys} == {rc.keyslot("vip")}
+    for node in cluster.masters:
+        with node.client() as c:
+            c.config_resetstat()
+    result = store.get_online_features(
+        features=["user_batch_features:risk_segment"], entity_rows=[{"user_id": u} for u in USERS]
+    ).to_dict()
+    assert result["risk_segment"] == [rc.hget(k, "risk_segment").decode() for k in keys]
+    assert sorted(hmget_calls(cluster).values()) == [0, 0, len(USERS)]
+    # The braces are literal in the SCAN pattern (not glob characters): teardown finds them all.
+    rc.hset("fs:{vipx}:user:u0001", mapping={"_ts:user_batch_features": 1})
+    store.teardown()
+    assert not [k for k in keys if rc.exists(k)]
+    assert rc.exists("fs:{vipx}:user:u0001")
+
+
+@pytest.mark.parametrize("kind", SERVER_KINDS)
+def test_master_killed_during_pushes_and_reads(tmp_path, kind):
+    with LocalCluster(kind, node_timeout_ms=1000) as fresh:
+        store = apply_repo(cluster_repo(tmp_path / "repo", fresh))
+        store.materialize_incremental(end_date=datetime.now(timezone.utc))
+        victim = fresh.masters[0]
+        owner = fresh.owner_function()
+        killed_slots = {n for n in range(5000) if owner(b"fs:user:w%05d" % n) is victim}
+        assert killed_slots, "some pushed users must live on the killed master"
+        report = failover.run(
+            store,
+            kill=lambda: kill(victim),
+            wait_new_master=lambda: fresh.wait_promoted(victim),
+            raw=lambda: raw_client(fresh),
+            key_of=lambda n: b"fs:user:w%05d" % n,
+        )
+        print("\n" + report.summary(f"cluster {kind}: SIGKILL master 127.0.0.1:{victim.port}"))
+
+        # The same FeatureStore (no restart) works again once the replica is promoted.
+        assert not report.errors_after(report.promoted_at + failover.RECOVERY_GRACE_S)
+        # Writes to the killed master's slots failed while it was down (else the test proved nothing).
+        assert any(o.error for o in report.writes() if o.n in killed_slots)
+        # Any loss is the async-replication window: acked by the killed master just before it died.
+        for n, ago in report.lost:
+            assert n in killed_slots, f"w{n:05d} lost though its master was not killed"
+            assert 0 <= ago <= failover.LOSS_WINDOW_S, f"w{n:05d} acked {ago:.3f}s before the kill, lost"

@@ -79,9 +79,7 @@ def value_strategy(kind: str) -> st.SearchStrategy[ValueProto]:
             lambda tz: ValueProto(zoned_timestamp_val={"unix_timestamp": tz[0], "zone": tz[1]})
         )
     if kind == "json_list_val":
-        return st.lists(st.text(max_size=8), max_size=4).map(
-            lambda xs: ValueProto(json_list_val={"val": xs})
-        )
+        return st.lists(st.text(max_size=8), max_size=4).map(lambda xs: ValueProto(json_list_val={"val": xs}))
     return st.just(ValueProto(null_val=Null.NULL))
 
 
@@ -213,8 +211,13 @@ def test_empty_list_is_not_null(value_type):
 
 @pytest.mark.parametrize(
     "value",
-    [ValueProto(string_val="\x00"), ValueProto(string_val="\x00P"), ValueProto(bytes_val=b"\x00"),
-     ValueProto(bytes_val=b"\x00P\x08\x01"), ValueProto(bytes_val=b"")],
+    [
+        ValueProto(string_val="\x00"),
+        ValueProto(string_val="\x00P"),
+        ValueProto(bytes_val=b"\x00"),
+        ValueProto(bytes_val=b"\x00P\x08\x01"),
+        ValueProto(bytes_val=b""),
+    ],
 )
 def test_nul_leading_strings_and_bytes_are_not_taken_for_markers(value):
     kind = value.WhichOneof("val")
@@ -222,8 +225,13 @@ def test_nul_leading_strings_and_bytes_are_not_taken_for_markers(value):
     assert_same(codec.decode_value(raw, kind), value)
 
 
-@given(ts=st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1),
-                       timezones=st.just(timezone.utc) | st.none()))
+@given(
+    ts=st.datetimes(
+        min_value=datetime(1970, 1, 1),
+        max_value=datetime(2200, 1, 1),
+        timezones=st.just(timezone.utc) | st.none(),
+    )
+)
 def test_timestamps_round_trip_to_the_microsecond(ts):
     decoded = codec.decode_ts(str(codec.encode_ts(ts)).encode())
     want = ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
@@ -275,10 +283,7 @@ def all_types_view() -> FeatureView:
 def row_strategy(view: FeatureView) -> st.SearchStrategy[dict[str, ValueProto]]:
     kinds = {f.name: natural_kind(f.dtype.to_value_type()) for f in view.features}
     return st.fixed_dictionaries(
-        {
-            name: value_strategy(kind) | st.just(ValueProto()) | ANY_VALUE
-            for name, kind in kinds.items()
-        }
+        {name: value_strategy(kind) | st.just(ValueProto()) | ANY_VALUE for name, kind in kinds.items()}
     )
 
 

@@ -134,3 +134,29 @@ def make_repo(tmp_path: Path, server: LocalRedis, r: Any, monkeypatch: pytest.Mo
         return path
 
     return make
+
+
+def user_view(
+    name: str,
+    features: dict[str, Any],
+    tags: dict[str, str] | None = None,
+    push: bool = False,
+    ttl: timedelta | None = None,
+) -> Any:
+    """A feature view on the sample `user` entity; ``push=True`` gives it its own PushSource."""
+    from feast import FeatureView, Field, FileSource, PushSource, ValueType
+
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
+    # Never read: these tests write through the online store, not from an offline source.
+    source: Any = FileSource(name=f"{name}_source", path="unused.parquet", timestamp_field="event_timestamp")
+    if push:
+        source = PushSource(name=f"{name}_push", batch_source=source)
+    return FeatureView(
+        name=name,
+        entities=[user],
+        ttl=ttl,
+        schema=[Field(name=f, dtype=t) for f, t in features.items()],
+        source=source,
+        tags=tags or {},
+        online=True,
+    )

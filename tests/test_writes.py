@@ -1,0 +1,305 @@
+"""Writes: key EXPIRE for batch views (re-pinned every time), per-field TTLs for streaming views,
+event-time ordering, ttl_from: event, per-view tags, chunking, concurrency, bad entity keys."""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from conftest import apply_repo, online_store_of, user_key, user_view
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+from feast.types import Int64, String
+
+from feast_redis_hexpire.exceptions import BadValueError, ConfigError
+from feast_redis_hexpire.synth import BATCH_FEATURES, STREAMING_FEATURES, streaming_frame
+
+KEY = "fs:user:u0001"
+TS_BATCH, TS_STREAM = "_ts:user_batch_features", "_ts:user_streaming_features"
+
+
+def httl(r, key, *fields):
+    return dict(zip(fields, r.httl(key, *fields)))
+
+
+def materialize(store, end=None):
+    end = end or datetime.now(timezone.utc)
+    store.materialize(start_date=end - timedelta(days=1), end_date=end)
+
+
+def stream_row(user, ts, n):
+    """One streaming-view row whose values all carry ``n`` (to tell writes apart)."""
+    values = {
+        "last_login_ts": Value(int64_val=n),
+        "last_device_id": Value(string_val=f"dev-{n}"),
+        "tx_count_5m": Value(int64_val=n),
+        "failed_logins_15m": Value(int64_val=n),
+        "session_country": Value(string_val=f"c{n}"),
+    }
+    return (user_key(user), values, ts, None)
+
+
+def batch_row(user, ts, n):
+    values = {
+        "country_iso": Value(string_val=f"c{n}"),
+        "risk_segment": Value(string_val=f"r{n}"),
+        "account_age_days": Value(int64_val=n),
+        "tx_count_7d": Value(int64_val=n),
+        "avg_amount_30d": Value(double_val=n + 0.5),
+        "chargeback_count_180d": Value(int64_val=n),
+    }
+    return (user_key(user), values, ts, None)
+
+
+def views(store):
+    return store.get_feature_view("user_batch_features"), store.get_feature_view("user_streaming_features")
+
+
+def test_batch_write_is_hset_plus_key_expire(store, r):
+    materialize(store)
+    assert r.hlen(KEY) == len(BATCH_FEATURES) + 1
+    assert 86_390 <= r.ttl(KEY) <= 86_400
+    assert set(r.httl(KEY, *BATCH_FEATURES, TS_BATCH)) == {-1}  # batch fields: no field TTL
+    assert r.hget(KEY, "account_age_days").isdigit()
+
+
+def test_rematerializing_unchanged_rows_repins_the_key_ttl(store, r):
+    """Feast #3275: rows skipped as not newer must still refresh the key TTL."""
+    end = datetime.now(timezone.utc)
+    materialize(store, end)
+    before = r.hgetall(KEY)
+    online = online_store_of(store)
+    skipped = online.stats["skipped_not_newer"]
+    r.expire(KEY, 100)
+    r.expire("fs:user:u0020", 50)
+    materialize(store, end)  # the very same rows again
+    assert r.ttl(KEY) > 86_000
+    assert r.ttl("fs:user:u0020") > 86_000
+    assert r.hgetall(KEY) == before
+    assert online.stats["skipped_not_newer"] - skipped == 20
+
+
+def test_push_sets_field_ttls_on_exactly_the_written_fields(store, r):
+    materialize(store)
+    key_ttl = r.ttl(KEY)
+    store.push("user_events_push", streaming_frame(["u0001"], random.Random(3)))
+    ttls = httl(r, KEY, *STREAMING_FEATURES, TS_STREAM)
+    assert all(0 < t <= 300 for t in ttls.values()), ttls
+    assert set(r.httl(KEY, *BATCH_FEATURES, TS_BATCH)) == {-1}
+    with_ttl = {f.decode() for f, t in zip(r.hkeys(KEY), r.httl(KEY, *r.hkeys(KEY))) if t > 0}
+    assert with_ttl == {*STREAMING_FEATURES, TS_STREAM}
+    assert abs(r.ttl(KEY) - key_ttl) <= 2  # the push leaves the key TTL alone
+
+
+def test_partial_streaming_write_sets_ttl_only_on_its_fields(store, r):
+    batch, stream = views(store)
+    online = online_store_of(store)
+    now = datetime.now(timezone.utc)
+    online.online_write_batch(store.config, batch, [batch_row("u0001", now, 1)], None)
+    partial = (user_key("u0001"), {"tx_count_5m": Value(int64_val=4)}, now, None)
+    online.online_write_batch(store.config, stream, [partial], None)
+    assert {f.decode() for f in r.hkeys(KEY)} == {*BATCH_FEATURES, TS_BATCH, "tx_count_5m", TS_STREAM}
+    assert all(t > 0 for t in r.httl(KEY, "tx_count_5m", TS_STREAM))
+    assert set(r.httl(KEY, *BATCH_FEATURES)) == {-1}
+
+
+def test_older_push_never_overwrites_newer(store, r):
+    now = datetime.now(timezone.utc)
+    newer = streaming_frame(["u0001"], random.Random(1), now)
+    newer["tx_count_5m"] = 11
+    older = streaming_frame(["u0001"], random.Random(2), now - timedelta(minutes=1))
+    older["tx_count_5m"] = 7
+    online = online_store_of(store)
+    skipped = online.stats["skipped_not_newer"]
+    store.push("user_events_push", newer)
+    store.push("user_events_push", older)
+    assert r.hget(KEY, "tx_count_5m") == b"11"
+    assert online.stats["skipped_not_newer"] - skipped == 1
+    got = store.get_online_features(
+        features=["user_streaming_features:tx_count_5m"], entity_rows=[{"user_id": "u0001"}]
+    )
+    assert got.to_dict()["tx_count_5m"] == [11]
+
+
+@pytest.mark.parametrize("order", ["newer_first", "older_first"])
+def test_out_of_order_rows_in_one_batch_keep_the_newest(store, r, order):
+    _, stream = views(store)
+    now = datetime.now(timezone.utc)
+    rows = [stream_row("u0001", now, 2), stream_row("u0001", now - timedelta(seconds=30), 1)]
+    if order == "older_first":
+        rows.reverse()
+    online_store_of(store).online_write_batch(store.config, stream, rows, None)
+    assert r.hget(KEY, "tx_count_5m") == b"2"
+    assert r.hget(KEY, "last_device_id") == b"dev-2"
+    assert int(r.hget(KEY, TS_STREAM)) == int(now.timestamp()) * 1_000_000 + now.microsecond
+
+
+def test_equal_timestamp_does_not_overwrite(store, r):
+    _, stream = views(store)
+    now = datetime.now(timezone.utc)
+    online = online_store_of(store)
+    online.online_write_batch(store.config, stream, [stream_row("u0001", now, 1)], None)
+    online.online_write_batch(store.config, stream, [stream_row("u0001", now, 2)], None)
+    assert r.hget(KEY, "tx_count_5m") == b"1"
+
+
+def test_skip_dedup_lets_older_rows_overwrite(make_repo, r):
+    store = apply_repo(make_repo(skip_dedup=True))
+    _, stream = views(store)
+    now = datetime.now(timezone.utc)
+    online = online_store_of(store)
+    online.online_write_batch(store.config, stream, [stream_row("u0001", now, 2)], None)
+    online.online_write_batch(
+        store.config, stream, [stream_row("u0001", now - timedelta(minutes=1), 1)], None
+    )
+    assert r.hget(KEY, "tx_count_5m") == b"1"
+    assert all(t > 0 for t in r.httl(KEY, *STREAMING_FEATURES))
+
+
+def test_ttl_from_event_shortens_late_events_and_drops_expired_ones(make_repo, r):
+    store = apply_repo(make_repo(ttl_from="event"))
+    online = online_store_of(store)
+    now = datetime.now(timezone.utc)
+    store.push("user_events_push", streaming_frame(["u0001"], random.Random(1), now - timedelta(seconds=100)))
+    ttls = r.httl(KEY, *STREAMING_FEATURES, TS_STREAM)
+    assert all(190 <= t <= 200 for t in ttls), ttls
+    store.push("user_events_push", streaming_frame(["u0002"], random.Random(1), now))
+    assert all(290 <= t <= 300 for t in r.httl("fs:user:u0002", *STREAMING_FEATURES))
+    dropped = online.stats["dropped_expired"]
+    store.push("user_events_push", streaming_frame(["u0003"], random.Random(1), now - timedelta(seconds=400)))
+    assert not r.exists("fs:user:u0003")
+    assert online.stats["dropped_expired"] - dropped == 1
+
+
+def test_ttl_from_event_does_not_touch_batch_views(make_repo, r):
+    store = apply_repo(make_repo(ttl_from="event"))
+    materialize(store)
+    assert 86_390 <= r.ttl(KEY) <= 86_400
+    assert set(r.httl(KEY, *BATCH_FEATURES)) == {-1}
+
+
+def test_view_tags_override_the_ttls_and_the_mode(store, r):
+    tagged = [
+        user_view("short_key", {"sk": Int64}, tags={"hexpire.key_ttl_seconds": "600"}),
+        user_view("forced_stream", {"fs_f": Int64}, tags={"hexpire.mode": "streaming"}),
+        user_view("short_field", {"sf": String}, push=True, tags={"hexpire.field_ttl_seconds": "30"}),
+        user_view("forced_batch", {"fb": Int64}, push=True, tags={"hexpire.mode": "batch"}),
+    ]
+    store.apply(tagged)
+    online = online_store_of(store)
+    now = datetime.now(timezone.utc)
+    for name, feature, value in (
+        ("short_key", "sk", Value(int64_val=1)),
+        ("forced_stream", "fs_f", Value(int64_val=2)),
+        ("short_field", "sf", Value(string_val="x")),
+        ("forced_batch", "fb", Value(int64_val=3)),
+    ):
+        view = store.get_feature_view(name)
+        online.online_write_batch(store.config, view, [(user_key(name), {feature: value}, now, None)], None)
+    assert 590 <= r.ttl("fs:user:short_key") <= 600
+    assert r.httl("fs:user:short_key", "sk") == [-1]
+    assert r.ttl("fs:user:forced_stream") == -1  # streaming: no key TTL ...
+    assert 290 <= r.httl("fs:user:forced_stream", "fs_f")[0] <= 300  # ... a field TTL instead
+    assert 25 <= r.httl("fs:user:short_field", "sf")[0] <= 30
+    assert r.httl("fs:user:forced_batch", "fb") == [-1]
+    assert 86_390 <= r.ttl("fs:user:forced_batch") <= 86_400
+
+
+@pytest.mark.parametrize(
+    ("tag", "value"),
+    [
+        ("hexpire.key_ttl_seconds", "0"),
+        ("hexpire.key_ttl_seconds", "-5"),
+        ("hexpire.field_ttl_seconds", "soon"),
+        ("hexpire.mode", "sometimes"),
+    ],
+)
+def test_bad_view_tag_is_refused_at_apply_naming_view_and_tag(store, r, tag, value):
+    with pytest.raises(ConfigError) as info:
+        store.apply([user_view("badly_tagged", {"bt": Int64}, tags={tag: value})])
+    assert "badly_tagged" in str(info.value)
+    assert tag in str(info.value)
+
+
+def test_large_batches_are_chunked_and_progress_is_reported(make_repo, r):
+    store = apply_repo(make_repo(write_batch_size=7))
+    batch, _ = views(store)
+    now = datetime.now(timezone.utc)
+    rows = [batch_row(f"c{i:02d}", now, i) for i in range(50)]
+    calls: list[int] = []
+    online_store_of(store).online_write_batch(store.config, batch, rows, calls.append)
+    assert calls == [7] * 7 + [1]
+    assert sum(calls) == 50
+    assert len(r.keys("fs:user:c*")) == 50
+    assert [r.hget(f"fs:user:c{i:02d}", "tx_count_7d") for i in range(50)] == [
+        str(i).encode() for i in range(50)
+    ]
+
+
+def test_concurrent_batch_and_streaming_writes_lose_nothing(store, r):
+    """Batch and streaming writers hammer the same 20 entities from threads at once."""
+    batch, stream = views(store)
+    online = online_store_of(store)
+    users = [f"u{i:04d}" for i in range(1, 21)]
+    base = datetime.now(timezone.utc) - timedelta(seconds=30)
+    rounds = 15
+    errors: list[BaseException] = []
+
+    def writer(view, make_row, offset):
+        try:
+            for n in range(rounds):
+                ts = base + timedelta(milliseconds=10 * n + offset)
+                rows = [make_row(u, ts, n) for u in users]
+                online.online_write_batch(store.config, view, rows, None)
+        except BaseException as e:  # noqa: BLE001 -- reported by the main thread
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=writer, args=(batch, batch_row, 0)),
+        threading.Thread(target=writer, args=(batch, batch_row, 1)),
+        threading.Thread(target=writer, args=(stream, stream_row, 0)),
+        threading.Thread(target=writer, args=(stream, stream_row, 1)),
+    ]
+    for t in threads:
+        t.start()
+    pushes = [
+        streaming_frame(users, random.Random(n), base + timedelta(milliseconds=10 * n + 5)) for n in range(5)
+    ]
+    for frame in pushes:  # a real FeatureStore.push alongside
+        store.push("user_events_push", frame)
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for user in users:
+        key = f"fs:user:{user}"
+        fields = {f.decode() for f in r.hkeys(key)}
+        assert fields == {*BATCH_FEATURES, *STREAMING_FEATURES, TS_BATCH, TS_STREAM}, key
+        assert all(t > 0 for t in r.httl(key, *STREAMING_FEATURES, TS_STREAM)), key
+        assert set(r.httl(key, *BATCH_FEATURES, TS_BATCH)) == {-1}, key
+        assert r.ttl(key) > 86_000
+        # The newest batch row (round 14, offset 1) won.
+        assert r.hget(key, "tx_count_7d") == str(rounds - 1).encode()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        EntityKey(join_keys=["user_id"], entity_values=[Value(double_val=1.5)]),
+        EntityKey(join_keys=["user_id"], entity_values=[Value()]),
+        EntityKey(join_keys=["user_id"], entity_values=[Value(bool_val=True)]),
+    ],
+    ids=["float", "null", "bool"],
+)
+@pytest.mark.parametrize("view_name", ["user_batch_features", "user_streaming_features"])
+def test_bad_entity_key_names_the_view_and_writes_nothing(store, r, bad, view_name):
+    view = store.get_feature_view(view_name)
+    now = datetime.now(timezone.utc)
+    make = batch_row if view_name == "user_batch_features" else stream_row
+    rows = [make("u0001", now, 1), make("u0002", now, 1)]
+    rows.insert(1, (bad, rows[0][1], now, None))
+    with pytest.raises(BadValueError) as info:
+        online_store_of(store).online_write_batch(store.config, view, rows, None)
+    assert view_name in str(info.value)
+    assert r.dbsize() == 0

@@ -1,8 +1,10 @@
 """``feast-hexpire``: run a local server, inspect an entity's hash.
 
-    feast-hexpire local-redis [--kind redis|valkey] [--port N]
-    feast-hexpire inspect user u0001 [--repo feature_repo] [--json]
-    feast-hexpire settings
+feast-hexpire local-redis [--kind redis|valkey] [--port N]
+feast-hexpire inspect user u0001 [--repo feature_repo] [--json]
+feast-hexpire settings
+feast-hexpire demo [--port 8087] [--redis host:port] [--no-reset]
+feast-hexpire build-features --count 500 --ttl-seconds 3600 [--seed 1] [--repo DIR] [--redis host:port]
 """
 
 from __future__ import annotations
@@ -51,6 +53,18 @@ def _settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo.server import run
+
+    return run(args)
+
+
+def _build_features(args: argparse.Namespace) -> int:
+    from .demo.builder import run_cli
+
+    return run_cli(args)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="feast-hexpire", description=__doc__.split("\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
@@ -70,6 +84,24 @@ def parser() -> argparse.ArgumentParser:
 
     settings = commands.add_parser("settings", help="print the online_store settings as a markdown table")
     settings.set_defaults(run=_settings)
+
+    from .demo.server import add_arguments
+
+    demo = commands.add_parser("demo", help="the interactive demo: local Redis, worker, web page")
+    add_arguments(demo)
+    demo.set_defaults(run=_demo)
+
+    build = commands.add_parser("build-features", help="bulk-load synthetic users via feast materialize")
+    build.add_argument("--count", default="500", help="users u0001..uN (default 500)")
+    build.add_argument("--ttl-seconds", default="86400", help="key-level TTL (default 86400)")
+    build.add_argument("--seed", default="1", help="random seed (default 1)")
+    build.add_argument(
+        "--repo", default=None, help="a Feast repo with the sample views (default: the demo's)"
+    )
+    build.add_argument(
+        "--redis", default=None, metavar="CONNECTION", help="connection string host:port[,...]"
+    )
+    build.set_defaults(run=_build_features)
     return top
 
 

@@ -1,0 +1,219 @@
+"""`feast apply` (update) and `feast teardown`: field collisions, deleted views, only our keys
+removed, and an old server refused with a message naming it."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import apply_repo, feast_objects, online_store_of, user_key, user_view, write_data, write_repo
+from feast import FeatureStore
+from feast.protos.feast.types.Value_pb2 import Value
+from feast.types import Int64, String
+
+from feast_redis_hexpire.exceptions import FieldCollisionError, ServerUnsupportedError
+from feast_redis_hexpire.local_redis import free_port
+from feast_redis_hexpire.synth import BATCH_FEATURES, streaming_frame
+
+KEY = "fs:user:u0001"
+
+
+def load(store, users=("u0001", "u0002")):
+    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.push("user_events_push", streaming_frame(list(users), random.Random(1)))
+
+
+# ---- two views, one field ----
+
+
+def test_two_views_writing_one_field_are_refused_naming_both(repo, r):
+    store = apply_repo(repo)
+    clash_a = user_view("clash_a", {"shared_score": Int64, "a_only": Int64})
+    clash_b = user_view("clash_b", {"shared_score": Int64}, push=True)
+    with pytest.raises(FieldCollisionError) as info:
+        store.apply([clash_a, clash_b])
+    message = str(info.value)
+    assert "clash_a" in message and "clash_b" in message and "shared_score" in message
+    assert "field_names" in message  # says how to allow it
+    registered = FeatureStore(repo_path=str(repo)).list_feature_views()
+    assert "clash_a" not in [v.name for v in registered]
+
+
+def test_a_view_clashing_with_a_sample_view_is_refused(repo, r):
+    """The whole repo, as `feast apply` passes it, plus a view reusing `risk_segment`."""
+    store = FeatureStore(repo_path=str(repo))
+    clash = user_view("risk_copy", {"risk_segment": String})
+    with pytest.raises(FieldCollisionError) as info:
+        store.apply([*feast_objects(repo), clash])
+    assert "user_batch_features" in str(info.value) and "risk_copy" in str(info.value)
+
+
+def test_a_view_clashing_with_an_already_registered_view_is_refused(store, r):
+    """Applying a new view alone must not slip past a view registered by an earlier apply."""
+    with pytest.raises(FieldCollisionError) as info:
+        store.apply([user_view("risk_copy", {"risk_segment": String})])
+    assert "user_batch_features" in str(info.value) and "risk_copy" in str(info.value)
+
+
+def test_view_feature_field_names_allow_the_same_feature_in_two_views(make_repo, r):
+    store = apply_repo(make_repo(field_names="view_feature"))
+    store.apply(
+        [user_view("clash_a", {"shared_score": Int64}), user_view("clash_b", {"shared_score": Int64})]
+    )
+    online = online_store_of(store)
+    now = datetime.now(timezone.utc)
+    for name, n in (("clash_a", 1), ("clash_b", 2)):
+        view = store.get_feature_view(name)
+        online.online_write_batch(
+            store.config, view, [(user_key("u0001"), {"shared_score": Value(int64_val=n)}, now, None)], None
+        )
+    assert r.hget(KEY, "clash_a:shared_score") == b"1"
+    assert r.hget(KEY, "clash_b:shared_score") == b"2"
+    got = store.get_online_features(
+        features=["clash_a:shared_score", "clash_b:shared_score"], entity_rows=[{"user_id": "u0001"}],
+        full_feature_names=True,
+    ).to_dict()  # fmt: skip
+    assert got["clash_a__shared_score"] == [1] and got["clash_b__shared_score"] == [2]
+
+
+# ---- deleting a view ----
+
+
+def test_deleting_a_view_removes_its_fields_and_keeps_the_others(store, repo, r):
+    load(store)
+    assert r.hexists(KEY, "tx_count_5m")
+    objects = [o for o in feast_objects(repo) if o.name not in ("user_streaming_features", "fraud_model")]
+    deleted = [store.get_feature_view("user_streaming_features"), store.get_feature_service("fraud_model")]
+    store.apply(objects, objects_to_delete=deleted, partial=False)  # what `feast apply` does
+    for key in ("fs:user:u0001", "fs:user:u0002"):
+        fields = {f.decode() for f in r.hkeys(key)}
+        assert fields == {*BATCH_FEATURES, "_ts:user_batch_features"}, key
+    assert len(r.keys("fs:user:*")) == 20
+    assert 86_000 < r.ttl(KEY)
+    assert isinstance(store.get_feature_view("user_batch_features").name, str)
+
+
+def test_deleting_a_view_leaves_same_named_fields_of_other_hashes_alone(store, repo, r):
+    load(store)
+    # Not ours: a hash of the same entity pattern without the deleted view's timestamp field.
+    r.hset("fs:user:foreign", mapping={"tx_count_5m": "9"})
+    objects = [o for o in feast_objects(repo) if o.name not in ("user_streaming_features", "fraud_model")]
+    deleted = [store.get_feature_view("user_streaming_features"), store.get_feature_service("fraud_model")]
+    store.apply(objects, objects_to_delete=deleted, partial=False)
+    assert r.hget("fs:user:foreign", "tx_count_5m") == b"9"
+
+
+# ---- teardown ----
+
+UNRELATED = {
+    "other:user:u0001": "hash_ts",  # another prefix, our field names
+    "fsx:user:u0001": "hash_ts",
+    "fs:userx:u0001": "hash_ts",
+    "fs:merchant:u0001": "hash_ts",
+    "fs:user:x": "string",  # same-looking key, other type
+    "fs:user:y": "hash_plain",  # same-looking hash without our timestamp fields
+    "fs:user:*": "string",
+    "fs:user:[ab]?": "hash_plain",
+    "fs:user:\\": "list",
+    "f*:user:u0001": "hash_ts",
+    "fs": "string",
+}
+
+
+def _put_unrelated(r) -> None:
+    for key, kind in UNRELATED.items():
+        if kind == "hash_ts":
+            r.hset(key, mapping={"_ts:user_batch_features": "1", "risk_segment": "low"})
+        elif kind == "hash_plain":
+            r.hset(key, mapping={"risk_segment": "low"})
+        elif kind == "list":
+            r.rpush(key, "a")
+        else:
+            r.set(key, "v")
+
+
+def test_teardown_removes_only_this_projects_keys(store, r):
+    load(store)
+    _put_unrelated(r)
+    assert len(r.keys("fs:user:u*")) == 20
+    store.teardown()
+    assert r.keys("fs:user:u*") == []
+    survivors = {k.decode() for k in r.keys("*")}
+    assert survivors == set(UNRELATED)
+    assert r.hget("fs:user:y", "risk_segment") == b"low"
+
+
+def test_teardown_with_a_glob_like_prefix_does_not_widen(make_repo, r):
+    ours = apply_repo(make_repo())  # default prefix "fs:"
+    load(ours)
+    globby = apply_repo(make_repo(key_prefix="f*:"))
+    load(globby, users=("u0001",))
+    assert r.exists("f*:user:u0001")
+    assert 86_000 < r.ttl("f*:user:u0001")
+    globby.teardown()
+    assert not r.exists("f*:user:u0001")
+    assert len(r.keys("fs:user:u*")) == 20  # nothing of the "fs:" project was touched
+    assert r.hexists(KEY, "tx_count_5m")
+
+
+# ---- a server without hash-field expiration ----
+
+OLD_SERVER = Path("/usr/bin/redis-server")
+
+
+@pytest.fixture
+def old_redis(tmp_path):
+    if not OLD_SERVER.exists() and shutil.which("redis-server") is None:
+        pytest.fail("Debian's redis-server 7.0 is needed for this test (apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [str(OLD_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server 7.0 did not start"
+            time.sleep(0.05)
+    yield f"127.0.0.1:{port}", client
+    client.close()
+    process.terminate()
+    process.wait(10)
+
+
+def test_old_server_is_refused_at_apply_naming_it(tmp_path, old_redis, monkeypatch):
+    address, client = old_redis
+    version = client.info("server")["redis_version"]
+    assert version.startswith("7.0")
+    monkeypatch.setenv("REDIS_CONNECTION_STRING", address)
+    repo = write_repo(tmp_path / "repo", address)
+    write_data(repo, count=3)
+    with pytest.raises(ServerUnsupportedError) as info:
+        apply_repo(repo)
+    message = str(info.value)
+    assert f"Redis {version}" in message
+    assert address in message
+    assert "HEXPIRE" in message
+    assert client.dbsize() == 0
+
+    # The same through the real CLI: non-zero exit, the message on stderr.
+    feast = Path(sys.executable).with_name("feast")
+    run = subprocess.run(
+        [str(feast), "apply"], cwd=repo, env=dict(os.environ), capture_output=True, text=True, timeout=180
+    )
+    assert run.returncode != 0
+    assert f"Redis {version}" in run.stderr and address in run.stderr and "HEXPIRE" in run.stderr
+    assert client.dbsize() == 0

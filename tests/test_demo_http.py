@@ -1,0 +1,371 @@
+"""Every demo endpoint through real HTTP (uvicorn on a free port) and in process (ASGITransport),
+on a real Redis 8.2 with real Feast underneath."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from feast_redis_hexpire.demo import repo as demo_repo
+from feast_redis_hexpire.demo.app import MAX_BODY_BYTES, create_app
+from feast_redis_hexpire.demo.core import Demo
+from feast_redis_hexpire.demo.server import ServerThread
+from feast_redis_hexpire.local_redis import LocalRedis
+
+STREAM_TS = "_ts:user_streaming_features"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    with LocalRedis("redis") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def demo(redis_server, tmp_path_factory):
+    repo = demo_repo.write_repo(
+        tmp_path_factory.mktemp("demo") / "repo", redis_server.connection_string, stream_field_ttl_seconds=60
+    )
+    demo = Demo.create(repo, users_per_tick=5, interval=0.2, worker_seed=1)
+    demo.worker.pause()
+    demo.worker.start()
+    yield demo
+    demo.worker.stop()
+
+
+@pytest.fixture(scope="module")
+def url(demo):
+    with ServerThread(create_app(demo)) as base:
+        yield base
+
+
+@pytest.fixture
+def http(url, demo, redis_server):
+    """A client on a freshly loaded demo: 30 users, worker paused."""
+    demo.worker.pause()
+    demo.worker.wait_for_idle(10)
+    redis_server.client().flushall()
+    demo_repo.clear_offline_rows(demo.store)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        assert client.post("/bulk-load", json={"count": 30, "ttl_seconds": 600}).status_code == 200
+        yield client
+
+
+@pytest.fixture
+def r(redis_server):
+    client = redis_server.client()
+    yield client
+    client.close()
+
+
+def snapshot(r) -> dict:
+    return {k: (r.type(k), r.hgetall(k) if r.type(k) == b"hash" else r.get(k)) for k in r.keys()}
+
+
+def error(response, status: int, field: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["field"] == field, body
+    return body["error"]
+
+
+# ---- GET /state ----
+
+
+def test_state_reports_users_ttls_and_worker(http):
+    s = http.get("/state").json()
+    assert (s["users"], s["population"], s["users_exact"]) == (30, 30, True)
+    assert s["batch_ttl_seconds"] == 600 and s["streaming_ttl_seconds"] == 60
+    assert s["key_prefix"] == "fs:" and s["worker"]["running"] is False
+    assert s["store_stats"]["written"] >= 30
+
+
+def test_state_polls_never_scan(http, r):
+    def scans() -> int:
+        return int(r.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
+
+    before = scans()
+    for _ in range(5):
+        assert http.get("/state").status_code == 200
+    assert scans() == before
+
+
+def test_state_count_follows_expiry_without_scan(http, r):
+    r.delete("fs:user:u0003")  # gone, like an expired key
+    assert http.get("/state").json()["users"] == 29
+
+
+# ---- POST /bulk-load ----
+
+
+def test_bulk_load_json_and_form(http, r):
+    body = http.post("/bulk-load", json={"count": 40, "ttl_seconds": 300, "seed": 2}).json()
+    assert body["count"] == 40 and body["population"] == 40
+    assert r.dbsize() == 40 and 250 < r.ttl("fs:user:u0040") <= 300
+    body = http.post("/bulk-load", content="count=5&ttl_seconds=100", headers=FORM).json()
+    assert body["ttl_seconds"] == 100 and 50 < r.ttl("fs:user:u0005") <= 100
+    assert 250 < r.ttl("fs:user:u0040") <= 300  # users not in this load keep their TTL
+    assert http.get("/state").json()["population"] == 40
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"count": -1}, "count"),
+        ({"count": 0}, "count"),
+        ({"count": "abc"}, "count"),
+        ({"count": 10**9}, "count"),
+        ({"count": True}, "count"),
+        ({"count": 5, "ttl_seconds": 0}, "ttl_seconds"),
+        ({"count": 5, "ttl_seconds": -5}, "ttl_seconds"),
+        ({"count": 5, "ttl_seconds": "1h"}, "ttl_seconds"),
+        ({"count": 5, "seed": "x"}, "seed"),
+        ({"cnt": 5}, "cnt"),
+    ],
+)
+def test_bulk_load_bad_input_is_4xx_and_changes_nothing(http, r, body, field):
+    before = snapshot(r)
+    ttls = {k: r.ttl(k) for k in r.keys()}
+    error(http.post("/bulk-load", json=body), 422, field)
+    assert snapshot(r) == before  # not clamped to 1, TTL 0 did not delete anything
+    assert all(abs(r.ttl(k) - t) <= 1 for k, t in ttls.items())
+
+
+def test_bulk_load_bad_form_input_and_bad_bodies(http, r):
+    before = snapshot(r)
+    error(http.post("/bulk-load", content="count=-1", headers=FORM), 422, "count")
+    error(http.post("/bulk-load", content="count=5&ttl_seconds=0", headers=FORM), 422, "ttl_seconds")
+    error(
+        http.post("/bulk-load", content="{not json", headers={"Content-Type": "application/json"}),
+        400,
+        "body",
+    )
+    error(http.post("/bulk-load", json=[1, 2]), 400, "body")
+    error(http.post("/bulk-load", content="x", headers={"Content-Type": "text/plain"}), 415, "body")
+    big = '{"count": 5, "pad": "' + "x" * (MAX_BODY_BYTES + 10) + '"}'
+    error(http.post("/bulk-load", content=big, headers={"Content-Type": "application/json"}), 413, "body")
+    assert snapshot(r) == before
+
+
+# ---- POST /worker/toggle ----
+
+
+def test_worker_toggle_flips_and_sets(http, demo):
+    assert http.post("/worker/toggle").json()["running"] is True
+    assert http.post("/worker/toggle", json={"running": False}).json()["running"] is False
+    assert http.post("/worker/toggle", content="running=true", headers=FORM).json()["running"] is True
+    assert http.post("/worker/toggle", json={}).json()["running"] is False
+    error(http.post("/worker/toggle", json={"running": "maybe"}), 422, "running")
+    assert demo.worker.running is False
+
+
+def test_running_worker_pushes_through_feast(http, r, demo):
+    http.post("/worker/toggle", json={"running": True})
+    deadline = time.monotonic() + 30
+    while demo.worker.counters.writes < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    http.post("/worker/toggle", json={"running": False})
+    demo.worker.wait_for_idle(10)
+    w = http.get("/state").json()["worker"]
+    touched = [k for k in r.keys() if r.hexists(k, STREAM_TS)]
+    assert w["writes"] >= 10 and w["failed_writes"] == 0 and 0 < len(touched) <= w["writes"]
+    assert 0 < r.httl(touched[0], "tx_count_5m")[0] <= 60
+
+
+# ---- POST /read ----
+
+
+def test_read_reports_values_statuses_ttls_and_latency(http, r, demo):
+    demo.store.push("user_events_push", _stream_row("u0002"))
+    body = http.post(
+        "/read",
+        json={"user_id": "u0002", "features": ["risk_segment", "user_streaming_features:tx_count_5m"]},
+    ).json()
+    got = {f["name"]: f for f in body["features"]}
+    assert got["risk_segment"]["value"] == r.hget("fs:user:u0002", "risk_segment").decode()
+    assert got["risk_segment"]["status"] == "PRESENT" and got["risk_segment"]["field_ttl_ms"] == -1
+    assert got["tx_count_5m"]["value"] == int(r.hget("fs:user:u0002", "tx_count_5m"))
+    assert 0 < got["tx_count_5m"]["field_ttl_ms"] <= 60_000
+    assert body["latency_ms"] > 0 and 500_000 < body["key_ttl_ms"] <= 600_000
+    form = http.post("/read", content="user_id=u0003&features=tx_count_5m&features=country_iso", headers=FORM)
+    got = {f["name"]: f for f in form.json()["features"]}
+    assert got["tx_count_5m"]["status"] == "NOT_FOUND" and got["tx_count_5m"]["field_ttl_ms"] == -2
+    assert got["country_iso"]["status"] == "PRESENT"
+
+
+def test_read_bad_input(http):
+    assert "unknown user" in error(http.post("/read", json={"user_id": "u9999"}), 404, "user_id")
+    error(http.post("/read", json={}), 422, "user_id")
+    error(http.post("/read", json={"user_id": "u0001*"}), 422, "user_id")
+    assert "empty" in error(http.post("/read", json={"user_id": "u0001", "features": []}), 422, "features")
+    error(http.post("/read", content="user_id=u0001&features=", headers=FORM), 422, "features")
+    error(http.post("/read", json={"user_id": "u0001", "features": ["nope"]}), 422, "features")
+    error(http.post("/read", json={"user_id": "u0001", "features": [1, 2]}), 422, "features")
+
+
+# ---- POST /batch-read ----
+
+
+def test_batch_read(http):
+    body = http.post("/batch-read", json={"count": 10}).json()
+    assert body["count"] == 10 and len(body["users"]) == 10 and body["total_ms"] > 0
+    assert all(u["present"] == 3 and u["requested"] == 5 for u in body["users"])  # 3 batch, 2 streaming
+    body = http.post("/batch-read", content="count=2&features=country_iso", headers=FORM).json()
+    assert [u["present"] for u in body["users"]] == [1, 1]
+    for bad in ({"count": 0}, {"count": "ten"}, {"count": 31}, {"count": 5000}):
+        error(http.post("/batch-read", json=bad), 422, "count")
+    error(http.post("/batch-read", json={"count": 2, "features": []}), 422, "features")
+
+
+# ---- GET /inspect ----
+
+
+def test_inspect(http, demo, r):
+    demo.store.push("user_events_push", _stream_row("u0004"))
+    body = http.get("/inspect", params={"user_id": "u0004"}).json()
+    fields = {f["field"]: f for f in body["fields"]}
+    assert body["key"] == "fs:user:u0004" and body["exists"] and body["encoding"] == r.object("encoding", "fs:user:u0004").decode()
+    assert fields["risk_segment"]["ttl"] == "no TTL" and 0 < fields["tx_count_5m"]["ttl_ms"] <= 60_000
+    assert 500_000 < body["key_ttl_ms"] <= 600_000
+    body = http.get("/inspect", params={"user_id": "u0005"}).json()
+    assert {f["field"]: f["ttl_ms"] for f in body["fields"]}["tx_count_5m"] == -2
+    error(http.get("/inspect"), 422, "user_id")
+    error(http.get("/inspect", params={"user_id": "u0100"}), 404, "user_id")
+
+
+# ---- POST /reset ----
+
+
+def test_reset_deletes_only_the_demo_keys(http, r, demo):
+    others = {
+        "fs:user-x:u0001": "other entity",
+        "fsXuser:u0001": "glob would match",
+        "other:user:u0001": "other project",
+    }
+    for key, value in others.items():
+        r.set(key, value)
+    r.hset("fs:user:u9999", mapping={"some": "hash of another tool"})  # under our prefix, not ours
+    http.post("/worker/toggle", json={"running": True})
+    body = http.post("/reset").json()
+    assert body["deleted"] == 30 and body["worker_running"] is True
+    assert sorted(k.decode() for k in r.keys()) == sorted([*others, "fs:user:u9999"])
+    s = http.get("/state").json()
+    assert s["users"] == 0 and s["population"] == 0 and s["worker"]["running"] is True
+    http.post("/worker/toggle", json={"running": False})
+    error(http.post("/read", json={"user_id": "u0001"}), 404, "user_id")
+
+
+def test_reset_waits_for_an_in_flight_tick(http, r, demo):
+    """Many pushes per tick: a reset issued mid-tick must leave no key behind."""
+    http.post("/bulk-load", json={"count": 200, "ttl_seconds": 600})
+    demo.worker.users_per_tick = 100
+    try:
+        http.post("/worker/toggle", json={"running": True})
+        deadline = time.monotonic() + 30
+        while not demo.worker.busy and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert http.post("/reset").status_code == 200
+        assert r.keys("fs:user:*") == []
+    finally:
+        http.post("/worker/toggle", json={"running": False})
+        demo.worker.wait_for_idle(30)
+        demo.worker.users_per_tick = 5
+    assert r.keys("fs:user:*") == []  # and nothing was recreated afterwards
+
+
+# ---- OpenAPI and the page ----
+
+
+def test_openapi_describes_every_endpoint(http):
+    spec = http.get("/openapi.json").json()
+    paths = spec["paths"]
+    endpoints = ["get /state", "post /bulk-load", "post /worker/toggle", "post /read", "post /batch-read",
+                 "get /inspect", "post /reset"]  # fmt: skip
+    for method, path in (e.split() for e in endpoints):
+        assert method in paths[path], path
+    content = paths["/bulk-load"]["post"]["requestBody"]["content"]
+    assert set(content) == {"application/json", "application/x-www-form-urlencoded"}
+    assert "ttl_seconds" in content["application/json"]["schema"]["properties"]
+    assert http.get("/docs").status_code == 200
+
+
+def test_page_and_assets_are_served(http):
+    page = http.get("/")
+    assert page.status_code == 200 and "fresh-panel" in page.text
+    assert http.get("/static/app.js").status_code == 200
+
+
+# ---- in process through ASGITransport ----
+
+
+def test_asgi_transport_in_process(demo, http):
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=create_app(demo))
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            assert (await client.get("/state")).json()["users"] == 30
+            read = await client.post("/read", json={"user_id": "u0001", "features": ["country_iso"]})
+            assert read.json()["features"][0]["status"] == "PRESENT"
+            bad = await client.post("/bulk-load", json={"count": "many"})
+            assert bad.status_code == 422 and bad.json()["field"] == "count"
+
+    asyncio.run(run())
+
+
+# ---- prefixes and Redis failures (their own demos) ----
+
+
+def test_glob_prefix_is_escaped_and_glob_only_prefix_refused(redis_server, r, tmp_path):
+    r.flushall()
+    glob_repo = demo_repo.write_repo(tmp_path / "glob", redis_server.connection_string, key_prefix="fs:u?")
+    glob = Demo.create(glob_repo)
+    glob.bulk_load(3, 600)
+    assert r.exists("fs:u?user:u0001")
+    # Another instance's hash that the unescaped pattern fs:u?user:* would match, with our fields.
+    r.hset("fs:uXuser:u0001", mapping={"_ts:user_batch_features": "1", "risk_segment": "low"})
+    r.set("unrelated", "1")
+    result = glob.reset()
+    assert result["deleted"] == 3 and result["pattern"] == "fs:u\\?user:*"
+    assert sorted(r.keys()) == [b"fs:uXuser:u0001", b"unrelated"]
+
+    star_repo = demo_repo.write_repo(tmp_path / "star", redis_server.connection_string, key_prefix="*:")
+    star = Demo.create(star_repo)
+
+    async def reset() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(star))
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            return await client.post("/reset")
+
+    error(asyncio.run(reset()), 400, "key_prefix")
+    assert sorted(r.keys()) == [b"fs:uXuser:u0001", b"unrelated"]
+
+
+def test_redis_down_is_a_5xx_json_error(tmp_path):
+    with LocalRedis("redis") as own:
+        repo = demo_repo.write_repo(tmp_path / "repo", own.connection_string, retries=0, socket_timeout=1)
+        demo = Demo.create(repo)
+        demo.bulk_load(3, 600)
+        app = create_app(demo)
+        with ServerThread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+            assert client.get("/state").status_code == 200
+            own.stop()
+            for response in (
+                client.get("/state"),
+                client.post("/read", json={"user_id": "u0001"}),
+                client.post("/bulk-load", json={"count": 2}),
+                client.get("/inspect", params={"user_id": "u0001"}),
+                client.post("/reset"),
+            ):
+                assert response.status_code == 503, response.text
+                assert "Redis" in response.json()["error"] or "redis" in response.json()["error"]
+
+
+def _stream_row(user: str):
+    import random
+
+    from feast_redis_hexpire.synth import streaming_frame
+
+    return streaming_frame([user], random.Random(3))

@@ -104,21 +104,38 @@ def server_version(client: SyncClient) -> tuple[str, str]:
     return "Redis", str(info.get("redis_version"))
 
 
+def _servers(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> list[tuple[str, redis.Redis]]:
+    """(address for messages, client) of the server, or of every primary of a cluster: one old
+    primary (say, midway through a rolling upgrade) would fail every write to its slots."""
+    if isinstance(client, redis.RedisCluster):
+        return [
+            (f"{node.name} (primary of {address(cfg)})", client.get_redis_connection(node))
+            for node in client.get_primaries()
+        ]
+    return [(address(cfg), client)]
+
+
 def require_hfe(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> str:
-    """Raise unless the server has hash-field expiration; returns "Redis 8.2.3" or the like."""
-    try:
-        name, version = server_version(client)
-        reply = client.execute_command("COMMAND", "INFO", "HPEXPIRE")
-    except NoPermissionError as e:  # an ACL user without the plugin's commands
-        raise StoreUnavailableError(
-            f"Redis at {address(cfg)} refused a command the plugin needs: {e}; grant the user "
-            f"the least-privilege ACL in docs/ACL.md"
-        ) from e
-    if isinstance(reply, dict):  # RESP3 / cluster shape
-        reply = list(reply.values())
-    if not reply or reply[0] is None:
-        raise ServerUnsupportedError(
-            f"{name} {version} at {address(cfg)} has no HEXPIRE (hash-field expiration); "
-            f"need Redis >= 7.4 or Valkey >= 9.0"
-        )
-    return f"{name} {version}"
+    """Raise unless the server (every cluster primary) has hash-field expiration; returns
+    "Redis 8.2.3" or the like."""
+    found = []
+    for where, server in _servers(client, cfg):
+        try:
+            name, version = server_version(server)
+            # bytes command name: skips redis-py's COMMAND reply parser, which crashes on the
+            # [nil] an old server returns for an unknown command
+            reply = server.execute_command(b"COMMAND", b"INFO", b"HPEXPIRE")
+        except NoPermissionError as e:  # an ACL user without the plugin's commands
+            raise StoreUnavailableError(
+                f"Redis at {where} refused a command the plugin needs: {e}; grant the user "
+                f"the least-privilege ACL in docs/ACL.md"
+            ) from e
+        if isinstance(reply, dict):  # RESP3 / cluster shape
+            reply = list(reply.values())
+        if not reply or reply[0] is None:
+            raise ServerUnsupportedError(
+                f"{name} {version} at {where} has no HEXPIRE (hash-field expiration); "
+                f"need Redis >= 7.4 or Valkey >= 9.0"
+            )
+        found.append(f"{name} {version}")
+    return ", ".join(sorted(set(found)))

@@ -83,10 +83,11 @@ return 1
 # Remove a deleted view's fields from one hash, only if the hash holds that view's timestamp.
 # KEYS[1]   the entity hash
 # ARGV[1]   the view's timestamp field; ARGV[2..] its feature fields
-# Returns the number of fields removed.
+# Returns the number of fields removed; a key of another type under the pattern is left alone.
 DELETE_VIEW_FIELDS = Script(
     "delete_view_fields",
     """
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return redis.call('HDEL', KEYS[1], unpack(ARGV))
 end

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,8 +19,9 @@ from typing import Any
 import failover
 import pytest
 import redis
-from conftest import SERVER_KINDS, apply_repo, write_data, write_repo
+from conftest import SERVER_KINDS, apply_repo, feast_objects, write_data, write_repo
 
+from feast_redis_hexpire.exceptions import ServerUnsupportedError
 from feast_redis_hexpire.synth import streaming_frame
 from feast_redis_hexpire.topology import LocalCluster, kill
 
@@ -104,6 +108,19 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
     assert result["tx_count_5m"] == [int(rc.hget(k, "tx_count_5m")) for k in keys]
     assert all(0 < rc.httl(k, "tx_count_5m")[0] <= 300 for k in keys[10:])
 
+    # A deleted view's fields leave every hash on every shard (update() scans all masters).
+    gone = {"user_streaming_features", "fraud_model"}
+    store.apply(
+        [o for o in feast_objects(store.repo_path) if o.name not in gone],
+        objects_to_delete=[
+            store.get_feature_view("user_streaming_features"),
+            store.get_feature_service("fraud_model"),
+        ],
+        partial=False,
+    )
+    assert [rc.hget(k, "tx_count_5m") for k in keys] == [None] * len(keys)
+    assert all(rc.hget(k, "risk_segment") is not None for k in keys)
+
     # Teardown scans every master and removes exactly the project's hashes.
     store.teardown()
     assert not [k for k in keys if rc.exists(k)]
@@ -159,3 +176,31 @@ def test_master_killed_during_pushes_and_reads(tmp_path, kind):
         for n, ago in report.lost:
             assert n in killed_slots, f"w{n:05d} lost though its master was not killed"
             assert 0 <= ago <= failover.LOSS_WINDOW_S, f"w{n:05d} acked {ago:.3f}s before the kill, lost"
+
+
+def old_redis_server() -> Path | None:
+    """Debian's redis-server 7.0 (no hash-field expiration), if installed."""
+    found = shutil.which("redis-server")
+    if not found:
+        return None
+    version = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"v=(\d+)\.(\d+)", version)
+    return Path(found) if match and (int(match[1]), int(match[2])) < (7, 4) else None
+
+
+def test_cluster_with_one_old_primary_is_refused_naming_it(tmp_path):
+    old = old_redis_server()
+    if old is None:
+        pytest.skip("needs a redis-server < 7.4 on PATH (Debian 12's redis-server)")
+    mixed = LocalCluster("redis", replicas_per_master=0)
+    mixed.nodes[2].binary = old  # e.g. midway through a rolling upgrade
+    with mixed:
+        repo = cluster_repo(tmp_path / "repo", mixed)
+        with pytest.raises(ServerUnsupportedError) as caught:
+            apply_repo(repo)
+        message = str(caught.value)
+        assert "Redis 7.0" in message and f"127.0.0.1:{mixed.nodes[2].port}" in message
+        assert "has no HEXPIRE" in message
+        for node in mixed.masters:
+            with node.client() as c:
+                assert c.dbsize() == 0, "a refused apply writes nothing"

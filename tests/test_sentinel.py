@@ -1,0 +1,92 @@
+"""Sentinel (a master, a replica, three sentinels on loopback): the sample repo through the
+sentinels, and the master SIGKILLed during pushes and reads.
+
+Run with ``-s`` to see the failover report: ``pytest -m sentinel tests/test_sentinel.py -s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import failover
+import pytest
+import redis
+from conftest import SERVER_KINDS, apply_repo, write_data, write_repo
+
+from feast_redis_hexpire.synth import streaming_frame
+from feast_redis_hexpire.topology import LocalSentinel, kill
+
+pytestmark = pytest.mark.sentinel
+
+USERS = [f"u{n:04d}" for n in range(1, 21)]
+FEATURES = ["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"]
+
+
+@pytest.fixture(params=SERVER_KINDS)
+def sentinel(request: pytest.FixtureRequest) -> Iterator[LocalSentinel]:
+    with LocalSentinel(request.param) as running:
+        yield running
+
+
+def master_client(sentinel: LocalSentinel) -> redis.Redis:
+    host, port = sentinel.master_address()
+    return redis.Redis(host=host, port=port)
+
+
+def sentinel_repo(path: Path, sentinel: LocalSentinel) -> Path:
+    # connection_string lists the sentinels only; the master is found by name through them.
+    repo = write_repo(
+        path, sentinel.connection_string, redis_type="redis_sentinel", sentinel_master=sentinel.master_name
+    )
+    write_data(repo)
+    return repo
+
+
+def test_sample_repo_through_sentinels(tmp_path, sentinel):
+    store = apply_repo(sentinel_repo(tmp_path / "repo", sentinel))
+    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.push("user_events_push", streaming_frame(USERS[:10], random.Random(3)))
+    keys = [f"fs:user:{u}".encode() for u in USERS]
+    with master_client(sentinel) as r:
+        assert r.info("replication")["role"] == "master"
+        assert all(86000 < r.ttl(k) <= 86400 for k in keys)
+        assert all(0 < r.httl(k, "tx_count_5m")[0] <= 300 for k in keys[:10])
+        rows = [{"user_id": u} for u in USERS]
+        result = store.get_online_features(features=FEATURES, entity_rows=rows).to_dict()
+        assert result["risk_segment"] == [r.hget(k, "risk_segment").decode() for k in keys]
+        assert result["tx_count_5m"] == [int(r.hget(k, "tx_count_5m")) for k in keys[:10]] + [None] * 10
+
+        async def async_read() -> dict:
+            return (await store.get_online_features_async(features=FEATURES, entity_rows=rows)).to_dict()
+
+        assert asyncio.run(async_read()) == result
+        # The replica has the data too (what a failover would keep).
+        with sentinel.replica.client() as replica:
+            assert r.execute_command("WAIT", 1, 2000) == 1
+            assert replica.hget(keys[0], "risk_segment") == r.hget(keys[0], "risk_segment")
+        store.teardown()
+        assert not [k for k in keys if r.exists(k)]
+
+
+def test_master_killed_during_pushes_and_reads(tmp_path, sentinel):
+    store = apply_repo(sentinel_repo(tmp_path / "repo", sentinel))
+    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    old = sentinel.master
+    report = failover.run(
+        store,
+        kill=lambda: kill(old),
+        wait_new_master=lambda: sentinel.wait_failover(old),
+        raw=lambda: master_client(sentinel),
+        key_of=lambda n: b"fs:user:w%05d" % n,
+    )
+    print("\n" + report.summary(f"sentinel {sentinel.kind}: SIGKILL master 127.0.0.1:{old.port}"))
+    assert sentinel.master_address()[1] == sentinel.replica.port
+    # The same FeatureStore (no restart) works again once the sentinels switched masters.
+    assert not report.errors_after(report.promoted_at + failover.RECOVERY_GRACE_S)
+    assert any(o.error for o in report.writes()), "writes must fail while there is no master"
+    for n, ago in report.lost:
+        assert 0 <= ago <= failover.LOSS_WINDOW_S, f"w{n:05d} acked {ago:.3f}s before the kill, lost"

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -265,7 +265,8 @@ class _SentinelProcess:
 
 
 class LocalSentinel:
-    """A master, one replica and three sentinels (quorum 2) watching ``master_name``."""
+    """A master, one replica and three sentinels (quorum 2) watching ``master_name``;
+    ``server_args`` go to both servers (e.g. ``--min-replicas-to-write 1``)."""
 
     def __init__(
         self,
@@ -273,15 +274,17 @@ class LocalSentinel:
         master_name: str = "mymaster",
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 3000,
+        server_args: Sequence[str] = (),
     ) -> None:
         self.kind = kind
         self.master_name = master_name
         self.data_dir = Path(tempfile.mkdtemp(prefix=f"hexpire-sentinel-{kind}-"))
-        self.master = LocalRedis(kind, data_dir=str(self.data_dir / "master"), args=_FAST_SYNC)
+        args = [*_FAST_SYNC, *server_args]  # both servers: either may be the master
+        self.master = LocalRedis(kind, data_dir=str(self.data_dir / "master"), args=args)
         self.replica = LocalRedis(
             kind,
             data_dir=str(self.data_dir / "replica"),
-            args=["--replicaof", "127.0.0.1", str(self.master.port), *_FAST_SYNC],
+            args=["--replicaof", "127.0.0.1", str(self.master.port), *args],
         )
         self.sentinels = [
             _SentinelProcess(kind, self.master.port, self.data_dir / f"sentinel{i}", master_name,

@@ -6,6 +6,7 @@ so afterwards each acknowledged write can be checked on its own: present with it
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,9 @@ from typing import Any
 
 import pandas as pd
 from feast import FeatureStore
+
+from feast_redis_hexpire.local_redis import LocalRedis
+from feast_redis_hexpire.topology import kill
 
 # Async replication: a master acknowledges a write before its replica has it, so what a SIGKILLed
 # master acknowledged in its last moments may be gone. On loopback the replica is milliseconds
@@ -65,6 +69,28 @@ class FailoverReport:
         )  # fmt: skip
 
 
+def cut_then_kill(master: LocalRedis, replica: LocalRedis, lag_s: float = 0.5) -> tuple[Callable, dict]:
+    """A kill that loses data on purpose, as a network partition would: the replica is frozen
+    (SIGSTOP) and its link dropped (CLIENT KILL TYPE replica), the master keeps acknowledging
+    writes for ``lag_s`` that only it has, then is SIGKILLed and the replica thawed. (A plain
+    SIGKILL on loopback loses nothing: what the master acknowledged is already in the kernel's
+    socket buffers to the replica.) Returns the kill callable and its timestamps."""
+    times: dict[str, float] = {}
+
+    def run() -> float:
+        replica.process.send_signal(signal.SIGSTOP)
+        times["cut"] = time.monotonic()
+        with master.client(socket_timeout=2) as client:
+            client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        time.sleep(lag_s)
+        kill(master)
+        times["killed"] = time.monotonic()
+        replica.process.send_signal(signal.SIGCONT)
+        return times["killed"]
+
+    return run, times
+
+
 def push_one(store: FeatureStore, n: int) -> None:
     now = datetime.now(timezone.utc)
     frame = pd.DataFrame(
@@ -106,7 +132,7 @@ def run(
         try:
             ready.wait()
             report.killed_at = time.monotonic()
-            kill()
+            report.killed_at = kill() or report.killed_at
             wait_new_master()
             report.promoted_at = time.monotonic()
         except BaseException as e:  # surfaced by the loop

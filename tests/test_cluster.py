@@ -204,3 +204,35 @@ def test_cluster_with_one_old_primary_is_refused_naming_it(tmp_path):
         for node in mixed.masters:
             with node.client() as c:
                 assert c.dbsize() == 0, "a refused apply writes nothing"
+
+
+def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
+    # The loss case made deterministic: the replica is cut off, the master acknowledges writes
+    # only it holds, then dies; the promoted replica never had them. The report must find them.
+    with LocalCluster("redis") as fresh:
+        store = apply_repo(cluster_repo(tmp_path / "repo", fresh))
+        store.materialize_incremental(end_date=datetime.now(timezone.utc))
+        victim, its_replica = fresh.masters[0], fresh.replicas[0]
+        owner = fresh.owner_function()
+        on_victim = {n for n in range(5000) if owner(b"fs:user:w%05d" % n) is victim}
+        cut, times = failover.cut_then_kill(victim, its_replica)
+        report = failover.run(
+            store,
+            kill=cut,
+            wait_new_master=lambda: fresh.wait_promoted(victim),
+            raw=lambda: raw_client(fresh),
+            key_of=lambda n: b"fs:user:w%05d" % n,
+            before=60,
+            after=60,
+        )
+        label = f"cluster redis: replica cut off, then SIGKILL 127.0.0.1:{victim.port}"
+        print("\n" + report.summary(label))
+        assert not report.errors_after(report.promoted_at + failover.RECOVERY_GRACE_S)
+        assert report.lost, "writes acknowledged by the cut-off master must be reported lost"
+        for n, ago in report.lost:
+            assert n in on_victim
+            assert times["cut"] <= report.killed_at - ago <= times["killed"]
+        acked_in_window = [
+            o for o in report.writes(True) if o.n in on_victim and times["cut"] < o.at < times["killed"]
+        ]
+        assert len(report.lost) <= len(acked_in_window)

@@ -90,3 +90,60 @@ def test_master_killed_during_pushes_and_reads(tmp_path, sentinel):
     assert any(o.error for o in report.writes()), "writes must fail while there is no master"
     for n, ago in report.lost:
         assert 0 <= ago <= failover.LOSS_WINDOW_S, f"w{n:05d} acked {ago:.3f}s before the kill, lost"
+
+
+def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
+    # The loss case made deterministic (see failover.cut_then_kill); redis only, to keep CI short.
+    with LocalSentinel("redis") as fresh:
+        store = apply_repo(sentinel_repo(tmp_path / "repo", fresh))
+        store.materialize_incremental(end_date=datetime.now(timezone.utc))
+        cut, times = failover.cut_then_kill(fresh.master, fresh.replica)
+        report = failover.run(
+            store,
+            kill=cut,
+            wait_new_master=lambda: fresh.wait_failover(fresh.master),
+            raw=lambda: master_client(fresh),
+            key_of=lambda n: b"fs:user:w%05d" % n,
+            before=60,
+            after=60,
+        )
+        label = f"sentinel redis: replica cut off, then SIGKILL 127.0.0.1:{fresh.master.port}"
+        print("\n" + report.summary(label))
+        assert not report.errors_after(report.promoted_at + failover.RECOVERY_GRACE_S)
+        assert report.lost, "writes acknowledged by the cut-off master must be reported lost"
+        for _, ago in report.lost:
+            assert times["cut"] <= report.killed_at - ago <= times["killed"]
+        in_window = [o for o in report.writes(True) if times["cut"] < o.at < times["killed"]]
+        assert len(report.lost) <= len(in_window)
+
+
+def test_min_replicas_to_write_turns_the_loss_into_errors(tmp_path):
+    # The mitigation documented in RELIABILITY: a master that has no replica in sync refuses
+    # writes (NOREPLICAS), so the same cut-off-then-killed master acknowledges nothing it alone holds.
+    args = ["--min-replicas-to-write", "1", "--min-replicas-max-lag", "1"]
+    with LocalSentinel("redis", server_args=args) as fresh:
+        store = apply_repo(sentinel_repo(tmp_path / "repo", fresh))
+        store.materialize_incremental(end_date=datetime.now(timezone.utc))
+        cut, times = failover.cut_then_kill(fresh.master, fresh.replica)
+
+        def new_master_alone() -> None:
+            # The trade-off: the promoted master has no replica either, so it refuses writes
+            # until one is back or the operator accepts the risk, as done here.
+            with fresh.wait_failover(fresh.master).client() as client:
+                client.config_set("min-replicas-to-write", 0)
+
+        report = failover.run(
+            store,
+            kill=cut,
+            wait_new_master=new_master_alone,
+            raw=lambda: master_client(fresh),
+            key_of=lambda n: b"fs:user:w%05d" % n,
+            before=60,
+            after=60,
+        )
+        label = f"sentinel redis, min-replicas-to-write 1: replica cut off, SIGKILL :{fresh.master.port}"
+        print("\n" + report.summary(label))
+        refused = [o for o in report.writes(False) if times["cut"] < o.at < times["killed"] + 0.5]
+        assert refused and any("NOREPLICAS" in (o.error or "") for o in refused)
+        assert report.lost == []
+        assert not report.errors_after(report.promoted_at + failover.RECOVERY_GRACE_S)

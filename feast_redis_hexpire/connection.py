@@ -13,7 +13,7 @@ from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import RedisHexpireOnlineStoreConfig, RedisType, parse_connection_string
-from .exceptions import ServerUnsupportedError, StoreUnavailableError
+from .exceptions import ConfigError, ServerUnsupportedError, StoreUnavailableError
 
 __all__ = ["address", "make_async_client", "make_client", "require_hfe", "server_version"]
 
@@ -39,14 +39,25 @@ def _kwargs(cfg: RedisHexpireOnlineStoreConfig, retry_cls: Any) -> tuple[list, d
     return nodes, params, sentinel_kwargs
 
 
+def _cluster_params(params: dict) -> None:
+    """Adapt the shared connection kwargs to RedisCluster, which retries on its own (it
+    refreshes the slot map between attempts) and has only database 0."""
+    db = params.pop("db", 0)
+    if db not in (0, "0"):
+        raise ConfigError(
+            f"connection_string: db={db} is not possible with redis_type: redis_cluster "
+            f"(a Redis Cluster has only database 0); remove db= or use a key_prefix instead"
+        )
+    params.pop("retry_on_error", None)
+    params.pop("retry", None)
+
+
 def make_client(cfg: RedisHexpireOnlineStoreConfig) -> SyncClient:
     from redis.retry import Retry
 
     nodes, params, sentinel_kwargs = _kwargs(cfg, Retry)
     if cfg.redis_type == RedisType.redis_cluster:
-        params.pop("db", None)
-        params.pop("retry_on_error", None)
-        params.pop("retry", None)
+        _cluster_params(params)
         return redis.RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in nodes],
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), cfg.retries),
@@ -68,9 +79,7 @@ def make_async_client(cfg: RedisHexpireOnlineStoreConfig) -> AsyncClient:
 
     nodes, params, sentinel_kwargs = _kwargs(cfg, Retry)
     if cfg.redis_type == RedisType.redis_cluster:
-        params.pop("db", None)
-        params.pop("retry_on_error", None)
-        params.pop("retry", None)
+        _cluster_params(params)
         return aredis.RedisCluster(
             startup_nodes=[aredis.cluster.ClusterNode(h, p) for h, p in nodes],
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), cfg.retries),

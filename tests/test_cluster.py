@@ -21,7 +21,10 @@ import pytest
 import redis
 from conftest import SERVER_KINDS, apply_repo, feast_objects, write_data, write_repo
 
-from feast_redis_hexpire.exceptions import ServerUnsupportedError
+from feast_redis_hexpire.config import RedisHexpireOnlineStoreConfig
+from feast_redis_hexpire.connection import make_async_client, make_client
+from feast_redis_hexpire.exceptions import ConfigError, ServerUnsupportedError
+from feast_redis_hexpire.scripts import WRITE_ROW
 from feast_redis_hexpire.synth import streaming_frame
 from feast_redis_hexpire.topology import LocalCluster, kill
 
@@ -98,7 +101,9 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
     assert result["tx_count_5m"][:10] == [int(rc.hget(k, "tx_count_5m")) for k in keys[:10]]
     assert result["tx_count_5m"][10:] == [None] * 10
 
-    # The asyncio cluster client: push + read through the async paths.
+    # The asyncio cluster client: push + read through the async paths, starting from an empty
+    # script cache on every master (the async NOSCRIPT reload path).
+    rc.script_flush()  # SCRIPT FLUSH goes to every primary
     async def async_round() -> dict:
         await store.push_async("user_events_push", streaming_frame(USERS[10:], random.Random(4)))
         response = await store.get_online_features_async(features=features, entity_rows=rows)
@@ -156,6 +161,10 @@ def test_master_killed_during_pushes_and_reads(tmp_path, kind):
         store = apply_repo(cluster_repo(tmp_path / "repo", fresh))
         store.materialize_incremental(end_date=datetime.now(timezone.utc))
         victim = fresh.masters[0]
+        # SCRIPT LOAD is not replicated: the promoted replica will answer NOSCRIPT, so writes
+        # after the failover go through run_pipelined's reload path.
+        with fresh.replicas[0].client() as replica:
+            assert replica.script_exists(WRITE_ROW.sha) == [False]
         owner = fresh.owner_function()
         killed_slots = {n for n in range(5000) if owner(b"fs:user:w%05d" % n) is victim}
         assert killed_slots, "some pushed users must live on the killed master"
@@ -236,3 +245,10 @@ def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
             o for o in report.writes(True) if o.n in on_victim and times["cut"] < o.at < times["killed"]
         ]
         assert len(report.lost) <= len(acked_in_window)
+
+
+def test_db_other_than_0_is_refused_for_a_cluster():
+    cfg = RedisHexpireOnlineStoreConfig(connection_string="127.0.0.1:7000,db=2", redis_type="redis_cluster")
+    for make in (make_client, make_async_client):
+        with pytest.raises(ConfigError, match="db=2 is not possible with redis_type: redis_cluster"):
+            make(cfg)

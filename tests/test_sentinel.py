@@ -17,6 +17,7 @@ import pytest
 import redis
 from conftest import SERVER_KINDS, apply_repo, write_data, write_repo
 
+from feast_redis_hexpire.scripts import WRITE_ROW
 from feast_redis_hexpire.synth import streaming_frame
 from feast_redis_hexpire.topology import LocalSentinel, kill
 
@@ -76,6 +77,8 @@ def test_master_killed_during_pushes_and_reads(tmp_path, sentinel):
     store = apply_repo(sentinel_repo(tmp_path / "repo", sentinel))
     store.materialize_incremental(end_date=datetime.now(timezone.utc))
     old = sentinel.master
+    with sentinel.replica.client() as replica:  # the new master will answer NOSCRIPT at first
+        assert replica.script_exists(WRITE_ROW.sha) == [False]
     report = failover.run(
         store,
         kill=lambda: kill(old),

@@ -66,6 +66,7 @@ class FailoverReport:
             f"+{last_error - self.killed_at:.2f} s; acknowledged writes lost: {len(self.lost)}"
             + (f" [{lost}] (async replication: acked by the old master, not yet on its replica)"
                if self.lost else "")
+            + (f"; first write error: {failed[0].error[:300]}" if failed else "")
         )  # fmt: skip
 
 

@@ -157,3 +157,25 @@ def test_compound_entity_view_round_trips(store, r):
         features=["user_merchant:pair_tx"], entity_rows=[{"merchant_id": "m*7", "user_id": "u:1"}]
     ).to_dict()
     assert result["pair_tx"] == [5]
+
+
+def test_int64_entity_through_write_to_online_store(store, r):
+    """An int join key: key `fs:driver:42`, written from a DataFrame and read back by Feast."""
+    import pandas as pd
+
+    driver = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64)
+    source = FileSource(name="driver_source", path="unused.parquet", timestamp_field="event_timestamp")
+    schema = [Field(name="trips_today", dtype=Int64)]
+    view = FeatureView(name="driver_stats", entities=[driver], schema=schema, source=source, online=True)
+    store.apply([driver, view])
+    frame = pd.DataFrame(
+        {"driver_id": [42, -7], "trips_today": [3, 4], "event_timestamp": [pd.Timestamp.now(tz="UTC")] * 2}
+    )
+    store.write_to_online_store("driver_stats", frame)
+    assert r.hget("fs:driver:42", "trips_today") == b"3"
+    assert r.hget("fs:driver:-7", "trips_today") == b"4"
+    got = store.get_online_features(
+        features=["driver_stats:trips_today"],
+        entity_rows=[{"driver_id": 42}, {"driver_id": -7}, {"driver_id": 1}],
+    ).to_dict()
+    assert got["trips_today"] == [3, 4, None]

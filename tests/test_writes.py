@@ -303,3 +303,44 @@ def test_bad_entity_key_names_the_view_and_writes_nothing(store, r, bad, view_na
         online_store_of(store).online_write_batch(store.config, view, rows, None)
     assert view_name in str(info.value)
     assert r.dbsize() == 0
+
+
+def test_null_key_ttl_leaves_batch_keys_without_expiry(make_repo, r):
+    store = apply_repo(make_repo(key_ttl_seconds=None))
+    materialize(store)
+    assert r.hlen(KEY) == len(BATCH_FEATURES) + 1
+    assert r.ttl(KEY) == -1
+
+
+def test_stream_feature_view_is_streaming_and_does_not_store_its_join_key(store, r):
+    """A StreamFeatureView gets per-field TTLs; a join key listed among its features is no field."""
+    from feast import Entity, Field, FileSource, StreamFeatureView, ValueType
+    from feast.data_format import JsonFormat
+    from feast.data_source import KafkaSource
+
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
+    batch_source = FileSource(name="clicks_batch", path="unused.parquet", timestamp_field="event_timestamp")
+    kafka = KafkaSource(
+        name="user_clicks_kafka",
+        timestamp_field="event_timestamp",
+        message_format=JsonFormat(schema_json=""),
+        kafka_bootstrap_servers="127.0.0.1:9",
+        topic="clicks",
+        batch_source=batch_source,
+    )  # fmt: skip
+    sfv = StreamFeatureView(
+        name="user_clicks", source=kafka, entities=[user], timestamp_field="event_timestamp",
+        schema=[Field(name="user_id", dtype=String), Field(name="clicks_1m", dtype=Int64)],
+    )  # fmt: skip
+    store.apply([sfv])
+    view = store.get_stream_feature_view("user_clicks")
+    now = datetime.now(timezone.utc)
+    values = {"user_id": Value(string_val="u0001"), "clicks_1m": Value(int64_val=9)}
+    online_store_of(store).online_write_batch(
+        store.config, view, [(user_key("u0001"), values, now, None)], None
+    )
+    assert {f.decode() for f in r.hkeys(KEY)} == {"clicks_1m", "_ts:user_clicks"}
+    assert all(0 < t <= 300 for t in r.httl(KEY, "clicks_1m", "_ts:user_clicks"))
+    assert r.ttl(KEY) == -1
+    got = store.get_online_features(features=["user_clicks:clicks_1m"], entity_rows=[{"user_id": "u0001"}])
+    assert got.to_dict()["clicks_1m"] == [9]

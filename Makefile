@@ -40,3 +40,8 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info feature_repo/data
+
+# The interactive demo (local Redis, streaming worker, web page on http://127.0.0.1:8087).
+.PHONY: demo
+demo: install
+	$(VENV)/bin/feast-hexpire demo

@@ -228,7 +228,11 @@ def test_inspect(http, demo, r):
     demo.store.push("user_events_push", _stream_row("u0004"))
     body = http.get("/inspect", params={"user_id": "u0004"}).json()
     fields = {f["field"]: f for f in body["fields"]}
-    assert body["key"] == "fs:user:u0004" and body["exists"] and body["encoding"] == r.object("encoding", "fs:user:u0004").decode()
+    assert (
+        body["key"] == "fs:user:u0004"
+        and body["exists"]
+        and body["encoding"] == r.object("encoding", "fs:user:u0004").decode()
+    )
     assert fields["risk_segment"]["ttl"] == "no TTL" and 0 < fields["tx_count_5m"]["ttl_ms"] <= 60_000
     assert 500_000 < body["key_ttl_ms"] <= 600_000
     body = http.get("/inspect", params={"user_id": "u0005"}).json()

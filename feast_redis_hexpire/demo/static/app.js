@@ -136,7 +136,8 @@ $("inspect-form").addEventListener("submit", async (ev) => {
     const body = table.tBodies[0]; body.replaceChildren();
     for (const f of r.fields) {
       const row = body.insertRow(); row.dataset.field = f.field;
-      cell(row, f.field); cell(row, f.value === null ? "<missing>" : f.value);
+      cell(row, f.field); cell(row, f.view === "user_batch_features" ? "batch" : "streaming", "tag");
+      cell(row, f.value === null ? "<missing>" : f.value);
       cell(row, f.ttl, f.ttl_ms === -2 ? "missing" : "num");
     }
     table.hidden = false;

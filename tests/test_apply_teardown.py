@@ -166,16 +166,17 @@ def test_teardown_with_a_glob_like_prefix_does_not_widen(make_repo, r):
 
 # ---- a server without hash-field expiration ----
 
-OLD_SERVER = Path("/usr/bin/redis-server")
+OLD_SERVER = Path("/usr/bin/redis-server")  # Debian 12's redis-server 7.0: no hash-field expiration
 
 
 @pytest.fixture
 def old_redis(tmp_path):
-    if not OLD_SERVER.exists() and shutil.which("redis-server") is None:
+    binary = OLD_SERVER if OLD_SERVER.exists() else shutil.which("redis-server")
+    if binary is None:
         pytest.fail("Debian's redis-server 7.0 is needed for this test (apt-get install redis-server)")
     port = free_port()
     process = subprocess.Popen(
-        [str(OLD_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

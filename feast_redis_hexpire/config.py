@@ -153,13 +153,15 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
         description="Write rows without the event-time check (an older row may overwrite a "
         "newer one). Kept for compatibility with Feast's redis store.",
     )
-    full_scan_for_deletion: bool = Field(
+    full_scan_for_deletion: bool | None = Field(
         True,
         description="On `feast apply`, remove the fields of deleted views from every hash "
-        "(one SCAN of the view's entities).",
+        "(one SCAN of the view's entities); `false`/`null` leaves them.",
     )
-    client: Literal["redis"] = Field(
-        "redis", description="Accepted for compatibility with Feast's redis store; only `redis`."
+    client: Literal["redis", "glide"] = Field(
+        "redis",
+        description="Accepted for compatibility with Feast's redis store; reads and writes "
+        "always use redis-py (`glide` logs a warning).",
     )
 
     @field_validator("key_ttl_seconds")

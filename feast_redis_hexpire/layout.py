@@ -58,8 +58,11 @@ def id_text(value: ValueProto) -> str:
 
 
 def entity_segment(entity_names: Sequence[str], join_keys: Sequence[str]) -> str:
-    """The ``<entity>`` part of a key for a view with these entities and join keys."""
-    if len(entity_names) == 1 and len(join_keys) == 1:
+    """The ``<entity>`` part of a key for a view with these entities and join keys.
+
+    A Feast entity has one join key, so a one-entity view is named by its entity (this also
+    works for a view object whose join keys Feast has not inferred yet)."""
+    if len(entity_names) == 1:
         return escape_id(entity_names[0])
     return COMPOUND_SEPARATOR.join(escape_id(k) for k in sorted(join_keys))
 

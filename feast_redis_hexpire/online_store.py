@@ -150,6 +150,8 @@ class RedisHexpireOnlineStore(OnlineStore):
         settings = self._settings(cfg)
         with self._lock:
             if settings not in self._clients:
+                if cfg.client == "glide":
+                    logger.warning("online_store client: glide is ignored; this store uses redis-py")
                 self._clients[settings] = make_client(cfg)
             return self._clients[settings]
 
@@ -496,7 +498,11 @@ class RedisHexpireOnlineStore(OnlineStore):
         entities_to_keep: Sequence[Entity],
         partial: bool,
     ) -> None:
-        self.check_views(config, tables_to_keep)
+        views = {t.name: t for t in _registered_views(config)} if partial else {}
+        views.update((t.name, t) for t in tables_to_keep)
+        for table in tables_to_delete:
+            views.pop(table.name, None)
+        self.check_views(config, list(views.values()))
         client = self.client(config)
         try:
             require_hfe(client, config.online_store)
@@ -537,3 +543,17 @@ def hexpire_store(feature_store: Any) -> RedisHexpireOnlineStore:
             f"the repo's online store is {type(online).__name__}, not RedisHexpireOnlineStore"
         )
     return online
+
+
+def _registered_views(config: RepoConfig) -> list[Any]:
+    """Views already in the registry: a partial apply (``FeatureStore.apply``) passes only the
+    views it changes, and a new view must not collide with one applied earlier."""
+    from feast import FeatureStore
+
+    try:
+        repo_path = str(config.repo_path) if config.repo_path else None
+        registered = FeatureStore(repo_path=repo_path, config=config)
+        return [*registered.list_feature_views(), *registered.list_stream_feature_views()]
+    except Exception as e:  # no registry yet (first apply) or unreadable: check what we have
+        logger.debug("field collision check without the registry: %s", e)
+        return []

@@ -1,0 +1,330 @@
+"""Benchmark: this plugin vs Feast's built-in redis online store vs raw redis-py, one server.
+
+    python bench/run.py                  # 100k users, two full repetitions -> BENCHMARKS.md
+    python bench/run.py --quick          # 10k users, fewer iterations (smoke run)
+    python bench/run.py --server valkey
+
+Every repetition starts its own server (LocalRedis) and two copies of the sample repo under
+different projects: ``hx`` (this plugin) and ``builtin`` (``type: redis``), both with
+``key_ttl_seconds`` set. Write and memory phases FLUSHALL the bench's own server before each
+store; latency phases hold both stores' data at once (disjoint keys) and interleave their calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from feast import utils
+from feast.protos.feast.serving.ServingService_pb2 import GetOnlineFeaturesResponse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report import Result, machine_info, render, server_info  # noqa: E402
+from timing import interleaved, percentile, timed, timed_cpu  # noqa: E402
+from workload import (  # noqa: E402
+    BATCH_VIEW,
+    BUILTIN_STORE,
+    KEY_TTL_SECONDS,
+    PLUGIN_STORE,
+    PUSH_SOURCE,
+    Bench,
+    batch_proto_rows,
+    feature_refs,
+    make_bench,
+    now_utc,
+    push_frames,
+    streaming_proto_rows,
+)
+
+from feast_redis_hexpire import codec  # noqa: E402
+from feast_redis_hexpire.local_redis import LocalRedis  # noqa: E402
+from feast_redis_hexpire.synth import user_id  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH_READ = ["risk_segment", "tx_count_7d", "avg_amount_30d"]
+STREAM_READ = ["tx_count_5m", "failed_logins_15m"]
+
+FULL = {"users": 100_000, "gof1": 3000, "gof100": 600, "push1": 2000, "push100": 200, "read": 1000}
+QUICK = {"users": 10_000, "gof1": 300, "gof100": 60, "push1": 200, "push100": 20, "read": 100}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def used_memory(r: Any) -> int:
+    return int(r.info("memory")["used_memory"])
+
+
+def flush(r: Any) -> int:
+    r.flushall(asynchronous=False)
+    gc.collect()
+    time.sleep(0.2)
+    return used_memory(r)
+
+
+# ---- writes and memory ----
+
+
+def write_phase(r: Any, benches: list[Bench], users: int, rounds: int, res: Result) -> None:
+    """materialize end to end, then online_write_batch alone with the same rows, per store;
+    memory per entity from a flushed server."""
+    start, end = now_utc() - timedelta(days=1), now_utc()
+    rows = {b.label: batch_proto_rows(b) for b in benches}
+    stream = {b.label: streaming_proto_rows(b, users, now_utc()) for b in benches}
+    for b in benches:  # warm Feast's offline read path (imports, caches) before timing it
+        flush(r)
+        b.store.materialize(start, end, [BATCH_VIEW])
+    for rnd in range(rounds):
+        order = benches if rnd % 2 == 0 else benches[::-1]
+        for b in order:
+            flush(r)
+            t = timed(lambda b=b: b.store.materialize(start, end, [BATCH_VIEW]))
+            assert r.dbsize() == users, f"{b.label}: materialize wrote {r.dbsize()} keys, not {users}"
+            res.add("materialize", b.label, users / t)
+            res.add("convert", b.label, users / timed(lambda b=b: batch_proto_rows(b)))
+
+            base = flush(r)
+            t, cpu = timed_cpu(lambda b=b: b.write(b.batch_view, rows[b.label]))
+            assert r.dbsize() == users
+            res.add("write_batch", b.label, users / t)
+            res.add("write_batch_cpu", b.label, cpu / users * 1e6)
+            log(f"round {rnd + 1} {b.label}: online_write_batch {users / t:,.0f} rows/s")
+            res.add("mem_batch", b.label, (used_memory(r) - base) / users)
+            res.add("mem_key", b.label, key_usage(r, b.label))
+            t = timed(lambda b=b: b.write(b.stream_view, stream[b.label]))
+            res.add("write_stream", b.label, users / t)
+            res.add("mem_both", b.label, (used_memory(r) - base) / users)
+        raw_write(r, benches[0], rows[benches[0].label], users, res)
+
+
+def raw_write(r: Any, plugin: Bench, rows: list, users: int, res: Result) -> None:
+    """HSET + EXPIRE per entity, pipelined 2000 rows per round trip, values pre-encoded in the
+    plugin's text form (so this is the cost of the commands alone)."""
+    view = plugin.batch_view
+    kinds = {f.name: codec.expected_kind(f.dtype.to_value_type()) for f in view.features}
+    mappings = []
+    for entity_key, values, ts, _ in rows:
+        mapping: dict[str, Any] = {f"_ts:{view.name}": codec.encode_ts(ts)}
+        mapping.update({name: codec.encode_value(v, kinds[name]) for name, v in values.items()})
+        mappings.append((f"raw:user:{entity_key.entity_values[0].string_val}", mapping))
+    base = flush(r)
+
+    def write() -> None:
+        for start in range(0, len(mappings), 2000):
+            with r.pipeline(transaction=False) as pipe:
+                for key, mapping in mappings[start : start + 2000]:
+                    pipe.hset(key, mapping=mapping)
+                    pipe.expire(key, KEY_TTL_SECONDS)
+                pipe.execute()
+
+    t, cpu = timed_cpu(write)
+    res.add("write_batch", "raw", users / t)
+    res.add("write_batch_cpu", "raw", cpu / users * 1e6)
+    res.add("mem_batch", "raw", (used_memory(r) - base) / users)
+    res.add("mem_key", "raw", key_usage(r, "raw"))
+
+
+def key_usage(r: Any, label: str) -> float:
+    """Median MEMORY USAGE of 200 keys (the flushed server holds only this store's keys)."""
+    keys = [r.randomkey() for _ in range(200)]
+    return statistics.median(r.memory_usage(k, samples=0) for k in keys)
+
+
+# ---- push ----
+
+
+def push_phase(benches: list[Bench], users: int, n1: int, n100: int, res: Result, block: int = 20) -> None:
+    """Pushes in blocks of ``block`` calls per store, stores alternating per block (see
+    timing.interleaved for why not per call); the first push of a block is not counted."""
+    t0 = now_utc()
+    for size, count, seed in ((1, n1, 11), (100, n100, 12)):
+        warm = push_frames(users, size, max(5, count // 20), t0 + timedelta(seconds=size), seed)
+        frames = push_frames(users, size, count, t0 + timedelta(seconds=size + 60), seed + 1)
+        for b in benches:
+            for frame in warm:
+                b.store.push(PUSH_SOURCE, frame)
+        spent = {b.label: 0.0 for b in benches}
+        pushed = {b.label: 0 for b in benches}
+        for rnd, start in enumerate(range(0, count, block)):
+            chunk = frames[start : start + block]
+            for b in benches if rnd % 2 == 0 else benches[::-1]:
+                b.store.push(PUSH_SOURCE, chunk[0])
+                for frame in chunk[1:]:
+                    spent[b.label] += timed(lambda b=b, frame=frame: b.store.push(PUSH_SOURCE, frame))
+                    pushed[b.label] += size
+        for b in benches:
+            res.add(f"push{size}", b.label, pushed[b.label] / spent[b.label])
+        log(f"push {size}: " + ", ".join(f"{k} {pushed[k] / v:,.0f} rows/s" for k, v in spent.items()))
+
+
+# ---- reads ----
+
+
+def load_both(r: Any, benches: list[Bench], users: int) -> None:
+    flush(r)
+    for b in benches:
+        b.write(b.batch_view, batch_proto_rows(b))
+        b.write(b.stream_view, streaming_proto_rows(b, users, now_utc() + timedelta(hours=1)))
+
+
+def entity_batches(users: int, size: int, count: int, seed: int) -> list[list[dict]]:
+    rng = random.Random(seed)
+    return [[{"user_id": user_id(rng.randint(1, users))} for _ in range(size)] for _ in range(count)]
+
+
+def check_same_answers(benches: list[Bench], rows: list[dict]) -> None:
+    """Both stores must return the same values, or the latency comparison means nothing."""
+    refs = feature_refs()
+    answers = [b.store.get_online_features(features=refs, entity_rows=rows).to_dict() for b in benches]
+    if answers[0] != answers[1]:
+        raise AssertionError(f"stores disagree: {answers[0]} vs {answers[1]}")
+    if any(v is None for col in answers[0].values() for v in col):
+        raise AssertionError(f"missing values in the read: {answers[0]}")
+
+
+def gof_phase(benches: list[Bench], users: int, iters: dict[str, int], res: Result) -> None:
+    refs = feature_refs()
+    for size, n in ((1, iters["gof1"]), (100, iters["gof100"])):
+        batches = entity_batches(users, size, 500, seed=size)
+        check_same_answers(benches, batches[0])
+        calls: dict[str, Callable[[], object]] = {}
+        for b in benches:
+            cycle = itertools.cycle(batches)
+            calls[b.label] = lambda b=b, cycle=cycle: b.store.get_online_features(
+                features=refs, entity_rows=next(cycle)
+            )
+        samples, cpu = interleaved(calls, n, warmup=max(20, n // 10))
+        for label, s in samples.items():
+            res.add(f"gof{size}_cpu", label, cpu[label])
+            res.add(f"gof{size}_p50", label, percentile(s, 50))
+            res.add(f"gof{size}_p99", label, percentile(s, 99))
+        log(f"gOF {size}: " + ", ".join(f"{k} p50 {percentile(v, 50):.3f} ms" for k, v in samples.items()))
+
+
+def read_phase(r: Any, benches: list[Bench], users: int, n: int, res: Result) -> None:
+    """The stores' read methods for 100 entities (both views, 5 features) vs raw HMGETs."""
+    plugin = benches[0]
+    ids = [e["user_id"] for e in entity_batches(users, 100, 1, seed=7)[0]]
+    entity_rows = {"user_id": ids}
+    calls: dict[str, Callable[[], object]] = {}
+    for b in benches:
+        registry = b.store.registry
+        prep = utils._prepare_entities_to_read_from_online_store(
+            registry=registry, project=b.config.project, features=feature_refs(),
+            entity_values=entity_rows, full_feature_names=False, native_entity_values=True,
+        )  # fmt: skip
+        join_key_values, grouped_refs, name_map, *_, template = prep
+        calls[f"{b.label}_per_fv"] = _per_fv_call(b, grouped_refs, join_key_values, name_map, template)
+    eks = [utils._get_entity_key_protos([{"user_id": _v(i)}])[0] for i in ids]
+    online, config = plugin.online, plugin.config
+    calls["plugin_online_read"] = lambda: online.online_read(config, plugin.batch_view, eks, BATCH_READ)
+    keys = [online.key_for(config, plugin.batch_view, ek) for ek in eks]
+    all_fields = [f"_ts:{BATCH_VIEW}", *BATCH_READ, f"_ts:{plugin.stream_view.name}", *STREAM_READ]
+    batch_fields = [f"_ts:{BATCH_VIEW}", *BATCH_READ]
+
+    def raw_pipeline(fields: list[str]) -> Callable[[], object]:
+        def call() -> object:
+            with r.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hmget(key, fields)
+                return pipe.execute()
+
+        return call
+
+    calls["raw_hmget100_both"] = raw_pipeline(all_fields)
+    calls["raw_hmget100_batch"] = raw_pipeline(batch_fields)
+    calls["raw_hmget1"] = lambda: r.hmget(keys[0], all_fields)
+    assert all(v is not None for reply in raw_pipeline(all_fields)() for v in reply)  # type: ignore[union-attr]
+    samples, cpu = interleaved(calls, n, warmup=max(20, n // 10))
+    for label, s in samples.items():
+        res.add("read_cpu", label, cpu[label])
+        res.add("read_p50", label, percentile(s, 50))
+        res.add("read_p99", label, percentile(s, 99))
+    log("reads: " + ", ".join(f"{k} {percentile(v, 50):.3f} ms" for k, v in samples.items()))
+
+
+def _v(text: str) -> Any:
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    return Value(string_val=text)
+
+
+def _per_fv_call(b: Bench, grouped_refs: Any, jkv: Any, name_map: Any, template: Any) -> Callable[[], object]:
+    online, config = b.online, b.config
+
+    def call() -> object:
+        response = GetOnlineFeaturesResponse()
+        response.CopyFrom(template)
+        # Fresh feature lists per call: Feast's built-in store appends its _ts field to them.
+        refs = [(table, list(features)) for table, features in grouped_refs]
+        online._read_features_per_fv(config, refs, jkv, name_map, response, False, False)
+        return response
+
+    return call
+
+
+# ---- driver ----
+
+
+def one_run(args: argparse.Namespace, params: dict[str, int], run_no: int) -> Result:
+    users = params["users"]
+    res = Result(run_no)
+    with LocalRedis(args.server) as server, tempfile.TemporaryDirectory(prefix="hexpire-bench-") as tmp:
+        r = server.client()
+        res.server = server_info(r)
+        event_time = now_utc() - timedelta(hours=1)
+        conn, root = server.connection_string, Path(tmp)
+        benches = [
+            make_bench("plugin", root, "hx", conn, PLUGIN_STORE, users, event_time),
+            make_bench("builtin", root, "builtin", conn, BUILTIN_STORE, users, event_time),
+        ]
+        log(f"run {run_no}: {users:,} users on {res.server}")
+        write_phase(r, benches, users, params["rounds"], res)
+        flush(r)
+        push_phase(benches, users, params["push1"], params["push100"], res)
+        load_both(r, benches, users)
+        gof_phase(benches, users, params, res)
+        read_phase(r, benches, users, params["read"], res)
+        r.close()
+    return res
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="10k users, fewer iterations (smoke run)")
+    parser.add_argument("--server", choices=("redis", "valkey"), default="redis")
+    parser.add_argument("--users", type=int, help="entities to write (default 100k, 10k with --quick)")
+    parser.add_argument("--repeat", type=int, help="independent full runs (default 2, 1 with --quick)")
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown report to write")
+    args = parser.parse_args()
+    params = dict(QUICK if args.quick else FULL)
+    params["users"] = args.users or params["users"]
+    params["rounds"] = 1 if args.quick else 2
+    repeat = args.repeat or (1 if args.quick else 2)
+    info = machine_info()
+    command = "python bench/run.py " + " ".join(sys.argv[1:])
+    runs = []
+    for n in range(1, repeat + 1):
+        runs.append(one_run(args, params, n))
+        text = render(runs, info, params, command.strip(), args.server)
+        args.out.write_text(text)
+    print(text)
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

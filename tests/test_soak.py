@@ -164,7 +164,6 @@ def _batch_text(row: dict, name: str) -> bytes:
 
 def final_check(client: Any, last: dict, pushed: dict[str, Pushed]) -> dict[str, int]:
     counts = defaultdict(int)
-    now = time.time()
     frame, ts = last["frame"], last["ts"]
     batch_ts = str(encode_ts(ts)).encode()
     for row in frame.to_dict("records"):
@@ -177,14 +176,16 @@ def final_check(client: Any, last: dict, pushed: dict[str, Pushed]) -> dict[str,
     stream_fields = ["_ts:user_streaming_features", *STREAMING_FEATURES]
     for uid, last_push in pushed.items():
         key = f"fs:user:{uid}"
+        before = time.time()
         values = client.hmget(key, stream_fields)
         ttls = client.httl(key, *stream_fields)
-        if now < last_push.sent + FIELD_TTL - MARGIN:  # must still be there, with a TTL
+        after = time.time()
+        if after < last_push.sent + FIELD_TTL - MARGIN:  # must still be there, with a TTL
             assert all(v is not None for v in values), f"{key}: pushed field lost before its TTL"
             assert all(0 < t <= FIELD_TTL for t in ttls), f"{key}: field TTLs {ttls}"
             assert values[1:] == [str(last_push.values[f]).encode() for f in STREAMING_FEATURES], key
             counts["streaming users present with TTL"] += 1
-        elif now > last_push.acked + FIELD_TTL + MARGIN:  # must have expired on schedule
+        elif before > last_push.acked + FIELD_TTL + MARGIN:  # must have expired on schedule
             assert values == [None] * len(values), f"{key}: field outlived its TTL"
             counts["streaming users expired on schedule"] += 1
         else:
@@ -192,12 +193,16 @@ def final_check(client: Any, last: dict, pushed: dict[str, Pushed]) -> dict[str,
             counts["streaming users at their expiry instant"] += 1
     # No key without a TTL unless every one of its fields has one; no streaming field without one.
     for key in client.scan_iter(match="fs:*", count=1000):
-        if client.pttl(key) > 0:
+        key_ttl = client.pttl(key)
+        fields = list(client.hkeys(key))
+        if key_ttl == -2 or not fields:  # its last fields expired while we looked
+            counts["keys expired during the check"] += 1
+            continue
+        if key_ttl > 0:
             counts["keys with key TTL"] += 1
-            assert client.pttl(key) <= KEY_TTL * 1000
+            assert key_ttl <= KEY_TTL * 1000
         else:
-            fields = list(client.hkeys(key))
-            assert fields and all(t > 0 for t in client.httl(key, *fields)), f"{key}: no TTL at all"
+            assert all(t > 0 for t in client.httl(key, *fields)), f"{key}: no TTL at all"
             counts["push-only keys held by field TTLs"] += 1
         present = [f for f in stream_fields if client.hexists(key, f)]
         if present:

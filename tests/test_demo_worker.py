@@ -9,6 +9,7 @@ from feast import FeatureStore
 
 from feast_redis_hexpire.demo import repo as demo_repo
 from feast_redis_hexpire.demo.builder import bulk_load
+from feast_redis_hexpire.demo.core import check_prefix
 from feast_redis_hexpire.demo.errors import InputError
 from feast_redis_hexpire.demo.worker import StreamingWorker, next_tick
 from feast_redis_hexpire.local_redis import LocalRedis
@@ -155,3 +156,15 @@ def test_pause_resume_and_wait_for_idle(store, r):
         assert worker.counters.writes == 2 * worker.counters.ticks
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("prefix", ["", " ", "*", "*:", "?", "[]", "{}:", "\\*"])
+def test_reset_refuses_empty_or_glob_only_prefixes(prefix):
+    with pytest.raises(InputError) as err:
+        check_prefix(prefix)
+    assert err.value.field == "key_prefix"
+
+
+def test_reset_accepts_real_prefixes_with_glob_characters():
+    for prefix in ("fs:", "fs:u?", "team[1]:"):
+        assert check_prefix(prefix) == prefix

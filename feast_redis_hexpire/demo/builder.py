@@ -158,7 +158,7 @@ def run_cli(args: Any) -> int:
     store = FeatureStore(repo_path=str(repo))
     if connection:
         store.config.online_store.connection_string = connection
-    online = store._get_provider().online_store  # type: ignore[attr-defined]
+    online: Any = store._get_provider().online_store
     where = store.config.online_store.connection_string.split(",")[0]
     try:
         online.client(store.config).ping()

@@ -78,7 +78,8 @@ def apply(repo: Path) -> FeatureStore:
 
 
 def batch_source_path(store: FeatureStore) -> Path:
-    return Path(store.get_feature_view(BATCH_VIEW).batch_source.path)  # type: ignore[attr-defined]
+    source: Any = store.get_feature_view(BATCH_VIEW).batch_source
+    return Path(source.path)
 
 
 def read_population(store: FeatureStore) -> list[str]:

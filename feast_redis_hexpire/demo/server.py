@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 __all__ = ["PortInUse", "ServerThread", "add_arguments", "bind", "run"]
 
@@ -136,7 +136,7 @@ class ServerThread:
     """The app served by uvicorn on an already bound socket in a background thread (for tests
     and notebooks): ``with ServerThread(app) as url: ...``."""
 
-    def __init__(self, app: object, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
         import uvicorn
 
         self.sock = bind(host, port)

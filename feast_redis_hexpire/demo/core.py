@@ -7,6 +7,8 @@ user count talk to Redis directly, and none of them scans the keyspace (see :met
 
 from __future__ import annotations
 
+import contextlib
+import io
 import random
 import re
 import threading
@@ -164,7 +166,8 @@ class Demo:
     # ---- actions ----
 
     def bulk_load(self, count: Any, ttl_seconds: Any, seed: Any = 1) -> dict[str, Any]:
-        with self._lock:
+        # Feast prints a banner per materialize; the server's console is not the place for it.
+        with self._lock, contextlib.redirect_stdout(io.StringIO()):
             result = bulk_load(self.store, count, ttl_seconds, seed)
             self._set_population(demo_repo.read_population(self.store))
             self.batch_ttl_seconds = result.ttl_seconds

@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_reset:
             print(f"Dropping the demo's users under '{demo.prefix}user:*' (pass --no-reset to keep them).")
             demo.reset()
-            demo.bulk_load(args.users, args.batch_ttl_seconds)
+            loaded = demo.bulk_load(args.users, args.batch_ttl_seconds)
+            print(f"Materialized {loaded['count']} user(s) in {loaded['seconds']}s.", flush=True)
         if args.paused:
             demo.worker.pause()
         demo.worker.start()

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 from conftest import apply_repo, feast_objects, online_store_of, user_key, user_view, write_data, write_repo
-from feast import FeatureStore
+from feast import Entity, FeatureStore, ValueType
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.types import Int64, String
 
@@ -162,6 +163,31 @@ def test_teardown_with_a_glob_like_prefix_does_not_widen(make_repo, r):
     assert not r.exists("f*:user:u0001")
     assert len(r.keys("fs:user:u*")) == 20  # nothing of the "fs:" project was touched
     assert r.hexists(KEY, "tx_count_5m")
+
+
+def test_teardown_keeps_another_projects_fields_in_shared_hashes(make_repo, r):
+    """Two projects configured to share one key_prefix share hashes; tearing one down must leave
+    the other project's fields (and the hash) in place."""
+    ours = apply_repo(make_repo(key_prefix="shared:"))
+    other_repo = make_repo(key_prefix="shared:")
+    config = yaml.safe_load((other_repo / "feature_store.yaml").read_text())
+    config["project"] = "other"
+    (other_repo / "feature_store.yaml").write_text(yaml.safe_dump(config))
+    other = FeatureStore(repo_path=str(other_repo))
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
+    other.apply([user, user_view("other_view", {"other_score": Int64})])
+    now = datetime.now(timezone.utc)
+    row = (user_key("u0001"), {"other_score": Value(int64_val=7)}, now, None)
+    online_store_of(other).online_write_batch(other.config, other.get_feature_view("other_view"), [row], None)
+    load(ours)
+    assert r.hget("shared:user:u0001", "other_score") == b"7"
+    assert r.hexists("shared:user:u0001", "risk_segment")
+    ours.teardown()
+    assert r.hget("shared:user:u0001", "other_score") == b"7"
+    assert r.hexists("shared:user:u0001", "_ts:other_view")
+    assert not r.exists("shared:user:u0002")  # only ours: gone
+    got = other.get_online_features(features=["other_view:other_score"], entity_rows=[{"user_id": "u0001"}])
+    assert got.to_dict()["other_score"] == [7]
 
 
 # ---- a server without hash-field expiration ----

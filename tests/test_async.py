@@ -7,9 +7,12 @@ import asyncio
 import random
 from datetime import datetime, timedelta, timezone
 
-from conftest import field_statuses, online_store_of, user_key
+import pytest
+from conftest import apply_repo, field_statuses, online_store_of, user_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
+from feast_redis_hexpire.exceptions import BadValueError
 from feast_redis_hexpire.synth import STREAMING_FEATURES, streaming_frame
 
 KEY = "fs:user:u0001"
@@ -91,3 +94,35 @@ def test_initialize_and_close_per_loop(store, r):
 
     for _ in range(2):
         assert field_statuses(asyncio.run(lifespan()))["risk_segment"] == ["NOT_FOUND"]
+
+
+def test_async_write_chunks_and_refuses_bad_keys(make_repo, r):
+    store = apply_repo(make_repo(write_batch_size=7))
+    online = online_store_of(store)
+    view = store.get_feature_view("user_streaming_features")
+    now = datetime.now(timezone.utc)
+    rows = [(user_key(f"a{i:02d}"), {"tx_count_5m": Value(int64_val=i)}, now, None) for i in range(50)]
+    calls: list[int] = []
+    asyncio.run(online.online_write_batch_async(store.config, view, rows, calls.append))
+    assert calls == [7] * 7 + [1]
+    assert len(r.keys("fs:user:a*")) == 50
+    assert all(0 < t <= 300 for t in (r.httl(f"fs:user:a{i:02d}", "tx_count_5m")[0] for i in range(50)))
+    r.flushall()
+    bad = EntityKey(join_keys=["user_id"], entity_values=[Value(double_val=2.5)])
+    with pytest.raises(BadValueError) as info:
+        asyncio.run(
+            online.online_write_batch_async(store.config, view, [rows[0], (bad, {}, now, None)], None)
+        )
+    assert "user_streaming_features" in str(info.value)
+    assert r.dbsize() == 0
+
+
+@pytest.mark.parametrize(("mode", "status"), [("flag", "OUTSIDE_MAX_AGE"), ("drop", "NOT_FOUND")])
+def test_async_read_applies_the_freshness_check(make_repo, r, mode, status):
+    store = apply_repo(make_repo(freshness_check=mode))
+    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    old = streaming_frame(["u0001"], random.Random(1), datetime.now(timezone.utc) - timedelta(hours=1))
+    response = asyncio.run(push_and_read(store, ["u0001"], 5, old["event_timestamp"][0].to_pydatetime()))
+    statuses = field_statuses(response)
+    assert statuses["tx_count_5m"] == [status, "NOT_FOUND"]
+    assert statuses["risk_segment"] == ["PRESENT", "NOT_FOUND"]

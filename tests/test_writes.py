@@ -344,3 +344,22 @@ def test_stream_feature_view_is_streaming_and_does_not_store_its_join_key(store,
     assert r.ttl(KEY) == -1
     got = store.get_online_features(features=["user_clicks:clicks_1m"], entity_rows=[{"user_id": "u0001"}])
     assert got.to_dict()["clicks_1m"] == [9]
+
+
+@pytest.mark.parametrize("push", [False, True], ids=["batch", "streaming"])
+def test_wide_view_of_5000_features_is_written(store, r, push):
+    """Wide views exist (embedding-like tables); every feature of the row must land, with its TTL."""
+    width = 5000
+    store.apply([user_view("wide", {f"w{i}": Int64 for i in range(width)}, push=push)])
+    view = store.get_feature_view("wide")
+    values = {f"w{i}": Value(int64_val=i) for i in range(width)}
+    now = datetime.now(timezone.utc)
+    online_store_of(store).online_write_batch(
+        store.config, view, [(user_key("u0001"), values, now, None)], None
+    )
+    assert r.hlen(KEY) == width + 1
+    assert r.hget(KEY, f"w{width - 1}") == str(width - 1).encode()
+    if push:
+        assert min(r.httl(KEY, *values)) > 0
+    else:
+        assert r.ttl(KEY) > 86_000

@@ -20,7 +20,7 @@ from feast import Entity, FeatureStore, ValueType
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.types import Int64, String
 
-from feast_redis_hexpire.exceptions import FieldCollisionError, ServerUnsupportedError
+from feast_redis_hexpire.exceptions import ConfigError, FieldCollisionError, ServerUnsupportedError
 from feast_redis_hexpire.local_redis import free_port
 from feast_redis_hexpire.synth import BATCH_FEATURES, streaming_frame
 
@@ -85,6 +85,12 @@ def test_view_feature_field_names_allow_the_same_feature_in_two_views(make_repo,
     assert got["clash_a__shared_score"] == [1] and got["clash_b__shared_score"] == [2]
 
 
+def test_feature_named_like_a_timestamp_field_is_refused(store, r):
+    with pytest.raises(ConfigError) as info:
+        store.apply([user_view("sneaky", {"_ts:user_batch_features": Int64})])
+    assert "sneaky" in str(info.value) and "_ts:" in str(info.value)
+
+
 # ---- deleting a view ----
 
 
@@ -110,6 +116,16 @@ def test_deleting_a_view_leaves_same_named_fields_of_other_hashes_alone(store, r
     deleted = [store.get_feature_view("user_streaming_features"), store.get_feature_service("fraud_model")]
     store.apply(objects, objects_to_delete=deleted, partial=False)
     assert r.hget("fs:user:foreign", "tx_count_5m") == b"9"
+
+
+def test_full_scan_for_deletion_off_keeps_the_fields(make_repo, r):
+    repo = make_repo(full_scan_for_deletion=False)
+    store = apply_repo(repo)
+    load(store)
+    objects = [o for o in feast_objects(repo) if o.name not in ("user_streaming_features", "fraud_model")]
+    deleted = [store.get_feature_view("user_streaming_features"), store.get_feature_service("fraud_model")]
+    store.apply(objects, objects_to_delete=deleted, partial=False)
+    assert r.hexists(KEY, "tx_count_5m") and r.hexists(KEY, "_ts:user_streaming_features")
 
 
 # ---- teardown ----
@@ -188,6 +204,16 @@ def test_teardown_keeps_another_projects_fields_in_shared_hashes(make_repo, r):
     assert not r.exists("shared:user:u0002")  # only ours: gone
     got = other.get_online_features(features=["other_view:other_score"], entity_rows=[{"user_id": "u0001"}])
     assert got.to_dict()["other_score"] == [7]
+
+
+def test_unreachable_server_fails_at_apply_naming_the_address(tmp_path, monkeypatch):
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("REDIS_CONNECTION_STRING", address)
+    repo = write_repo(tmp_path / "repo", address, retries=0, socket_connect_timeout=2)
+    write_data(repo, count=2)
+    with pytest.raises(Exception) as info:  # noqa: B017 -- the message is what matters
+        apply_repo(repo)
+    assert address in str(info.value)
 
 
 # ---- a server without hash-field expiration ----

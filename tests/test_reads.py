@@ -8,7 +8,9 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import apply_repo, field_statuses, online_store_of, user_key
+from conftest import apply_repo, field_statuses, online_store_of, user_key, user_view
+from feast.protos.feast.types.Value_pb2 import Value
+from feast.types import Int64
 
 from feast_redis_hexpire.synth import STREAMING_FEATURES, streaming_frame
 
@@ -116,3 +118,17 @@ def test_freshness_check(make_repo, r, mode, streaming_status):
     else:
         assert values["tx_count_5m"] == [int(r.hget(KEY, "tx_count_5m"))]
     assert values["risk_segment"] == [r.hget(KEY, "risk_segment").decode()]
+
+
+@pytest.mark.parametrize("ttl", [None, timedelta(0)], ids=["none", "zero"])
+def test_a_view_without_ttl_is_never_stale(store, r, ttl):
+    """ttl None or 0 means forever: even `drop` keeps a year-old value."""
+    store.config.online_store.freshness_check = "drop"  # config is read on every call
+    store.apply([user_view("forever", {"forever_f": Int64}, ttl=ttl)])
+    view = store.get_feature_view("forever")
+    old = datetime.now(timezone.utc) - timedelta(days=365)
+    row = (user_key("u0001"), {"forever_f": Value(int64_val=1)}, old, None)
+    online_store_of(store).online_write_batch(store.config, view, [row], None)
+    response = read(store, ["u0001"], features=["forever:forever_f"])
+    assert field_statuses(response)["forever_f"] == ["PRESENT"]
+    assert response.to_dict()["forever_f"] == [1]

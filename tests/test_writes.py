@@ -229,8 +229,11 @@ def test_large_batches_are_chunked_and_progress_is_reported(make_repo, r):
     now = datetime.now(timezone.utc)
     rows = [batch_row(f"c{i:02d}", now, i) for i in range(50)]
     calls: list[int] = []
-    online_store_of(store).online_write_batch(store.config, batch, rows, calls.append)
+    online = online_store_of(store)
+    written = online.stats["written"]
+    online.online_write_batch(store.config, batch, rows, calls.append)
     assert calls == [7] * 7 + [1]
+    assert online.stats["written"] - written == 50
     assert sum(calls) == 50
     assert len(r.keys("fs:user:c*")) == 50
     assert [r.hget(f"fs:user:c{i:02d}", "tx_count_7d") for i in range(50)] == [

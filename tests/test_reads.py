@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from conftest import apply_repo, field_statuses, online_store_of, user_key, user_view
 from feast.protos.feast.types.Value_pb2 import Value
-from feast.types import Int64
+from feast.types import Int64, String
 
 from feast_redis_hexpire.synth import STREAMING_FEATURES, streaming_frame
 
@@ -132,3 +132,20 @@ def test_a_view_without_ttl_is_never_stale(store, r, ttl):
     response = read(store, ["u0001"], features=["forever:forever_f"])
     assert field_statuses(response)["forever_f"] == ["PRESENT"]
     assert response.to_dict()["forever_f"] == [1]
+
+
+def test_value_stored_under_an_older_feature_type_gives_a_clear_error(store, r):
+    """A feature re-declared String -> Int64 while Redis still holds text: the read must not die
+    with a bare int() error; if it fails, the message names the view, the feature and the key."""
+    store.apply([user_view("retyped", {"seg": String})])
+    now = datetime.now(timezone.utc)
+    row = (user_key("u0001"), {"seg": Value(string_val="low")}, now, None)
+    online_store_of(store).online_write_batch(store.config, store.get_feature_view("retyped"), [row], None)
+    store.apply([user_view("retyped", {"seg": Int64})])
+    try:
+        response = read(store, ["u0001"], features=["retyped:seg"])
+    except Exception as e:  # noqa: BLE001 -- judged by its message
+        message = str(e)
+        assert "retyped" in message and "seg" in message and KEY in message, message
+    else:
+        assert field_statuses(response)["seg"] in (["PRESENT"], ["NOT_FOUND"])

@@ -6,6 +6,7 @@ so afterwards each acknowledged write can be checked on its own: present with it
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -92,24 +93,59 @@ def cut_then_kill(master: LocalRedis, replica: LocalRedis, lag_s: float = 0.5) -
     return run, times
 
 
-def push_one(store: FeatureStore, n: int) -> None:
+def _frame(n: int) -> pd.DataFrame:
     now = datetime.now(timezone.utc)
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         [{
             "user_id": f"w{n:05d}", "last_login_ts": n, "last_device_id": f"d{n}", "tx_count_5m": n,
             "failed_logins_15m": 0, "session_country": "US", "event_timestamp": pd.Timestamp(now),
         }]
     )  # fmt: skip
-    store.push("user_events_push", frame)
 
 
-def read_some(store: FeatureStore) -> None:
-    result = store.get_online_features(
-        features=["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"],
-        entity_rows=[{"user_id": u} for u in READ_USERS],
-    ).to_dict()
+_FEATURES = ["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"]
+
+
+def _check(result: dict) -> None:
     if any(v is None for v in result["risk_segment"]):
         raise AssertionError(f"materialized users read back as missing: {result['risk_segment']}")
+
+
+class SyncCalls:
+    """push / read through the sync client (FeatureStore.push, get_online_features)."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+
+    def push(self, n: int) -> None:
+        self.store.push("user_events_push", _frame(n))
+
+    def read(self) -> None:
+        rows = [{"user_id": u} for u in READ_USERS]
+        _check(self.store.get_online_features(features=_FEATURES, entity_rows=rows).to_dict())
+
+    def close(self) -> None:
+        pass
+
+
+class AsyncCalls(SyncCalls):
+    """The same through the asyncio client (push_async, get_online_features_async, as `feast
+    serve` does), all on one event loop so one client lives through the failover."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        super().__init__(store)
+        self.loop = asyncio.new_event_loop()
+
+    def push(self, n: int) -> None:
+        self.loop.run_until_complete(self.store.push_async("user_events_push", _frame(n)))
+
+    def read(self) -> None:
+        rows = [{"user_id": u} for u in READ_USERS]
+        response = self.store.get_online_features_async(features=_FEATURES, entity_rows=rows)
+        _check(self.loop.run_until_complete(response).to_dict())
+
+    def close(self) -> None:
+        self.loop.close()
 
 
 def run(
@@ -121,6 +157,7 @@ def run(
     before: int = 150,
     after: int = 100,
     timeout: float = 60.0,
+    use_async: bool = False,
 ) -> FailoverReport:
     """Push/read in a loop; a thread kills the master after ``before`` acknowledged writes and
     waits for its replacement; the loop goes on until ``after`` more writes are acknowledged past
@@ -141,6 +178,7 @@ def run(
         finally:
             replaced.set()
 
+    calls = AsyncCalls(store) if use_async else SyncCalls(store)
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
@@ -149,7 +187,7 @@ def run(
     while acked_after < after and time.monotonic() < deadline and not failure:
         error = None
         try:
-            push_one(store, n)
+            calls.push(n)
         except Exception as e:  # recorded: failed writes are part of the report
             error = f"{type(e).__name__}: {e}"
         now = time.monotonic()
@@ -160,12 +198,13 @@ def run(
             acked_after += 1
         if n % 5 == 0:
             try:
-                read_some(store)
+                calls.read()
                 report.ops.append(Op("read", n, time.monotonic()))
             except Exception as e:
                 report.ops.append(Op("read", n, time.monotonic(), f"{type(e).__name__}: {e}"))
         n += 1
     thread.join(timeout=30)
+    calls.close()
     if failure:
         raise failure[0]
     assert acked_after >= after, f"only {acked_after} writes acknowledged after the new master"

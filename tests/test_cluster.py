@@ -155,8 +155,12 @@ def test_hash_tag_prefix_puts_the_project_on_one_shard(tmp_path, cluster, rc):
     assert rc.exists("fs:{vipx}:user:u0001")
 
 
-@pytest.mark.parametrize("kind", SERVER_KINDS)
-def test_master_killed_during_pushes_and_reads(tmp_path, kind):
+@pytest.mark.parametrize(
+    "kind,use_async",
+    [("redis", False), ("valkey", False), ("redis", True)],
+    ids=["redis", "valkey", "redis-async"],
+)
+def test_master_killed_during_pushes_and_reads(tmp_path, kind, use_async):
     with LocalCluster(kind, node_timeout_ms=1000) as fresh:
         store = apply_repo(cluster_repo(tmp_path / "repo", fresh))
         store.materialize_incremental(end_date=datetime.now(timezone.utc))
@@ -174,8 +178,10 @@ def test_master_killed_during_pushes_and_reads(tmp_path, kind):
             wait_new_master=lambda: fresh.wait_promoted(victim),
             raw=lambda: raw_client(fresh),
             key_of=lambda n: b"fs:user:w%05d" % n,
+            use_async=use_async,
         )
-        print("\n" + report.summary(f"cluster {kind}: SIGKILL master 127.0.0.1:{victim.port}"))
+        client = "asyncio client" if use_async else "sync client"
+        print("\n" + report.summary(f"cluster {kind}, {client}: SIGKILL master 127.0.0.1:{victim.port}"))
 
         # The same FeatureStore (no restart) works again once the replica is promoted.
         assert not report.errors_after(report.promoted_at + failover.RECOVERY_GRACE_S)

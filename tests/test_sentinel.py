@@ -74,6 +74,15 @@ def test_sample_repo_through_sentinels(tmp_path, sentinel):
 
 
 def test_master_killed_during_pushes_and_reads(tmp_path, sentinel):
+    check_failover(tmp_path, sentinel, use_async=False)
+
+
+def test_master_killed_during_async_pushes_and_reads(tmp_path):
+    with LocalSentinel("redis") as fresh:
+        check_failover(tmp_path, fresh, use_async=True)
+
+
+def check_failover(tmp_path: Path, sentinel: LocalSentinel, use_async: bool) -> None:
     store = apply_repo(sentinel_repo(tmp_path / "repo", sentinel))
     store.materialize_incremental(end_date=datetime.now(timezone.utc))
     old = sentinel.master
@@ -85,8 +94,10 @@ def test_master_killed_during_pushes_and_reads(tmp_path, sentinel):
         wait_new_master=lambda: sentinel.wait_failover(old),
         raw=lambda: master_client(sentinel),
         key_of=lambda n: b"fs:user:w%05d" % n,
+        use_async=use_async,
     )
-    print("\n" + report.summary(f"sentinel {sentinel.kind}: SIGKILL master 127.0.0.1:{old.port}"))
+    client = "asyncio client" if use_async else "sync client"
+    print("\n" + report.summary(f"sentinel {sentinel.kind}, {client}: SIGKILL master 127.0.0.1:{old.port}"))
     assert sentinel.master_address()[1] == sentinel.replica.port
     # The same FeatureStore (no restart) works again once the sentinels switched masters.
     assert not report.errors_after(report.promoted_at + failover.RECOVERY_GRACE_S)

@@ -513,18 +513,25 @@ class RedisHexpireOnlineStore(OnlineStore):
                 self.delete_view_fields(config, table)
 
     def teardown(self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]) -> None:
-        """Unlink this project's hashes: SCAN with an escaped pattern per entity, then UNLINK
-        only hashes holding one of these views' timestamp fields. Never FLUSHDB."""
+        unlinked = self.remove_project_keys(config, tables)
+        logger.info("teardown unlinked %d key(s) of project %s", unlinked, config.project)
+
+    def remove_project_keys(self, config: RepoConfig, tables: Sequence[Any]) -> int:
+        """Unlink the hashes of these views: SCAN ``<escaped prefix><entity>:*`` per entity, then
+        UNLINK only hashes holding one of their ``_ts`` fields (another project's fields in a
+        shared hash stay). Never FLUSHDB. Returns the number of keys unlinked."""
         if not tables:
-            return
+            return 0
         client = self.client(config)
         prefix = config.online_store.prefix_for(config.project)
-        ts_fields = [ViewLayout.of(config, t).ts_field for t in tables]
+        layouts = [ViewLayout.of(config, t) for t in tables]
+        argv = [len(layouts), *(v.ts_field for v in layouts)]
+        argv += [field for v in layouts for field, _ in v.fields.values()]
         unlinked = 0
         for segment in sorted({self._segment(t) for t in tables}):
             for keys in self._scan(client, layout.scan_pattern(prefix, segment)):
-                unlinked += sum(run_pipelined(client, UNLINK_IF_OURS, [(k, ts_fields) for k in keys]))
-        logger.info("teardown unlinked %d key(s) under %r", unlinked, prefix)
+                unlinked += sum(run_pipelined(client, UNLINK_IF_OURS, [(k, argv) for k in keys]))
+        return unlinked
 
     def policy(self, config: RepoConfig, table: Any) -> ViewPolicy:
         return policy_for(table, config.online_store)

@@ -95,19 +95,31 @@ return 0
 """,
 )
 
-# Unlink a key found by SCAN only if it is a hash holding one of this project's timestamp fields,
-# so a key of another application that happens to match the pattern is never deleted.
-# KEYS[1]   candidate key
-# ARGV[1..] timestamp fields of the project's views
-# Returns 1 unlinked, 0 left alone.
+# Remove a key found by SCAN only if it is a hash holding one of this project's timestamp fields,
+# so a key of another application that happens to match the pattern is never deleted. A hash that
+# also holds another owner's "_ts:" field (a project sharing the key_prefix) keeps that owner's
+# fields: only this project's fields are removed from it.
+# KEYS[1]       candidate key
+# ARGV[1]       n, the number of this project's timestamp fields
+# ARGV[2..n+1]  those timestamp fields; ARGV[n+2..] the feature fields of the same views
+# Returns 1 when the key was unlinked, 0 when it was left (or only this project's fields removed).
 UNLINK_IF_OURS = Script(
     "unlink_if_ours",
     """
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
-for i = 1, #ARGV do
-  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then return redis.call('UNLINK', KEYS[1]) end
+local n, ours, found = tonumber(ARGV[1]), {}, false
+for i = 2, n + 1 do
+  ours[ARGV[i]] = true
+  if not found and redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then found = true end
 end
-return 0
+if not found then return 0 end
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, 4) == '_ts:' and not ours[field] then
+    redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
+    return 0
+  end
+end
+return redis.call('UNLINK', KEYS[1])
 """,
 )
 

@@ -22,7 +22,6 @@ from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
 from .. import layout
 from ..inspect import inspect_entity
-from ..scripts import UNLINK_IF_OURS, run_pipelined
 from ..synth import BATCH_FEATURES, STREAMING_FEATURES
 from . import repo as demo_repo
 from .builder import bulk_load, check_count
@@ -273,10 +272,9 @@ class Demo:
                 if not self.worker.wait_for_idle(idle_timeout):
                     raise TimeoutError(f"streaming worker still busy after {idle_timeout} s; nothing deleted")
                 pattern = layout.scan_pattern(prefix, layout.escape_id(demo_repo.ENTITY))
-                ts_fields = [layout.ts_field(demo_repo.BATCH_VIEW), layout.ts_field(demo_repo.STREAMING_VIEW)]
-                deleted = 0
-                for keys in self.online._scan(self.client, pattern):
-                    deleted += sum(run_pipelined(self.client, UNLINK_IF_OURS, [(k, ts_fields) for k in keys]))
+                names = (demo_repo.BATCH_VIEW, demo_repo.STREAMING_VIEW)
+                views = [self.store.get_feature_view(name) for name in names]
+                deleted = self.online.remove_project_keys(self.store.config, views)
                 demo_repo.clear_offline_rows(self.store)
                 self._set_population([])
                 self.counters["resets"] += 1

@@ -1,9 +1,9 @@
-# Two commands for a fresh machine: `make run` (the main job) and `make test`.
+# Two commands for a fresh machine: `make run` (the main job: the interactive demo) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install install-test system-deps run walkthrough test test-all lint mypy bench clean
+.PHONY: install install-test system-deps run walkthrough test lint mypy bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -20,7 +20,7 @@ install-test: $(PY) system-deps
 system-deps:
 	bash scripts/install-system-deps
 
-run: walkthrough
+run: demo
 
 walkthrough: install
 	$(PY) examples/walkthrough.py
@@ -44,4 +44,5 @@ clean:
 # The interactive demo (local Redis, streaming worker, web page on http://127.0.0.1:8087).
 .PHONY: demo
 demo: install
-	$(VENV)/bin/feast-hexpire demo
+	$(VENV)/bin/feast-hexpire demo $(DEMO_ARGS)
+

@@ -1,7 +1,22 @@
 """feast-redis-hexpire: a Feast online store with one Redis hash per entity and two TTL layers."""
 
-from .config import RedisHexpireOnlineStoreConfig
-from .online_store import RedisHexpireOnlineStore
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["RedisHexpireOnlineStore", "RedisHexpireOnlineStoreConfig"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use (this is how Feast looks them up), so `feast-hexpire --help` and the
+    # CLI's argument errors don't pay for importing Feast.
+    if name == "RedisHexpireOnlineStore":
+        from .online_store import RedisHexpireOnlineStore
+
+        return RedisHexpireOnlineStore
+    if name == "RedisHexpireOnlineStoreConfig":
+        from .config import RedisHexpireOnlineStoreConfig
+
+        return RedisHexpireOnlineStoreConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

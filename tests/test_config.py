@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import ROOT, write_data, write_repo
+from feast import FeatureStore
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 from feast.repo_config import FeastConfigError, load_repo_config
 
@@ -180,8 +181,9 @@ def test_every_setting_has_a_description():
 
 # ---- the same errors through the real `feast apply` ----
 
-# Two runs side by side (the CLI takes seconds to start): three bad settings in one yaml, all
-# named in one error; and the sample yaml with its ${REDIS_CONNECTION_STRING} unset.
+# Runs side by side (the CLI takes seconds to start): three bad settings in one yaml, all named
+# in one error; the sample yaml with its ${REDIS_CONNECTION_STRING} unset; and (below) a repo
+# whose features.py adds a view clashing with the batch view's `risk_segment`.
 CLI_CASES = [
     (
         {"key_ttl_seconds": -1, "stream_field_ttl_seconds": 0, "no_such_setting": True},
@@ -200,9 +202,23 @@ def feast_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> 
     )  # fmt: skip
 
 
-def test_feast_apply_refuses_bad_settings_naming_them(tmp_path):
+CLASH = """
+
+risk_copy = FeatureView(
+    name="risk_copy", entities=[user], schema=[Field(name="risk_segment", dtype=String)],
+    source=user_batch_source, online=True,
+)
+"""
+
+
+def test_feast_apply_refuses_bad_settings_and_clashing_views(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "REDIS_CONNECTION_STRING"}
     runs = []
+    clash = write_repo(tmp_path / "clash", "127.0.0.1:1")  # refused before any connection
+    write_data(clash, count=2)
+    with (clash / "features.py").open("a") as f:
+        f.write(CLASH)
+    runs.append((["user_batch_features", "risk_copy", "risk_segment"], clash, feast_cli(["apply"], clash)))
     for i, (override, settings) in enumerate(CLI_CASES):
         override = dict(override)
         conn = override.pop("connection_string", "127.0.0.1:1")
@@ -214,4 +230,9 @@ def test_feast_apply_refuses_bad_settings_naming_them(tmp_path):
         assert proc.returncode != 0, settings
         for setting in settings:
             assert setting in stderr, stderr[-2000:]
-        assert not (path / "data" / "registry.db").exists()  # nothing was registered
+        registry = path / "data" / "registry.db"
+        if path == clash:  # the repo itself is valid: the registry exists, the clashing view is not in it
+            registered = FeatureStore(repo_path=str(path)).list_feature_views()
+            assert "risk_copy" not in [v.name for v in registered]
+        else:
+            assert not registry.exists()  # nothing was registered

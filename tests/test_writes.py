@@ -7,11 +7,14 @@ import random
 import threading
 from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 import pytest
-from conftest import apply_repo, online_store_of, user_key, user_view
+from conftest import apply_repo, feast_objects, online_store_of, user_key, user_view
+from feast import Field
+from feast.on_demand_feature_view import on_demand_feature_view
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
-from feast.types import Int64, String
+from feast.types import Float64, Int64, String
 
 from feast_redis_hexpire.exceptions import BadValueError, ConfigError
 from feast_redis_hexpire.synth import BATCH_FEATURES, STREAMING_FEATURES, streaming_frame
@@ -366,3 +369,30 @@ def test_wide_view_of_5000_features_is_written(store, r, push):
         assert min(r.httl(KEY, *values)) > 0
     else:
         assert r.ttl(KEY) > 86_000
+
+
+def test_on_demand_view_written_to_the_online_store(store, repo, r):
+    """An OnDemandFeatureView with write_to_online_store=True reaches the store as `table`."""
+    objects = {o.name: o for o in feast_objects(repo)}
+
+    @on_demand_feature_view(
+        sources=[objects["user_batch_features"]],
+        schema=[Field(name="amount_x2", dtype=Float64)],
+        mode="pandas",
+        write_to_online_store=True,
+        entities=[objects["user"]],
+    )
+    def doubled(inputs: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"amount_x2": inputs["avg_amount_30d"] * 2})
+
+    store.apply([doubled])
+    frame = pd.DataFrame(
+        {"user_id": ["u0001"], "avg_amount_30d": [10.5], "event_timestamp": [pd.Timestamp.now(tz="UTC")]}
+    )
+    store.write_to_online_store("doubled", frame)
+    assert r.hget(KEY, "amount_x2") == b"21.0"
+    assert r.hexists(KEY, "_ts:doubled")
+    got = store.get_online_features(
+        features=["doubled:amount_x2"], entity_rows=[{"user_id": "u0001"}, {"user_id": "x"}]
+    )
+    assert got.to_dict()["amount_x2"] == [21.0, None]

@@ -10,7 +10,9 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 from conftest import apply_repo, feast_objects, online_store_of, user_key, user_view
-from feast import Field
+from feast import Entity, Field, FileSource, StreamFeatureView, ValueType
+from feast.data_format import JsonFormat
+from feast.data_source import KafkaSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
@@ -320,10 +322,6 @@ def test_null_key_ttl_leaves_batch_keys_without_expiry(make_repo, r):
 
 def test_stream_feature_view_is_streaming_and_does_not_store_its_join_key(store, r):
     """A StreamFeatureView gets per-field TTLs; a join key listed among its features is no field."""
-    from feast import Entity, Field, FileSource, StreamFeatureView, ValueType
-    from feast.data_format import JsonFormat
-    from feast.data_source import KafkaSource
-
     user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
     batch_source = FileSource(name="clicks_batch", path="unused.parquet", timestamp_field="event_timestamp")
     kafka = KafkaSource(

@@ -24,7 +24,7 @@ from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import codec, layout
@@ -229,7 +229,12 @@ class RedisHexpireOnlineStore(OnlineStore):
         if isinstance(err, ResponseError):
             if "HPEXPIRE returned" in str(err):
                 return FieldTTLError(f"feature view {table.name!r}: {err}")
-            # e.g. WRONGTYPE: a key of the same name that is not a hash; other rows were written.
+            if isinstance(err, NoPermissionError):  # every row of the batch was refused alike
+                return StoreUnavailableError(
+                    f"feature view {table.name!r}: the Redis user at {where} may not write: {err}; "
+                    f"nothing of rows {start}..{total - 1} was written (see docs/ACL.md)"
+                )
+            # e.g. WRONGTYPE: a key of the same name that is not a hash; the other rows were written.
             return HexpireError(f"feature view {table.name!r}: Redis at {where} refused a row: {err}")
         return StoreUnavailableError(
             f"writing feature view {table.name!r} to {where} failed: {err}; rows {start}..{total - 1} "
@@ -321,7 +326,7 @@ class RedisHexpireOnlineStore(OnlineStore):
                     for name, pos in zip(names, positions[1:]):
                         raw = reply[pos]
                         if raw is not None:
-                            features[name] = codec.decode_value(raw, view.fields[name][1], view.encoding)
+                            features[name] = _decode(view, name, key, raw)
                     if raw_ts is None and not features:
                         rows.append((None, None))
                         continue
@@ -378,6 +383,9 @@ class RedisHexpireOnlineStore(OnlineStore):
 
     @staticmethod
     def _feature_requests(grouped_refs: list, join_key_values: dict, entity_map: dict) -> list:
+        for join_key, values in join_key_values.items():
+            if any(v.WhichOneof("val") is None for v in values):  # Feast itself fails obscurely
+                raise BadValueError(f"entity rows: join key {join_key!r} has a null value")
         requests = []
         for table, requested in grouped_refs:
             entity_values, idxs, output_len = utils._get_unique_entities(table, join_key_values, entity_map)
@@ -564,3 +572,14 @@ def _registered_views(config: RepoConfig) -> list[Any]:
     except Exception as e:  # no registry yet (first apply) or unreadable: check what we have
         logger.debug("field collision check without the registry: %s", e)
         return []
+
+
+def _decode(view: ViewLayout, feature: str, key: bytes, raw: bytes) -> ValueProto:
+    try:
+        return codec.decode_value(raw, view.fields[feature][1], view.encoding)
+    except (ValueError, TypeError) as e:  # also protobuf's DecodeError, a ValueError
+        raise BadValueError(
+            f"feature view {view.name!r}, feature {feature!r} of key {key.decode(errors='replace')}: "
+            f"stored value {raw[:40]!r} does not decode as the declared type ({e}); if the feature's "
+            f"type changed, materialize the view again"
+        ) from e

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import failover
+import pandas as pd
 import pytest
 import redis
 from conftest import SERVER_KINDS, apply_repo, feast_objects, write_data, write_repo
@@ -130,6 +131,70 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
     store.teardown()
     assert not [k for k in keys if rc.exists(k)]
     assert rc.exists("other:user:u0001") and rc.get("fs:user:not-a-hash") == b"x"
+
+
+class ReadEvents:
+    """Read events (socket reads with data) each master processed since the last reset, on
+    connections kept open (opening one costs read events of its own). A pipelined batch that
+    arrives in one piece is one event: the server-side count of round trips. The INFO that asks
+    is one more; a replica's once-a-second REPLCONF ACK adds one now and then."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.clients = [node.client() for node in cluster.masters]
+
+    def reset(self) -> None:
+        for c in self.clients:
+            c.config_resetstat()
+
+    def counts(self) -> list[int]:
+        return [c.info("stats")["total_reads_processed"] for c in self.clients]
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+
+
+def test_one_round_trip_per_shard_for_batch_reads_and_writes(tmp_path, cluster, rc):
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
+    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    rows = [{"user_id": u} for u in USERS]  # 20 users: 5 to 10 on each master
+    features = ["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"]
+    frame = streaming_frame(USERS, random.Random(5))
+    store.get_online_features(features=features, entity_rows=rows)  # connections are open
+    batches = 20
+    events = ReadEvents(cluster)
+
+    def check(what: str) -> None:
+        counts = events.counts()
+        # one round trip per batch per master, + the INFO (+ at most 2 replica ACKs); one round
+        # trip per entity would be 100 to 200 per master.
+        assert all(batches + 1 <= n <= batches + 3 for n in counts), f"{what}: {counts}"
+
+    events.reset()
+    for _ in range(batches):
+        store.get_online_features(features=features, entity_rows=rows)
+    check("sync reads")
+    events.reset()
+    for n in range(batches):
+        frame["event_timestamp"] = frame["event_timestamp"] + pd.Timedelta(milliseconds=n + 1)
+        store.push("user_events_push", frame)
+    check("sync writes")
+
+    async def async_round(push: bool) -> None:
+        await store.get_online_features_async(features=features, entity_rows=rows)  # connect
+        events.reset()
+        for n in range(batches):
+            if push:
+                frame["event_timestamp"] = frame["event_timestamp"] + pd.Timedelta(milliseconds=n + 1)
+                await store.push_async("user_events_push", frame)
+            else:
+                await store.get_online_features_async(features=features, entity_rows=rows)
+
+    asyncio.run(async_round(push=False))
+    check("async reads")
+    asyncio.run(async_round(push=True))
+    check("async writes")
+    events.close()
 
 
 def test_hash_tag_prefix_puts_the_project_on_one_shard(tmp_path, cluster, rc):

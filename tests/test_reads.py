@@ -149,3 +149,22 @@ def test_value_stored_under_an_older_feature_type_gives_a_clear_error(store, r):
         assert "retyped" in message and "seg" in message and KEY in message, message
     else:
         assert field_statuses(response)["seg"] in (["PRESENT"], ["NOT_FOUND"])
+
+
+def test_flagged_staleness_covers_repeated_entities_and_full_names(make_repo, r):
+    store = apply_repo(make_repo(freshness_check="flag"))
+    load(store, users=("u0001",), pushed_at=datetime.now(timezone.utc) - timedelta(hours=1))
+    response = store.get_online_features(
+        features=FEATURES,
+        entity_rows=[{"user_id": "u0001"}, {"user_id": "nobody"}, {"user_id": "u0001"}],
+        full_feature_names=True,
+    )
+    statuses = field_statuses(response)
+    assert statuses["user_streaming_features__tx_count_5m"] == [
+        "OUTSIDE_MAX_AGE",
+        "NOT_FOUND",
+        "OUTSIDE_MAX_AGE",
+    ]
+    assert statuses["user_batch_features__risk_segment"] == ["PRESENT", "NOT_FOUND", "PRESENT"]
+    values = response.to_dict()["user_streaming_features__tx_count_5m"]
+    assert values[0] == values[2] == int(r.hget(KEY, "tx_count_5m"))

@@ -145,6 +145,7 @@ class AsyncCalls(SyncCalls):
         _check(self.loop.run_until_complete(response).to_dict())
 
     def close(self) -> None:
+        self.loop.run_until_complete(self.store.close())  # the plugin's clients on this loop
         self.loop.close()
 
 

@@ -29,9 +29,9 @@ def httl(r, key, *fields):
     return dict(zip(fields, r.httl(key, *fields)))
 
 
-def materialize(store, end=None):
+def materialize(store, end=None, views=None):
     end = end or datetime.now(timezone.utc)
-    store.materialize(start_date=end - timedelta(days=1), end_date=end)
+    store.materialize(start_date=end - timedelta(days=1), end_date=end, feature_views=views)
 
 
 def stream_row(user, ts, n):
@@ -394,3 +394,15 @@ def test_on_demand_view_written_to_the_online_store(store, repo, r):
         features=["doubled:amount_x2"], entity_rows=[{"user_id": "u0001"}, {"user_id": "x"}]
     )
     assert got.to_dict()["amount_x2"] == [21.0, None]
+
+
+def test_a_view_with_a_shorter_key_ttl_does_not_cut_another_views_ttl(store, r):
+    """Views of one entity share its hash: a write of a view tagged with a short key TTL must not
+    shorten the key TTL another view's write pinned (its fields would vanish early)."""
+    store.apply([user_view("short_key", {"sk": Int64}, tags={"hexpire.key_ttl_seconds": "600"})])
+    materialize(store, views=["user_batch_features"])  # 86400 s
+    assert r.ttl(KEY) > 86_000
+    now = datetime.now(timezone.utc)
+    row = (user_key("u0001"), {"sk": Value(int64_val=1)}, now, None)
+    online_store_of(store).online_write_batch(store.config, store.get_feature_view("short_key"), [row], None)
+    assert r.ttl(KEY) > 86_000, "the batch view's fields would expire after the short view's 600 s"

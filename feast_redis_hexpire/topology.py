@@ -49,9 +49,11 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
 
 
 def _cluster_port() -> int:
-    """A free port P with P + 10000 (the cluster bus port) free too; P must stay <= 55535."""
+    """A free port P with P + 10000 (the cluster bus port) free too. Both stay below Linux's
+    usual ephemeral range (32768+), so an outgoing connection cannot take one between this check
+    and the server's bind."""
     for _ in range(200):
-        port = random.randint(20000, 45000)
+        port = random.randint(12000, 22767)
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port))

@@ -1,7 +1,9 @@
-"""Redis Cluster (3 masters + 3 replicas on loopback): the sample repo end to end, a hash-tag
-prefix, teardown on every node, and a master SIGKILLed during pushes and reads.
+"""Redis Cluster (3 masters + 3 replicas on loopback): the sample repo end to end, one round
+trip per shard per batch (counted on the servers), a hash-tag prefix, teardown on every node, an
+old primary refused, and a master SIGKILLed during pushes and reads (plain, and with its replica
+cut off first so that acknowledged writes are lost and reported).
 
-Run with ``-s`` to see the failover report: ``pytest -m cluster tests/test_cluster.py -s``.
+Run with ``-s`` to see the failover reports: ``pytest -m cluster tests/test_cluster.py -s``.
 """
 
 from __future__ import annotations

@@ -235,7 +235,7 @@ class RedisHexpireOnlineStore(OnlineStore):
                     f"nothing of rows {start}..{total - 1} was written (see docs/ACL.md)"
                 )
             # e.g. WRONGTYPE: a key of the same name that is not a hash; the other rows were written.
-            return HexpireError(f"feature view {table.name!r}: Redis at {where} refused a row: {err}")
+            return HexpireError(f"feature view {table.name!r}: the server at {where} refused a row: {err}")
         return StoreUnavailableError(
             f"writing feature view {table.name!r} to {where} failed: {err}; rows {start}..{total - 1} "
             f"of this batch may not be written (rows before {start} were); rerunning the "

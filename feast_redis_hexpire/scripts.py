@@ -39,16 +39,25 @@ class Script:
 # ARGV[7..] field, value pairs of the row
 # Returns 1 written, 0 not newer than the stored row (nothing written, key TTL re-pinned),
 # -1 already expired by its event time (nothing written). The HSET and the HPEXPIRE run in one
-# script, so no streaming field ever exists without its TTL.
+# script, so no streaming field ever exists without its TTL. The key TTL is only ever extended
+# (PEXPIRE when the key has less left), so a view with a short key TTL cannot cut the life of
+# another view's fields in the same hash. Long rows go in slices: Lua's unpack() is limited.
 WRITE_ROW = Script(
     "write_row",
     """
 local key, ts_field = KEYS[1], ARGV[1]
 local key_ttl, field_ttl, expire_at = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local SLICE = 1000
+local function pin_key()
+  if key_ttl > 0 and redis.call('PTTL', key) < key_ttl then redis.call('PEXPIRE', key, key_ttl) end
+end
+local function each_slice(list, first, step, fn)
+  for i = first, #list, step do fn(i, math.min(i + step - 1, #list)) end
+end
 if ARGV[6] ~= '1' then
   local stored = redis.call('HGET', key, ts_field)
   if stored and tonumber(stored) >= tonumber(ARGV[2]) then
-    if key_ttl > 0 then redis.call('PEXPIRE', key, key_ttl) end
+    pin_key()
     return 0
   end
 end
@@ -60,22 +69,27 @@ if expire_at > 0 then
 end
 local fields = {ts_field}
 for i = 7, #ARGV, 2 do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', key, ts_field, ARGV[2], unpack(ARGV, 7))
-if key_ttl > 0 then redis.call('PEXPIRE', key, key_ttl) end
-if field_ttl > 0 or expire_at > 0 then
+redis.call('HSET', key, ts_field, ARGV[2])
+each_slice(ARGV, 7, 2 * SLICE, function(i, last) redis.call('HSET', key, unpack(ARGV, i, last)) end)
+pin_key()
+if field_ttl == 0 and expire_at == 0 then return 1 end
+local failed
+each_slice(fields, 1, SLICE, function(i, last)
+  if failed then return end
   local codes
   if expire_at > 0 then
-    codes = redis.call('HPEXPIREAT', key, expire_at, 'FIELDS', #fields, unpack(fields))
+    codes = redis.call('HPEXPIREAT', key, expire_at, 'FIELDS', last - i + 1, unpack(fields, i, last))
   else
-    codes = redis.call('HPEXPIRE', key, field_ttl, 'FIELDS', #fields, unpack(fields))
+    codes = redis.call('HPEXPIRE', key, field_ttl, 'FIELDS', last - i + 1, unpack(fields, i, last))
   end
-  for i = 1, #codes do
-    if codes[i] ~= 1 then
-      redis.call('HDEL', key, unpack(fields))
-      return redis.error_reply('HPEXPIRE returned ' .. tostring(codes[i]) .. ' for field ' ..
-        fields[i] .. ' of ' .. key .. ' instead of 1; the row was removed, not left without a TTL')
-    end
+  for j = 1, #codes do
+    if codes[j] ~= 1 then failed = {codes[j], fields[i + j - 1]} return end
   end
+end)
+if failed then
+  each_slice(fields, 1, SLICE, function(i, last) redis.call('HDEL', key, unpack(fields, i, last)) end)
+  return redis.error_reply('HPEXPIRE returned ' .. tostring(failed[1]) .. ' for field ' ..
+    failed[2] .. ' of ' .. key .. ' instead of 1; the row was removed, not left without a TTL')
 end
 return 1
 """,

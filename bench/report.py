@@ -19,6 +19,7 @@ class Result:
     def __init__(self, run_no: int) -> None:
         self.run_no = run_no
         self.server = ""
+        self.missed: dict[str, float] = {}  # metric -> ratio, filled by run_table
         self.values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
 
     def add(self, metric: str, label: str, value: float) -> None:
@@ -77,9 +78,20 @@ ROWS = [
     ("materialize", "plugin", "builtin", "materialize {users} batch rows, end to end", "rows/s", ">=", 1.5),
     ("write_batch", "plugin", "builtin", "online_write_batch {users} batch rows", "rows/s", ">=", 1.5),
     ("write_batch_cpu", "plugin", "builtin", "client CPU of that write, per row", "us", "", 0),
+    ("write_batch_srv", "plugin", "builtin", "server CPU of that write, per row", "us", "", 0),
     ("write_stream", "plugin", "builtin", "online_write_batch {users} streaming rows", "rows/s", ">=", 1.5),
     ("push1", "plugin", "builtin", "push, 1 row per call", "rows/s", ">=", 1.5),
     ("push100", "plugin", "builtin", "push, 100 rows per call", "rows/s", ">=", 1.5),
+    (
+        "push1_store",
+        "plugin",
+        "builtin",
+        "store's part: online_write_batch, 1 row",
+        "rows/s",
+        "",
+        0,
+    ),
+    ("push100_store", "plugin", "builtin", "same, 100 rows", "rows/s", "", 0),
     ("gof1_p50", "plugin", "builtin", "get_online_features, 1 entity, p50", "ms", "<=", 0.9),
     ("gof1_p99", "plugin", "builtin", "get_online_features, 1 entity, p99", "ms", "", 0),
     ("gof1_cpu", "plugin", "builtin", "get_online_features, 1 entity, client CPU/call", "ms", "", 0),
@@ -136,6 +148,8 @@ def run_table(res: Result, users: int) -> list[str]:
         p, b, raw = res.get(metric, mine), res.get(metric, base), res.get(metric, "raw")
         ratio = p / b if p is not None and b else None
         tgt, met = _verdict(ratio, kind, target)
+        if met == "**no**":
+            res.missed[metric] = ratio  # type: ignore[assignment]
         ratio_txt = f"{ratio:.2f}x" if ratio is not None else "-"
         desc = desc.format(users=f"{users:,}")
         cells = [desc, unit, _fmt(p, unit), _fmt(b, unit), _fmt(raw, unit), ratio_txt, tgt, met]
@@ -151,6 +165,8 @@ def run_table(res: Result, users: int) -> list[str]:
         b = res.get("read_p50", "builtin_per_fv") if mine == "plugin_per_fv" else None
         ratio = p / raw if p is not None and raw else None
         tgt, met = _verdict(ratio, "<=", target)
+        if met == "**no**":
+            res.missed[mine] = ratio  # type: ignore[assignment]
         ratio_txt = f"{ratio:.2f}x" if ratio is not None else "-"
         pc, rc = res.get("read_cpu", mine), res.get("read_cpu", raw_name)
         bc = res.get("read_cpu", "builtin_per_fv") if mine == "plugin_per_fv" else None
@@ -219,7 +235,73 @@ def render(
     ]
     for res in runs:
         lines += run_table(res, users) + [""]
+    lines += missed_notes(runs)
     return "\n".join(lines) + "\n"
+
+
+# Why a target is missed, from profiling the paths (bench/profile_paths.py) on this machine.
+WHY = {
+    "materialize": "End to end, materialize includes Feast reading the parquet file and converting "
+    "every row to protos (the 'conversion' line under each table): the same work for both stores, "
+    "and most of the time of the faster one, so the ratio is pulled toward 1. `online_write_batch`, "
+    "the store's part, is the row that isolates the store.",
+    "write_batch": "Wall rows/s swing with the other processes on this machine; the CPU rows "
+    "below it are steadier. The plugin spends less client CPU per row than the built-in store "
+    "(one EVALSHA per row, no read-back pass; about half of it is redis-py's per-command "
+    "packing and reply parsing), but more server CPU (the Lua script costs several times the "
+    "built-in's HSET + EXPIRE), and each pipelined chunk is sent, run and answered in turn, so "
+    "client and server time add up instead of overlapping.",
+    "write_stream": "Streaming rows also run HPEXPIRE on every field inside the script, and the "
+    "listpack with field TTLs is larger to rewrite.",
+    "push1": "`FeatureStore.push` spends several milliseconds per call in Feast itself (registry "
+    "lookups, DataFrame -> Arrow -> protos) before the store is called; the store's part, one row "
+    'through `online_write_batch`, is the "store\'s part" row, tens of times faster. No store '
+    "can make a 1-row push 1.5x faster.",
+    "push100": "As for 1 row: Feast's DataFrame -> Arrow -> proto conversion per push is the same "
+    'for both stores and dominates; compare the "store\'s part" rows.',
+    "gof1_p50": "For 1 entity most of the call is Feast's get_online_features machinery (entity "
+    "preparation, response building), the same for both stores; the store's read is about a "
+    "third of it.",
+    "gof100_p50": "Decoding 500 values into ValueProtos and Feast's response filling "
+    "(datetime -> Timestamp per row) dominate; see the profile notes.",
+    "mem_batch": "Hash fields are the readable feature names (85 bytes of names for the six batch "
+    "features, plus the 23-byte `_ts:user_batch_features`) where Feast's store uses 4-byte mmh3 "
+    "hashes; the plugin's shorter keys (`hx:user:u012345` vs a 39-byte serialized entity key) and "
+    "text values win back part of it. The listpack ends just above a jemalloc size class "
+    "(MEMORY USAGE row); a few bytes less per hash would drop it a class.",
+    "plugin_per_fv": "Raw pipelined HMGETs return bytes; the store's read also builds keys, decodes "
+    "every value into a ValueProto and fills Feast's response (Feast's "
+    "`_populate_response_from_feature_data`, which converts each row's datetime to a Timestamp). "
+    "That Python work, not Redis, is the difference (client CPU column).",
+    "plugin_online_read": "Key building and decoding values into ValueProtos on top of the same "
+    "HMGETs (client CPU column).",
+}
+
+
+def missed_notes(runs: list[Result]) -> list[str]:
+    missed = sorted({m for res in runs for m in res.missed}, key=list(WHY).index)
+    if not missed:
+        return ["All targets met in every run."]
+    lines = ["## Targets missed: by how much and why", ""]
+    for metric in missed:
+        ratios = ", ".join(
+            f"run {res.run_no}: {res.missed[metric]:.2f}x"
+            if metric in res.missed
+            else f"run {res.run_no}: met"
+            for res in runs
+        )
+        lines.append(f"- **{_label(metric)}** ({ratios}). {WHY[metric]}")
+    return lines + [""]
+
+
+def _label(metric: str) -> str:
+    for row in ROWS:
+        if row[0] == metric:
+            return row[3].replace(" {users}", "")
+    for mine, _, desc, _ in READS:
+        if mine == metric:
+            return desc
+    return metric
 
 
 def _store_line() -> str:

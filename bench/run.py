@@ -44,6 +44,7 @@ from workload import (  # noqa: E402
     make_bench,
     now_utc,
     push_frames,
+    stream_rows_of,
     streaming_proto_rows,
 )
 
@@ -65,6 +66,12 @@ def log(msg: str) -> None:
 
 def used_memory(r: Any) -> int:
     return int(r.info("memory")["used_memory"])
+
+
+def server_cpu(r: Any) -> float:
+    """CPU seconds the server process has used (user + system)."""
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def flush(r: Any) -> int:
@@ -96,7 +103,9 @@ def write_phase(r: Any, benches: list[Bench], users: int, rounds: int, res: Resu
             res.add("convert", b.label, users / timed(lambda b=b: batch_proto_rows(b)))
 
             base = flush(r)
+            srv = server_cpu(r)
             t, cpu = timed_cpu(lambda b=b: b.write(b.batch_view, rows[b.label]))
+            res.add("write_batch_srv", b.label, (server_cpu(r) - srv) / users * 1e6)
             assert r.dbsize() == users
             res.add("write_batch", b.label, users / t)
             res.add("write_batch_cpu", b.label, cpu / users * 1e6)
@@ -129,7 +138,9 @@ def raw_write(r: Any, plugin: Bench, rows: list, users: int, res: Result) -> Non
                     pipe.expire(key, KEY_TTL_SECONDS)
                 pipe.execute()
 
+    srv = server_cpu(r)
     t, cpu = timed_cpu(write)
+    res.add("write_batch_srv", "raw", (server_cpu(r) - srv) / users * 1e6)
     res.add("write_batch", "raw", users / t)
     res.add("write_batch_cpu", "raw", cpu / users * 1e6)
     res.add("mem_batch", "raw", (used_memory(r) - base) / users)
@@ -167,6 +178,29 @@ def push_phase(benches: list[Bench], users: int, n1: int, n100: int, res: Result
         for b in benches:
             res.add(f"push{size}", b.label, pushed[b.label] / spent[b.label])
         log(f"push {size}: " + ", ".join(f"{k} {pushed[k] / v:,.0f} rows/s" for k, v in spent.items()))
+        store_only(benches, size, frames, t0 + timedelta(seconds=size + 3600), res)
+
+
+def store_only(
+    benches: list[Bench], size: int, frames: list, later: Any, res: Result, block: int = 20
+) -> None:
+    """The stores' own share of a push: online_write_batch of the same rows, converted first
+    (as push does), with later event times so nothing is skipped as not newer; stores
+    alternating in blocks like the pushes."""
+    rows = {
+        b.label: [
+            stream_rows_of(b, frame.assign(event_timestamp=later + timedelta(milliseconds=i)))
+            for i, frame in enumerate(frames)
+        ]
+        for b in benches
+    }
+    spent = {b.label: 0.0 for b in benches}
+    for rnd, start in enumerate(range(0, len(frames), block)):
+        for b in benches if rnd % 2 == 0 else benches[::-1]:
+            for batch in rows[b.label][start : start + block]:
+                spent[b.label] += timed(lambda b=b, batch=batch: b.write(b.stream_view, batch))
+    for b in benches:
+        res.add(f"push{size}_store", b.label, size * len(frames) / spent[b.label])
 
 
 # ---- reads ----

@@ -116,6 +116,12 @@ def streaming_proto_rows(bench: Bench, users: int, event_time: datetime) -> list
     return _convert_arrow_to_proto(table, bench.stream_view, join_keys)
 
 
+def stream_rows_of(bench: Bench, frame: pd.DataFrame) -> list:
+    """A push DataFrame as the rows push hands to online_write_batch."""
+    join_keys = {e.name: e.dtype.to_value_type() for e in bench.stream_view.entity_columns}
+    return _convert_arrow_to_proto(pa.Table.from_pandas(frame), bench.stream_view, join_keys)
+
+
 def push_frames(users: int, batch: int, count: int, start: datetime, seed: int) -> list[pd.DataFrame]:
     """``count`` push DataFrames of ``batch`` rows, each with a later event time than the one
     before, so neither store skips a row as not newer."""
@@ -155,5 +161,6 @@ __all__ = [
     "make_bench",
     "now_utc",
     "push_frames",
+    "stream_rows_of",
     "streaming_proto_rows",
 ]

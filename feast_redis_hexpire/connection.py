@@ -6,11 +6,13 @@ from typing import Any, Union
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode
+from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as SyncRetry
 
 from .config import RedisHexpireOnlineStoreConfig, RedisType, parse_connection_string
 from .exceptions import ConfigError, ServerUnsupportedError, StoreUnavailableError
@@ -52,15 +54,39 @@ def _cluster_params(params: dict) -> None:
     params.pop("retry", None)
 
 
-def make_client(cfg: RedisHexpireOnlineStoreConfig) -> SyncClient:
-    from redis.retry import Retry
+def _retryable(is_retryable: Any) -> Any:
+    """redis-py retries AuthenticationError (a ConnectionError); a wrong password is not
+    transient, so it fails at once."""
 
-    nodes, params, sentinel_kwargs = _kwargs(cfg, Retry)
+    def check(error: Exception) -> bool:
+        if isinstance(error, AuthenticationError):
+            return False
+        return is_retryable is None or bool(is_retryable(error))
+
+    return check
+
+
+class _Retry(SyncRetry):
+    def call_with_retry(
+        self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
+    ) -> Any:
+        return super().call_with_retry(do, fail, _retryable(is_retryable), with_failure_count)
+
+
+class _AsyncRetry(AsyncRetry):
+    async def call_with_retry(
+        self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
+    ) -> Any:
+        return await super().call_with_retry(do, fail, _retryable(is_retryable), with_failure_count)
+
+
+def make_client(cfg: RedisHexpireOnlineStoreConfig) -> SyncClient:
+    nodes, params, sentinel_kwargs = _kwargs(cfg, _Retry)
     if cfg.redis_type == RedisType.redis_cluster:
         _cluster_params(params)
         return redis.RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in nodes],
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), cfg.retries),
+            retry=_Retry(ExponentialBackoff(cap=1.0, base=0.05), cfg.retries),
             **params,
         )
     if cfg.redis_type == RedisType.redis_sentinel:
@@ -75,14 +101,12 @@ def make_client(cfg: RedisHexpireOnlineStoreConfig) -> SyncClient:
 
 
 def make_async_client(cfg: RedisHexpireOnlineStoreConfig) -> AsyncClient:
-    from redis.asyncio.retry import Retry
-
-    nodes, params, sentinel_kwargs = _kwargs(cfg, Retry)
+    nodes, params, sentinel_kwargs = _kwargs(cfg, _AsyncRetry)
     if cfg.redis_type == RedisType.redis_cluster:
         _cluster_params(params)
         return aredis.RedisCluster(
             startup_nodes=[aredis.cluster.ClusterNode(h, p) for h, p in nodes],
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), cfg.retries),
+            retry=_AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), cfg.retries),
             **params,
         )
     if cfg.redis_type == RedisType.redis_sentinel:

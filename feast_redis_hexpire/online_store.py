@@ -236,10 +236,11 @@ class RedisHexpireOnlineStore(OnlineStore):
                 )
             # e.g. WRONGTYPE: a key of the same name that is not a hash; the other rows were written.
             return HexpireError(f"feature view {table.name!r}: the server at {where} refused a row: {err}")
+        done = f"rows 0..{start - 1} were written" if start else "no row is confirmed written"
         return StoreUnavailableError(
             f"writing feature view {table.name!r} to {where} failed: {err}; rows {start}..{total - 1} "
-            f"of this batch may not be written (rows before {start} were); rerunning the "
-            f"write converges, older rows are skipped by event time"
+            f"of this batch may not be written ({done}); rerunning the write converges, older "
+            f"rows are skipped by event time"
         )
 
     def online_write_batch(

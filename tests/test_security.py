@@ -145,6 +145,18 @@ def test_wrong_password_is_named_but_not_shown(tmp_path, r, server, acl_user, ca
     assert wrong not in shown and wrong not in caplog.text
 
 
+def test_wrong_password_is_not_retried(tmp_path, r, server, acl_user):
+    """A wrong password is not transient: one connection attempt, not retries + 1."""
+    repo = write_repo(
+        tmp_path / "repo", f"{server.connection_string},username={acl_user},password=nope", retries=3
+    )
+    write_data(repo)
+    before = r.info("stats")["total_connections_received"]
+    with pytest.raises(StoreUnavailableError):
+        apply_repo(repo)
+    assert r.info("stats")["total_connections_received"] - before == 1
+
+
 def test_passwords_redacted_in_config_reprs_and_errors():
     conn = f"127.0.0.1:1,username=u,password={SECRET},sentinel_password={SECRET},ssl_password={SECRET}"
     cfg = RedisHexpireOnlineStoreConfig(connection_string=conn)

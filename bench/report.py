@@ -259,9 +259,11 @@ WHY = {
     "can make a 1-row push 1.5x faster.",
     "push100": "As for 1 row: Feast's DataFrame -> Arrow -> proto conversion per push is the same "
     'for both stores and dominates; compare the "store\'s part" rows.',
-    "gof1_p50": "For 1 entity most of the call is Feast's get_online_features machinery (entity "
-    "preparation, response building), the same for both stores; the store's read is about a "
-    "third of it.",
+    "gof1_p50": "A 1-entity call is 0.2-0.3 ms of mostly fixed per-call work both stores share "
+    "(Feast's entity preparation and response filling, one redis-py round trip); the plugin "
+    "saves one HMGET (one per entity instead of one per view), 5-10% of the call. Its own "
+    "per-call overhead (view layouts rebuilt on every call, datetime round trips for event "
+    "times) is what is left to cut; see `python bench/profile_paths.py`.",
     "gof100_p50": "Decoding 500 values into ValueProtos and Feast's response filling "
     "(datetime -> Timestamp per row) dominate; see the profile notes.",
     "mem_batch": "Hash fields are the readable feature names (85 bytes of names for the six batch "

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -70,6 +71,7 @@ class ViewLayout:
     keys: layout.KeyBuilder
     fields: dict[str, tuple[str, str | None]]  # feature -> (hash field, codec kind)
     encoding: str
+    decoders: dict[str, Callable[[bytes], ValueProto]]  # feature -> codec.decoder(kind)
 
     @classmethod
     def of(cls, config: RepoConfig, table: Any) -> ViewLayout:
@@ -115,6 +117,7 @@ class ViewLayout:
             keys=layout.KeyBuilder(cfg.prefix_for(config.project), entities),
             fields=fields,
             encoding=cfg.value_encoding,
+            decoders={f: codec.decoder(kind, cfg.value_encoding) for f, (_, kind) in fields.items()},
         )
 
 
@@ -256,15 +259,32 @@ class RedisHexpireOnlineStore(OnlineStore):
         client = self.client(config)
         size = config.online_store.write_batch_size
         mode = policy_for(table, config.online_store).mode
-        for start in range(0, len(data), size):
-            chunk = data[start : start + size]
+        total = len(data)
+
+        def finish(start: int, count: int, result: Callable[[], list]) -> None:
             try:
-                results = run_pipelined(client, WRITE_ROW, encode(start, chunk))
+                results = result()
             except (ResponseError, *_IO_ERRORS) as e:
-                raise self._failure(config, table, start, len(data), e) from e
+                raise self._failure(config, table, start, total, e) from e
             self._tally(table.name, mode, results)
             if progress:
-                progress(len(chunk))
+                progress(count)
+
+        if total <= size:
+            finish(0, total, lambda: run_pipelined(client, WRITE_ROW, encode(0, data)))
+            return
+        # One chunk in flight on a second thread while this one encodes the next, so client
+        # encoding and server work overlap. Chunks still run in order, and a failed chunk stops
+        # the next one from being sent.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            in_flight: tuple[int, int, Future] | None = None
+            for start in range(0, total, size):
+                calls = encode(start, data[start : start + size])
+                if in_flight:
+                    finish(in_flight[0], in_flight[1], in_flight[2].result)
+                in_flight = (start, len(calls), pool.submit(run_pipelined, client, WRITE_ROW, calls))
+            if in_flight:
+                finish(in_flight[0], in_flight[1], in_flight[2].result)
 
     async def online_write_batch_async(
         self,
@@ -577,10 +597,11 @@ def _registered_views(config: RepoConfig) -> list[Any]:
 
 def _decode(view: ViewLayout, feature: str, key: bytes, raw: bytes) -> ValueProto:
     try:
-        return codec.decode_value(raw, view.fields[feature][1], view.encoding)
+        return view.decoders[feature](raw)
     except (ValueError, TypeError) as e:  # also protobuf's DecodeError, a ValueError
         raise BadValueError(
             f"feature view {view.name!r}, feature {feature!r} of key {key.decode(errors='replace')}: "
             f"stored value {raw[:40]!r} does not decode as the declared type ({e}); if the feature's "
             f"type changed, materialize the view again"
         ) from e
+

@@ -39,9 +39,8 @@ class Script:
 # ARGV[7..] field, value pairs of the row
 # Returns 1 written, 0 not newer than the stored row (nothing written, key TTL re-pinned),
 # -1 already expired by its event time (nothing written). The HSET and the HPEXPIRE run in one
-# script, so no streaming field ever exists without its TTL. The key TTL is only ever extended
-# (PEXPIRE when the key has less left), so a view with a short key TTL cannot cut the life of
-# another view's fields in the same hash. Long rows go in slices: Lua's unpack() is limited.
+# script, so no streaming field ever exists without its TTL. The key TTL is set by the latest
+# batch write, as in the seed's BulkLoad. Long rows go in slices: Lua's unpack() is limited.
 WRITE_ROW = Script(
     "write_row",
     """
@@ -49,7 +48,7 @@ local key, ts_field = KEYS[1], ARGV[1]
 local key_ttl, field_ttl, expire_at = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local SLICE = 1000
 local function pin_key()
-  if key_ttl > 0 and redis.call('PTTL', key) < key_ttl then redis.call('PEXPIRE', key, key_ttl) end
+  if key_ttl > 0 then redis.call('PEXPIRE', key, key_ttl) end
 end
 local function each_slice(list, first, step, fn)
   for i = first, #list, step do fn(i, math.min(i + step - 1, #list)) end

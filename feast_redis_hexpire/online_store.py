@@ -12,7 +12,6 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -259,32 +258,15 @@ class RedisHexpireOnlineStore(OnlineStore):
         client = self.client(config)
         size = config.online_store.write_batch_size
         mode = policy_for(table, config.online_store).mode
-        total = len(data)
-
-        def finish(start: int, count: int, result: Callable[[], list]) -> None:
+        for start in range(0, len(data), size):
+            chunk = data[start : start + size]
             try:
-                results = result()
+                results = run_pipelined(client, WRITE_ROW, encode(start, chunk))
             except (ResponseError, *_IO_ERRORS) as e:
-                raise self._failure(config, table, start, total, e) from e
+                raise self._failure(config, table, start, len(data), e) from e
             self._tally(table.name, mode, results)
             if progress:
-                progress(count)
-
-        if total <= size:
-            finish(0, total, lambda: run_pipelined(client, WRITE_ROW, encode(0, data)))
-            return
-        # One chunk in flight on a second thread while this one encodes the next, so client
-        # encoding and server work overlap. Chunks still run in order, and a failed chunk stops
-        # the next one from being sent.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            in_flight: tuple[int, int, Future] | None = None
-            for start in range(0, total, size):
-                calls = encode(start, data[start : start + size])
-                if in_flight:
-                    finish(in_flight[0], in_flight[1], in_flight[2].result)
-                in_flight = (start, len(calls), pool.submit(run_pipelined, client, WRITE_ROW, calls))
-            if in_flight:
-                finish(in_flight[0], in_flight[1], in_flight[2].result)
+                progress(len(chunk))
 
     async def online_write_batch_async(
         self,

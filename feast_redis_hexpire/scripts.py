@@ -46,17 +46,11 @@ WRITE_ROW = Script(
     """
 local key, ts_field = KEYS[1], ARGV[1]
 local key_ttl, field_ttl, expire_at = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local SLICE = 1000
-local function pin_key()
-  if key_ttl > 0 then redis.call('PEXPIRE', key, key_ttl) end
-end
-local function each_slice(list, first, step, fn)
-  for i = first, #list, step do fn(i, math.min(i + step - 1, #list)) end
-end
+local SLICE = 2000
 if ARGV[6] ~= '1' then
   local stored = redis.call('HGET', key, ts_field)
   if stored and tonumber(stored) >= tonumber(ARGV[2]) then
-    pin_key()
+    if key_ttl > 0 then redis.call('PEXPIRE', key, key_ttl) end
     return 0
   end
 end
@@ -66,15 +60,19 @@ if expire_at > 0 then
     return -1
   end
 end
+if #ARGV <= SLICE then
+  redis.call('HSET', key, ts_field, ARGV[2], unpack(ARGV, 7))
+else
+  redis.call('HSET', key, ts_field, ARGV[2])
+  for i = 7, #ARGV, SLICE do redis.call('HSET', key, unpack(ARGV, i, math.min(i + SLICE - 1, #ARGV))) end
+end
+if key_ttl > 0 then redis.call('PEXPIRE', key, key_ttl) end
+if field_ttl == 0 and expire_at == 0 then return 1 end
 local fields = {ts_field}
 for i = 7, #ARGV, 2 do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', key, ts_field, ARGV[2])
-each_slice(ARGV, 7, 2 * SLICE, function(i, last) redis.call('HSET', key, unpack(ARGV, i, last)) end)
-pin_key()
-if field_ttl == 0 and expire_at == 0 then return 1 end
-local failed
-each_slice(fields, 1, SLICE, function(i, last)
-  if failed then return end
+local half = SLICE / 2
+for i = 1, #fields, half do
+  local last = math.min(i + half - 1, #fields)
   local codes
   if expire_at > 0 then
     codes = redis.call('HPEXPIREAT', key, expire_at, 'FIELDS', last - i + 1, unpack(fields, i, last))
@@ -82,13 +80,12 @@ each_slice(fields, 1, SLICE, function(i, last)
     codes = redis.call('HPEXPIRE', key, field_ttl, 'FIELDS', last - i + 1, unpack(fields, i, last))
   end
   for j = 1, #codes do
-    if codes[j] ~= 1 then failed = {codes[j], fields[i + j - 1]} return end
+    if codes[j] ~= 1 then
+      for k = 1, #fields, half do redis.call('HDEL', key, unpack(fields, k, math.min(k + half - 1, #fields))) end
+      return redis.error_reply('HPEXPIRE returned ' .. tostring(codes[j]) .. ' for field ' ..
+        fields[i + j - 1] .. ' of ' .. key .. ' instead of 1; the row was removed, not left without a TTL')
+    end
   end
-end)
-if failed then
-  each_slice(fields, 1, SLICE, function(i, last) redis.call('HDEL', key, unpack(fields, i, last)) end)
-  return redis.error_reply('HPEXPIRE returned ' .. tostring(failed[1]) .. ' for field ' ..
-    failed[2] .. ' of ' .. key .. ' instead of 1; the row was removed, not left without a TTL')
 end
 return 1
 """,

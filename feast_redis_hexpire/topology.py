@@ -26,7 +26,7 @@ from typing import Any, Optional
 import redis
 from redis.crc import key_slot
 
-from .local_redis import LocalRedis, free_port, server_binary
+from .local_redis import LocalRedis, free_port, server_binary, stop_process
 
 __all__ = ["LocalCluster", "LocalSentinel", "SLOTS", "kill"]
 
@@ -256,13 +256,7 @@ class _SentinelProcess:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
 

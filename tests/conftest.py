@@ -6,20 +6,19 @@ with FLUSHALL at the start (the test owns the server; the plugin itself never fl
 
 from __future__ import annotations
 
-import runpy
-import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 from feast import FeatureStore
-from feast.base_feature_view import BaseFeatureView
 from feast.entity import Entity
-from feast.feature_service import FeatureService
 
+# Re-exported for the test modules: the sample-repo helpers live in the package (the demo uses them).
+from feast_redis_hexpire.demo.repo import apply as apply_repo  # noqa: F401
+from feast_redis_hexpire.demo.repo import feast_objects, write_repo  # noqa: F401
 from feast_redis_hexpire.local_redis import LocalRedis
+from feast_redis_hexpire.online_store import hexpire_store
 from feast_redis_hexpire.synth import batch_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,22 +41,11 @@ def r(server: LocalRedis) -> Iterator[Any]:
     client.close()
 
 
-def write_repo(path: Path, connection_string: str, **online_store: Any) -> Path:
-    """Copy the sample repo to ``path`` with ``online_store`` settings merged into its yaml."""
-    path.mkdir(parents=True, exist_ok=True)
-    for name in ("features.py", "generate_data.py"):
-        shutil.copy(SAMPLE_REPO / name, path / name)
-    config = yaml.safe_load((SAMPLE_REPO / "feature_store.yaml").read_text())
-    config["online_store"].update(connection_string=connection_string, **online_store)
-    (path / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
 def write_data(repo: Path, count: int = 20, seed: int = 1, event_time: datetime | None = None) -> None:
     """The offline parquet files of ``repo``: ``count`` batch users, no streaming history."""
     data = repo / "data"
     data.mkdir(exist_ok=True)
-    ts = event_time or datetime.now(timezone.utc) - timedelta(minutes=10)
+    ts = event_time or datetime.now(UTC) - timedelta(minutes=10)
     batch_rows(count, seed, ts).to_parquet(data / "user_batch.parquet")
     frame = batch_rows(1, seed, ts - timedelta(days=30))[["user_id", "event_timestamp"]]
     for name, value in (("last_login_ts", 0), ("last_device_id", "x"), ("tx_count_5m", 0)):
@@ -65,19 +53,6 @@ def write_data(repo: Path, count: int = 20, seed: int = 1, event_time: datetime 
     frame["failed_logins_15m"] = 0
     frame["session_country"] = "US"
     frame.to_parquet(data / "user_streaming.parquet")
-
-
-def feast_objects(repo: Path) -> list[Any]:
-    """The Feast objects a repo's features.py defines (what `feast apply` would register)."""
-    namespace = runpy.run_path(str(repo / "features.py"))
-    kinds = (Entity, BaseFeatureView, FeatureService)
-    return [v for v in namespace.values() if isinstance(v, kinds)]
-
-
-def apply_repo(repo: Path) -> FeatureStore:
-    store = FeatureStore(repo_path=str(repo))
-    store.apply(feast_objects(repo))
-    return store
 
 
 @pytest.fixture
@@ -98,9 +73,7 @@ def store(repo: Path) -> FeatureStore:
 # ---- helpers shared by the issue-2 suite (test_codec ... test_async) ----
 
 
-def online_store_of(store: FeatureStore) -> Any:
-    """The RedisHexpireOnlineStore instance a FeatureStore writes through (its `.stats` live here)."""
-    return store._get_provider().online_store
+online_store_of = hexpire_store  # the plugin instance behind a FeatureStore (its `.stats` live here)
 
 
 def field_statuses(response: Any) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from feast_redis_hexpire.local_redis import free_port
+from feast_redis_hexpire.local_redis import free_port, stop_process
 
 __all__ = ["Certs", "Stunnel", "make_certs", "stunnel_binary"]
 
@@ -110,13 +110,7 @@ class Stunnel:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
     def __enter__(self) -> Stunnel:

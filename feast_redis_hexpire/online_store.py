@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from feast import Entity, FeatureView, RepoConfig, utils
@@ -40,10 +40,12 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .policy import ViewPolicy, policy_for
+from .response import ViewVectors
 from .scripts import (
     DELETE_VIEW_FIELDS,
     UNLINK_IF_OURS,
     WRITE_ROW,
+    run_batches,
     run_pipelined,
     run_pipelined_async,
 )
@@ -54,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 Row = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
 ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
+# One view of a get_online_features read: (view, distinct keys, requested features,
+# output rows of each key, number of output rows).
+_ViewRequest = tuple[Any, list[bytes], list[str], list[list[int]], int]
 
 _IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -258,15 +263,16 @@ class RedisHexpireOnlineStore(OnlineStore):
         client = self.client(config)
         size = config.online_store.write_batch_size
         mode = policy_for(table, config.online_store).mode
-        for start in range(0, len(data), size):
-            chunk = data[start : start + size]
+        starts = range(0, len(data), size)
+        batches = run_batches(client, WRITE_ROW, (encode(i, data[i : i + size]) for i in starts))
+        for start in starts:  # one batch per start, replies in order
             try:
-                results = run_pipelined(client, WRITE_ROW, encode(start, chunk))
+                results = next(batches)
             except (ResponseError, *_IO_ERRORS) as e:
                 raise self._failure(config, table, start, len(data), e) from e
             self._tally(table.name, mode, results)
             if progress:
-                progress(len(chunk))
+                progress(len(results))
 
     async def online_write_batch_async(
         self,
@@ -294,57 +300,33 @@ class RedisHexpireOnlineStore(OnlineStore):
     # ---- reads: every view, every entity, one HMGET per entity, one round trip ----
 
     def _plan_reads(
-        self, config: RepoConfig, requests: Sequence[tuple[Any, Sequence[EntityKeyProto], list[str] | None]]
-    ) -> tuple[list[tuple[bytes, list[str]]], Callable[[list], list[list[ReadRow]]], list]:
-        """HMGET commands (one per distinct entity key) for several (view, entity keys,
-        features) requests, and a function turning their replies into online_read rows."""
-        per_key: dict[bytes, dict[str, int]] = {}
-        plans = []
-        for table, entity_keys, requested in requests:
+        self, config: RepoConfig, requests: Sequence[tuple[Any, Sequence[bytes], list[str] | None]]
+    ) -> tuple[list[tuple[bytes, list[str]]], list[_ViewRead]]:
+        """HMGET commands (one per distinct key) for several (view, keys, features) requests,
+        and where each view's values sit in their replies."""
+        reads = []
+        members: dict[bytes, list[int]] = {}  # key -> the requests reading it
+        for request_no, (table, keys, requested) in enumerate(requests):
             view = ViewLayout.of(config, table)
             names = [f for f in (requested or view.fields) if f in view.fields]
-            wanted = [view.ts_field] + [view.fields[f][0] for f in names]
-            slots = []
-            for key in view.keys.keys(entity_keys):
-                positions = per_key.setdefault(key, {})
-                slots.append((key, [positions.setdefault(f, len(positions)) for f in wanted]))
-            plans.append((table, view, names, slots))
-        commands = [(key, list(positions)) for key, positions in per_key.items()]
-        index = {key: i for i, key in enumerate(per_key)}
-        cfg: RedisHexpireOnlineStoreConfig = config.online_store
-        now = datetime.now(UTC)
-        stale_marks: list[list[int]] = []
-
-        def decode(replies: list) -> list[list[ReadRow]]:
-            out = []
-            stale_marks.clear()
-            for table, view, names, slots in plans:
-                rows: list[ReadRow] = []
-                stale: list[int] = []
-                max_age = getattr(table, "ttl", None) if cfg.freshness_check != "off" else None
-                for row_no, (key, positions) in enumerate(slots):
-                    reply = replies[index[key]]
-                    raw_ts = reply[positions[0]]
-                    features = {}
-                    for name, pos in zip(names, positions[1:]):
-                        raw = reply[pos]
-                        if raw is not None:
-                            features[name] = _decode(view, name, key, raw)
-                    if raw_ts is None and not features:
-                        rows.append((None, None))
-                        continue
-                    event_ts = codec.decode_ts(raw_ts) if raw_ts is not None else None
-                    if max_age and event_ts is not None and now - event_ts > max_age:
-                        if cfg.freshness_check == "drop":
-                            rows.append((None, None))
-                            continue
-                        stale.append(row_no)
-                    rows.append((event_ts, features))
-                out.append(rows)
-                stale_marks.append(stale)
-            return out
-
-        return commands, decode, stale_marks
+            fields = [view.ts_field] + [view.fields[f][0] for f in names]
+            reads.append(_ViewRead(table, view, names, fields, []))
+            for key in keys:
+                members.setdefault(key, []).append(request_no)
+        # Keys read by the same requests share one field list: work per combination, not per key.
+        combos: dict[tuple[int, ...], tuple[list[str], dict[int, list[int]]]] = {}
+        commands: list[tuple[bytes, list[str]]] = []
+        where: dict[bytes, tuple[int, dict[int, list[int]]]] = {}
+        for key, request_nos in members.items():
+            combo = combos.get(tuple(request_nos))
+            if combo is None:
+                combo = _combine([reads[n].fields for n in request_nos], request_nos)
+                combos[tuple(request_nos)] = combo
+            where[key] = (len(commands), combo[1])
+            commands.append((key, combo[0]))
+        for request_no, (read, (_, keys, _)) in enumerate(zip(reads, requests)):
+            read.slots = [(where[key][0], where[key][1][request_no]) for key in keys]
+        return commands, reads
 
     def _hmget(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
         if len(commands) == 1:  # one entity: a plain command skips the pipeline machinery
@@ -371,8 +353,8 @@ class RedisHexpireOnlineStore(OnlineStore):
         entity_keys: list[EntityKeyProto],
         requested_features: list[str] | None = None,
     ) -> list[ReadRow]:
-        commands, decode, _ = self._plan_reads(config, [(table, entity_keys, requested_features)])
-        return decode(self._hmget(config, commands))[0]
+        commands, reads = self._plan_online_read(config, table, entity_keys, requested_features)
+        return self._read_rows(config, reads[0], commands, self._hmget(config, commands))
 
     async def online_read_async(
         self,
@@ -381,33 +363,66 @@ class RedisHexpireOnlineStore(OnlineStore):
         entity_keys: list[EntityKeyProto],
         requested_features: list[str] | None = None,
     ) -> list[ReadRow]:
-        commands, decode, _ = self._plan_reads(config, [(table, entity_keys, requested_features)])
-        return decode(await self._hmget_async(config, commands))[0]
+        commands, reads = self._plan_online_read(config, table, entity_keys, requested_features)
+        return self._read_rows(config, reads[0], commands, await self._hmget_async(config, commands))
+
+    def _plan_online_read(
+        self, config: RepoConfig, table: Any, entity_keys: list[EntityKeyProto], requested: list[str] | None
+    ) -> tuple[list[tuple[bytes, list[str]]], list[_ViewRead]]:
+        keys = ViewLayout.of(config, table).keys.keys(entity_keys)
+        return self._plan_reads(config, [(table, keys, requested)])
 
     @staticmethod
-    def _feature_requests(grouped_refs: list, join_key_values: dict, entity_map: dict) -> list:
+    def _read_rows(config: RepoConfig, read: _ViewRead, commands: list, replies: list) -> list[ReadRow]:
+        """online_read's rows: (event time, {feature: value}), (None, None) when not found."""
+        fresh = _Freshness(config, read.table)
+        decoders = [read.view.decoders[name] for name in read.names]
+        rows: list[ReadRow] = []
+        for reply_no, positions in read.slots:
+            reply = replies[reply_no]
+            raw_ts = reply[positions[0]]
+            values = _decode_row(read, decoders, commands[reply_no][0], reply, positions)
+            if fresh.status(raw_ts, values) is None:
+                rows.append((None, None))
+                continue
+            features = {name: v for name, v in zip(read.names, values) if v is not None}
+            rows.append((codec.decode_ts(raw_ts) if raw_ts is not None else None, features))
+        return rows
+
+    @staticmethod
+    def _feature_requests(
+        config: RepoConfig, grouped_refs: list, join_key_values: dict, entity_map: dict
+    ) -> list[_ViewRequest]:
+        """Per view: (view, distinct keys, requested features, output rows of each key,
+        number of output rows). Views on the same entity columns share one key list."""
         for join_key, values in join_key_values.items():
             if any(v.WhichOneof("val") is None for v in values):  # Feast itself fails obscurely
                 raise BadValueError(f"entity rows: join key {join_key!r} has a null value")
-        requests = []
+        shared: dict[tuple, tuple[list[bytes], list[list[int]], int]] = {}
+        requests: list[_ViewRequest] = []
         for table, requested in grouped_refs:
-            entity_values, idxs, output_len = utils._get_unique_entities(table, join_key_values, entity_map)
-            requests.append((table, utils._get_entity_key_protos(entity_values), requested, idxs, output_len))
+            keys, fanout, output_len = _entity_keys(config, table, join_key_values, entity_map, shared)
+            requests.append((table, keys, requested, fanout, output_len))
         return requests
 
-    @staticmethod
-    def _populate(requests: list, all_rows: list, stale_marks: list, response: Any, full_names: bool, meta: bool) -> None:
-        for (table, _, requested, idxs, output_len), rows, stale in zip(requests, all_rows, stale_marks):
-            utils._populate_response_from_feature_data(
-                requested, rows, idxs, response, full_names, table, output_len, meta
-            )
-            if stale:  # freshness_check: flag -> values kept, status OUTSIDE_MAX_AGE
-                vectors = response.results[len(response.results) - len(requested) :]
-                for row_no in stale:
-                    for out_idx in idxs[row_no]:
-                        for vector in vectors:
-                            if vector.statuses[out_idx] == FieldStatus.PRESENT:
-                                vector.statuses[out_idx] = FieldStatus.OUTSIDE_MAX_AGE
+    def _populate(
+        self, config: RepoConfig, requests: list, reads: list[_ViewRead], commands: list, replies: list,
+        response: Any, full_names: bool, meta: bool,
+    ) -> None:  # fmt: skip
+        """Fill Feast's response from the replies (the work of Feast's
+        ``_populate_response_from_feature_data``, without datetimes)."""
+        for (table, _, requested, fanout, output_len), read in zip(requests, reads):
+            fresh = _Freshness(config, table)
+            decoders = [read.view.decoders[name] for name in read.names]
+            vectors = ViewVectors(requested, read.names, output_len)
+            for (reply_no, positions), rows in zip(read.slots, fanout):
+                reply = replies[reply_no]
+                values = _decode_row(read, decoders, commands[reply_no][0], reply, positions)
+                raw_ts = reply[positions[0]]
+                status = fresh.status(raw_ts, values)
+                if status is not None:
+                    vectors.put(rows, raw_ts, values, status)
+            vectors.append_to(response, table, full_names, meta)
 
     def _read_features_per_fv(
         self,
@@ -419,13 +434,13 @@ class RedisHexpireOnlineStore(OnlineStore):
         full_feature_names: bool,
         include_feature_view_version_metadata: bool,
     ) -> None:
-        requests = self._feature_requests(grouped_refs, join_key_values, entity_name_to_join_key_map)
-        commands, decode, stale = self._plan_reads(config, [(t, k, r) for t, k, r, _, _ in requests])
-        rows = decode(self._hmget(config, commands))
+        requests = self._feature_requests(config, grouped_refs, join_key_values, entity_name_to_join_key_map)
+        commands, reads = self._plan_reads(config, [(t, k, r) for t, k, r, _, _ in requests])
+        replies = self._hmget(config, commands) if commands else []
         self._populate(
-            requests, rows, stale, online_features_response, full_feature_names,
+            config, requests, reads, commands, replies, online_features_response, full_feature_names,
             include_feature_view_version_metadata,
-        )
+        )  # fmt: skip
 
     async def _read_features_per_fv_async(
         self,
@@ -437,13 +452,13 @@ class RedisHexpireOnlineStore(OnlineStore):
         full_feature_names: bool,
         include_feature_view_version_metadata: bool,
     ) -> None:
-        requests = self._feature_requests(grouped_refs, join_key_values, entity_name_to_join_key_map)
-        commands, decode, stale = self._plan_reads(config, [(t, k, r) for t, k, r, _, _ in requests])
-        rows = decode(await self._hmget_async(config, commands))
+        requests = self._feature_requests(config, grouped_refs, join_key_values, entity_name_to_join_key_map)
+        commands, reads = self._plan_reads(config, [(t, k, r) for t, k, r, _, _ in requests])
+        replies = await self._hmget_async(config, commands) if commands else []
         self._populate(
-            requests, rows, stale, online_features_response, full_feature_names,
+            config, requests, reads, commands, replies, online_features_response, full_feature_names,
             include_feature_view_version_metadata,
-        )
+        )  # fmt: skip
 
     # ---- feast apply / feast teardown ----
 
@@ -587,3 +602,88 @@ def _decode(view: ViewLayout, feature: str, key: bytes, raw: bytes) -> ValueProt
             f"type changed, materialize the view again"
         ) from e
 
+
+
+# ---- read helpers ----
+
+
+@dataclass
+class _ViewRead:
+    """One view's part of a read: its fields, and where each entity's values sit in the replies."""
+
+    table: Any
+    view: ViewLayout
+    names: list[str]  # requested features the view has, in request order
+    fields: list[str]  # hash fields: the view's _ts field, then one per name
+    slots: list[tuple[int, list[int]]]  # per key: (reply, positions), set by _plan_reads
+
+
+def _combine(field_lists: list[list[str]], request_nos: list[int]) -> tuple[list[str], dict[int, list[int]]]:
+    """One HMGET field list covering several views' fields, and each view's positions in it."""
+    index: dict[str, int] = {}
+    positions = {
+        n: [index.setdefault(f, len(index)) for f in fields] for n, fields in zip(request_nos, field_lists)
+    }
+    return list(index), positions
+
+
+def _entity_keys(
+    config: RepoConfig, table: Any, join_key_values: dict, entity_map: dict, shared: dict
+) -> tuple[list[bytes], list[list[int]], int]:
+    """The distinct hash keys of the request's entity rows for ``table``, the output rows each
+    one fills, and the number of output rows (what Feast's ``_get_unique_entities`` gives,
+    as keys). Keys are built straight from the join-key values; an aliased projection
+    (join_key_map) or missing columns go through Feast's helper, which handles them."""
+    view = ViewLayout.of(config, table)
+    join_keys = tuple(entity_map[name] for name in table.entities)
+    columns: list[list[ValueProto]] = [join_key_values.get(jk) or [] for jk in join_keys]
+    if table.projection.join_key_map or not all(columns):
+        entities, fanout, output_len = utils._get_unique_entities(table, join_key_values, entity_map)
+        return view.keys.keys(utils._get_entity_key_protos(entities)), list(fanout), output_len
+    builder = view.keys
+    signature = (builder.prefix, tuple(builder.entity_names), join_keys)
+    if signature not in shared:
+        rows: dict[bytes, list[int]] = {}
+        head = builder._head  # one entity, one join key: the key is this plus the escaped id
+        if head is not None and len(columns) == 1:
+            for row_no, value in enumerate(columns[0]):
+                rows.setdefault((head + layout.id_text(value)).encode(), []).append(row_no)
+        else:
+            for row_no, values in enumerate(zip(*columns)):
+                key = builder.key(EntityKeyProto(join_keys=join_keys, entity_values=values))
+                rows.setdefault(key, []).append(row_no)
+        shared[signature] = (list(rows), list(rows.values()), min(len(c) for c in columns))
+    return shared[signature]
+
+
+class _Freshness:
+    """The read-time freshness check (freshness_check: off | flag | drop) against ``table.ttl``."""
+
+    def __init__(self, config: RepoConfig, table: Any) -> None:
+        mode = config.online_store.freshness_check
+        max_age = getattr(table, "ttl", None) if mode != "off" else None
+        self.max_age_us = max_age // timedelta(microseconds=1) if max_age else 0
+        self.drop = mode == "drop"
+        self.now_us = codec.encode_ts(datetime.now(UTC))
+
+    def status(self, raw_ts: bytes | None, values: list) -> FieldStatus.ValueType | None:
+        """PRESENT, OUTSIDE_MAX_AGE (flag), or None: not found (no ts nor value, or dropped)."""
+        if raw_ts is None:
+            return None if values.count(None) == len(values) else FieldStatus.PRESENT
+        if self.max_age_us and self.now_us - int(raw_ts) > self.max_age_us:
+            return None if self.drop else FieldStatus.OUTSIDE_MAX_AGE
+        return FieldStatus.PRESENT
+
+
+def _decode_row(read: _ViewRead, decoders: list, key: bytes, reply: list, positions: list[int]) -> list:
+    """The view's values in one HMGET reply, None where a field is missing."""
+    try:
+        return [
+            None if (raw := reply[pos]) is None else decode(raw)
+            for decode, pos in zip(decoders, positions[1:])
+        ]
+    except (ValueError, TypeError):  # find the culprit for a clear error
+        for name, pos in zip(read.names, positions[1:]):
+            if reply[pos] is not None:
+                _decode(read.view, name, key, reply[pos])
+        raise

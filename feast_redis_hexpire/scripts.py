@@ -8,14 +8,17 @@ the commands that failed, so a row never runs twice.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from redis.cluster import ClusterPipeline
-from redis.exceptions import NoScriptError, RedisClusterException
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["DELETE_VIEW_FIELDS", "UNLINK_IF_OURS", "WRITE_ROW", "Script", "run_pipelined"]
+__all__ = ["DELETE_VIEW_FIELDS", "UNLINK_IF_OURS", "WRITE_ROW", "Script", "run_batches", "run_pipelined"]
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,9 @@ for i = 1, #fields, half do
   end
   for j = 1, #codes do
     if codes[j] ~= 1 then
-      for k = 1, #fields, half do redis.call('HDEL', key, unpack(fields, k, math.min(k + half - 1, #fields))) end
+      for k = 1, #fields, half do
+        redis.call('HDEL', key, unpack(fields, k, math.min(k + half - 1, #fields)))
+      end
       return redis.error_reply('HPEXPIRE returned ' .. tostring(codes[j]) .. ' for field ' ..
         fields[i + j - 1] .. ' of ' .. key .. ' instead of 1; the row was removed, not left without a TTL')
     end
@@ -172,6 +177,12 @@ def run_pipelined(client: Any, script: Script, calls: Sequence[Call]) -> list[An
     with client.pipeline(transaction=False) as pipe:
         _queue(pipe, script, calls)
         results = pipe.execute(raise_on_error=False)
+    return _reload_missing(client, script, calls, results)
+
+
+def _reload_missing(client: Any, script: Script, calls: Sequence[Call], results: list[Any]) -> list[Any]:
+    """Load the script where the server answered NOSCRIPT, re-send only those calls, and raise
+    the first other error."""
     missing = _missing(results)
     if missing:
         client.script_load(script.lua)
@@ -181,6 +192,84 @@ def run_pipelined(client: Any, script: Script, calls: Sequence[Call]) -> list[An
                 results[i] = result
     _raise_first(results)
     return results
+
+
+def run_batches(client: Any, script: Script, batches: Iterable[Sequence[Call]]) -> Iterator[list[Any]]:
+    """One reply list per batch, in order, each batch one round trip.
+
+    On a single server (or a sentinel's master) batch k+1 is sent before batch k's replies are
+    read, on one connection, so encoding the next batch overlaps the server's work on this one.
+    A cluster client runs :func:`run_pipelined` per batch (per-node pipelines). After a
+    connection error every batch whose replies were not read goes through :func:`run_pipelined`,
+    which retries; re-sending a row is safe because the script skips rows not newer than the
+    stored one.
+    """
+    if not isinstance(client, redis.Redis):
+        for calls in batches:
+            yield run_pipelined(client, script, calls)
+        return
+    pool = client.connection_pool
+    conn: Any = pool.get_connection()
+    unread: list[Sequence[Call]] = []  # sent, replies not read yet: at most two batches
+    try:
+        for calls in batches:
+            unread.append(calls)
+            if conn is not None and _send(conn, script, calls):
+                if len(unread) == 1:
+                    continue
+                replies = _read(conn, unread[0])
+                if replies is not None:
+                    yield _reload_missing(client, script, unread.pop(0), replies)
+                    continue
+            conn = _drop(pool, conn)
+            while unread:
+                yield run_pipelined(client, script, unread.pop(0))
+        if unread and conn is not None:
+            replies = _read(conn, unread[0])
+            if replies is not None:
+                yield _reload_missing(client, script, unread.pop(0), replies)
+        conn = _drop(pool, conn) if unread else conn
+        while unread:
+            yield run_pipelined(client, script, unread.pop(0))
+    finally:
+        if conn is not None:
+            if unread:  # replies still on the wire: this connection is out of step
+                conn.disconnect()
+            pool.release(conn)
+
+
+_IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _send(conn: Any, script: Script, calls: Sequence[Call]) -> bool:
+    """Write one batch of EVALSHAs to the socket; False if the connection failed."""
+    try:
+        commands = [("EVALSHA", script.sha, 1, key, *argv) for key, argv in calls]
+        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        return True
+    except _IO_ERRORS:
+        return False
+
+
+def _read(conn: Any, calls: Sequence[Call]) -> list[Any] | None:
+    """One reply per call (an error reply as its exception); None if the connection failed."""
+    replies: list[Any] = []
+    try:
+        for _ in calls:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as e:  # the reply was read: the connection stays in step
+                replies.append(e)
+    except _IO_ERRORS:
+        return None
+    return replies
+
+
+def _drop(pool: Any, conn: Any) -> None:
+    if conn is not None:
+        conn.disconnect()
+        pool.release(conn)
+    return None
 
 
 async def run_pipelined_async(client: Any, script: Script, calls: Sequence[Call]) -> list[Any]:

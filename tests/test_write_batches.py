@@ -1,0 +1,40 @@
+"""Writes of several batches on one connection (scripts.run_batches), against a real server."""
+
+from datetime import UTC, datetime
+
+from conftest import online_store_of, user_key
+from feast.protos.feast.types.Value_pb2 import Value
+
+from feast_redis_hexpire.scripts import WRITE_ROW
+
+
+def _rows(n, when):
+    return [(user_key(f"u{i:04d}"), {"tx_count_7d": Value(int64_val=i)}, when, None) for i in range(n)]
+
+
+def test_script_flushed_between_writes_is_loaded_again_and_no_row_is_lost(store, r):
+    store.config.online_store.write_batch_size = 7
+    view = store.get_feature_view("user_batch_features")
+    online = online_store_of(store)
+    online.online_write_batch(store.config, view, _rows(5, datetime(2026, 1, 1, tzinfo=UTC)), None)
+    r.script_flush()
+    assert r.script_exists(WRITE_ROW.sha) == [False]
+    seen = []
+    online.online_write_batch(store.config, view, _rows(50, datetime(2026, 1, 2, tzinfo=UTC)), seen.append)
+    assert seen == [7] * 7 + [1]
+    assert [int(r.hget(f"fs:user:u{i:04d}", "tx_count_7d")) for i in range(50)] == list(range(50))
+    assert all(r.ttl(f"fs:user:u{i:04d}") > 86_000 for i in range(50))
+
+
+def test_rows_of_one_entity_spread_over_batches_keep_event_time_order(store, r):
+    store.config.online_store.write_batch_size = 3
+    view = store.get_feature_view("user_batch_features")
+    rows = [
+        (user_key("u0001"), {"tx_count_7d": Value(int64_val=day)}, datetime(2026, 1, day, tzinfo=UTC), None)
+        for day in (5, 1, 9, 2, 8, 3, 7)  # newest (9) in the middle batch
+    ]
+    online_store_of(store).online_write_batch(store.config, view, rows, None)
+    assert r.hget("fs:user:u0001", "tx_count_7d") == b"9"
+    assert online_store_of(store).stats["skipped_not_newer"] >= 4
+    # The connection went back to the pool in step: the next command on it reads its own reply.
+    assert r.ping() and online_store_of(store).client(store.config).ping()

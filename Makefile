@@ -25,8 +25,9 @@ run: demo
 walkthrough: install
 	$(PY) examples/walkthrough.py
 
+# The venv's bin on PATH: tests run the `feast` and `feast-hexpire` commands as a user would.
 test: install-test
-	$(VENV)/bin/pytest -q
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest -q
 
 lint: $(PY)
 	$(VENV)/bin/ruff check feast_redis_hexpire tests examples bench

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import hiredis
+import redis
 from feast import Entity, FeatureView, RepoConfig, utils
 from feast.infra.online_stores.helpers import compute_versioned_name
 from feast.infra.online_stores.online_store import OnlineStore
@@ -40,7 +42,7 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .policy import ViewPolicy, policy_for
-from .response import ViewVectors
+from .response import ViewResult, append_view
 from .scripts import (
     DELETE_VIEW_FIELDS,
     UNLINK_IF_OURS,
@@ -57,8 +59,8 @@ logger = logging.getLogger(__name__)
 Row = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
 ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
 # One view of a get_online_features read: (view, distinct keys, requested features,
-# output rows of each key, number of output rows).
-_ViewRequest = tuple[Any, list[bytes], list[str], list[list[int]], int]
+# response rows of each key (None: key i is row i), number of response rows).
+_ViewRequest = tuple[Any, list[bytes], list[str], list[list[int]] | None, int]
 
 _IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -310,7 +312,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             view = ViewLayout.of(config, table)
             names = [f for f in (requested or view.fields) if f in view.fields]
             fields = [view.ts_field] + [view.fields[f][0] for f in names]
-            reads.append(_ViewRead(table, view, names, fields, []))
+            reads.append(_ViewRead(table, view, names, fields, [], []))
             for key in keys:
                 members.setdefault(key, []).append(request_no)
         # Keys read by the same requests share one field list: work per combination, not per key.
@@ -325,14 +327,17 @@ class RedisHexpireOnlineStore(OnlineStore):
             where[key] = (len(commands), combo[1])
             commands.append((key, combo[0]))
         for request_no, (read, (_, keys, _)) in enumerate(zip(reads, requests)):
-            read.slots = [(where[key][0], where[key][1][request_no]) for key in keys]
+            read.replies = [where[key][0] for key in keys]
+            read.positions = [where[key][1][request_no] for key in keys]
         return commands, reads
 
     def _hmget(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
-        if len(commands) == 1:  # one entity: a plain command skips the pipeline machinery
-            key, fields = commands[0]
-            return [self.client(config).hmget(key, fields)]
-        with self.client(config).pipeline(transaction=False) as pipe:
+        client = self.client(config)
+        if isinstance(client, redis.Redis):  # one server: skip the pipeline machinery
+            replies = _hmget_direct(client, commands)
+            if replies is not None:
+                return replies
+        with client.pipeline(transaction=False) as pipe:  # a cluster, or a retry after an I/O error
             for key, fields in commands:
                 pipe.hmget(key, fields)
             return pipe.execute()
@@ -375,54 +380,45 @@ class RedisHexpireOnlineStore(OnlineStore):
     @staticmethod
     def _read_rows(config: RepoConfig, read: _ViewRead, commands: list, replies: list) -> list[ReadRow]:
         """online_read's rows: (event time, {feature: value}), (None, None) when not found."""
-        fresh = _Freshness(config, read.table)
-        decoders = [read.view.decoders[name] for name in read.names]
+        ts_raw, columns = _decode_columns(read, commands, replies)
+        row_status = _row_status(config, read.table, ts_raw)
         rows: list[ReadRow] = []
-        for reply_no, positions in read.slots:
-            reply = replies[reply_no]
-            raw_ts = reply[positions[0]]
-            values = _decode_row(read, decoders, commands[reply_no][0], reply, positions)
-            if fresh.status(raw_ts, values) is None:
-                rows.append((None, None))
-                continue
+        for i, (raw_ts, values) in enumerate(zip(ts_raw, zip(*columns) if columns else [()] * len(ts_raw))):
             features = {name: v for name, v in zip(read.names, values) if v is not None}
-            rows.append((codec.decode_ts(raw_ts) if raw_ts is not None else None, features))
+            if (raw_ts is None and not features) or (row_status is not None and row_status[i] is None):
+                rows.append((None, None))
+            else:
+                rows.append((codec.decode_ts(raw_ts) if raw_ts is not None else None, features))
         return rows
 
     @staticmethod
     def _feature_requests(
         config: RepoConfig, grouped_refs: list, join_key_values: dict, entity_map: dict
     ) -> list[_ViewRequest]:
-        """Per view: (view, distinct keys, requested features, output rows of each key,
-        number of output rows). Views on the same entity columns share one key list."""
+        """Per view: (view, distinct keys, requested features, response rows of each key or
+        None when key i is row i, number of response rows)."""
         for join_key, values in join_key_values.items():
             if any(v.WhichOneof("val") is None for v in values):  # Feast itself fails obscurely
                 raise BadValueError(f"entity rows: join key {join_key!r} has a null value")
-        shared: dict[tuple, tuple[list[bytes], list[list[int]], int]] = {}
+        shared: dict[tuple, tuple[list[bytes], list[list[int]] | None, int]] = {}
         requests: list[_ViewRequest] = []
         for table, requested in grouped_refs:
             keys, fanout, output_len = _entity_keys(config, table, join_key_values, entity_map, shared)
             requests.append((table, keys, requested, fanout, output_len))
         return requests
 
+    @staticmethod
     def _populate(
-        self, config: RepoConfig, requests: list, reads: list[_ViewRead], commands: list, replies: list,
-        response: Any, full_names: bool, meta: bool,
+        config: RepoConfig, requests: list[_ViewRequest], reads: list[_ViewRead], commands: list,
+        replies: list, response: Any, full_names: bool, meta: bool,
     ) -> None:  # fmt: skip
         """Fill Feast's response from the replies (the work of Feast's
-        ``_populate_response_from_feature_data``, without datetimes)."""
+        ``_populate_response_from_feature_data``, column by column and without datetimes)."""
         for (table, _, requested, fanout, output_len), read in zip(requests, reads):
-            fresh = _Freshness(config, table)
-            decoders = [read.view.decoders[name] for name in read.names]
-            vectors = ViewVectors(requested, read.names, output_len)
-            for (reply_no, positions), rows in zip(read.slots, fanout):
-                reply = replies[reply_no]
-                values = _decode_row(read, decoders, commands[reply_no][0], reply, positions)
-                raw_ts = reply[positions[0]]
-                status = fresh.status(raw_ts, values)
-                if status is not None:
-                    vectors.put(rows, raw_ts, values, status)
-            vectors.append_to(response, table, full_names, meta)
+            ts_raw, columns = _decode_columns(read, commands, replies, share=True)  # copied into protos
+            row_status = _row_status(config, table, ts_raw)
+            result = ViewResult(table, requested, read.names, ts_raw, columns, row_status, fanout, output_len)
+            append_view(response, result, full_names, meta)
 
     def _read_features_per_fv(
         self,
@@ -615,7 +611,8 @@ class _ViewRead:
     view: ViewLayout
     names: list[str]  # requested features the view has, in request order
     fields: list[str]  # hash fields: the view's _ts field, then one per name
-    slots: list[tuple[int, list[int]]]  # per key: (reply, positions), set by _plan_reads
+    replies: list[int]  # per key: its reply (set by _plan_reads)
+    positions: list[list[int]]  # per key: where fields sit in that reply
 
 
 def _combine(field_lists: list[list[str]], request_nos: list[int]) -> tuple[list[str], dict[int, list[int]]]:
@@ -627,22 +624,57 @@ def _combine(field_lists: list[list[str]], request_nos: list[int]) -> tuple[list
     return list(index), positions
 
 
+def _hmget_direct(client: redis.Redis, commands: list[tuple[bytes, list[str]]]) -> list | None:
+    """The HMGETs written in one send on one pooled connection and their replies read back: a
+    third of a redis-py pipeline's client work. None after an I/O error (the caller retries
+    through the pipeline; reads are safe to repeat); an error reply is raised after every
+    reply was read, so the connection stays in step."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    replies: list = []
+    error: ResponseError | None = None
+    try:
+        packed = b"".join([_pack(("HMGET", key, *fields)) for key, fields in commands])
+        conn.send_packed_command([packed], check_health=False)
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as e:  # e.g. WRONGTYPE: the key holds no hash
+                error = error or e
+                replies.append(e)
+    except _IO_ERRORS:
+        conn.disconnect()
+        return None
+    except BaseException:  # replies may still be on the wire: this connection is out of step
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    if error is not None:
+        raise error
+    return replies
+
+
+def _pack(args: tuple) -> bytes:
+    return hiredis.pack_command(args)
+
+
 def _entity_keys(
     config: RepoConfig, table: Any, join_key_values: dict, entity_map: dict, shared: dict
-) -> tuple[list[bytes], list[list[int]], int]:
-    """The distinct hash keys of the request's entity rows for ``table``, the output rows each
-    one fills, and the number of output rows (what Feast's ``_get_unique_entities`` gives,
-    as keys). Keys are built straight from the join-key values; an aliased projection
-    (join_key_map) or missing columns go through Feast's helper, which handles them."""
+) -> tuple[list[bytes], list[list[int]] | None, int]:
+    """The distinct hash keys of the request's entity rows for ``table``, the response rows
+    each one fills (None: key i is row i), and the number of response rows: what Feast's
+    ``_get_unique_entities`` gives, as keys. Keys are built straight from the join-key values;
+    an aliased projection (join_key_map) or missing columns go through Feast's helper."""
     view = ViewLayout.of(config, table)
     join_keys = tuple(entity_map[name] for name in table.entities)
     columns: list[list[ValueProto]] = [join_key_values.get(jk) or [] for jk in join_keys]
     if table.projection.join_key_map or not all(columns):
-        entities, fanout, output_len = utils._get_unique_entities(table, join_key_values, entity_map)
-        return view.keys.keys(utils._get_entity_key_protos(entities)), list(fanout), output_len
+        entities, groups, total = utils._get_unique_entities(table, join_key_values, entity_map)
+        return view.keys.keys(utils._get_entity_key_protos(entities)), list(groups), total
     builder = view.keys
     signature = (builder.prefix, tuple(builder.entity_names), join_keys)
-    if signature not in shared:
+    if signature not in shared:  # views of one entity share their keys
         rows: dict[bytes, list[int]] = {}
         head = builder._head  # one entity, one join key: the key is this plus the escaped id
         if head is not None and len(columns) == 1:
@@ -652,38 +684,44 @@ def _entity_keys(
             for row_no, values in enumerate(zip(*columns)):
                 key = builder.key(EntityKeyProto(join_keys=join_keys, entity_values=values))
                 rows.setdefault(key, []).append(row_no)
-        shared[signature] = (list(rows), list(rows.values()), min(len(c) for c in columns))
+        output_len = min(len(c) for c in columns)
+        fanout = None if len(rows) == output_len else list(rows.values())  # no repeated entity
+        shared[signature] = (list(rows), fanout, output_len)
     return shared[signature]
 
 
-class _Freshness:
-    """The read-time freshness check (freshness_check: off | flag | drop) against ``table.ttl``."""
+def _decode_columns(
+    read: _ViewRead, commands: list, replies: list, share: bool = False
+) -> tuple[list, list[list]]:
+    """The raw _ts values and one decoded column per feature (None: missing), per entity.
+    ``share``: entities with the same stored value get the same ValueProto object (decoded
+    once; counts and categories repeat a lot), for callers that only copy the values."""
+    mine = [replies[n] for n in read.replies]
+    ts_raw = [reply[pos[0]] for reply, pos in zip(mine, read.positions)]
+    columns = []
+    for i, (name, decode) in enumerate(((n, read.view.decoders[n]) for n in read.names), start=1):
+        raws = [reply[pos[i]] for reply, pos in zip(mine, read.positions)]
+        try:
+            if share:
+                decoded = {raw: None if raw is None else decode(raw) for raw in dict.fromkeys(raws)}
+                columns.append(list(map(decoded.__getitem__, raws)))
+            else:
+                columns.append([None if raw is None else decode(raw) for raw in raws])
+        except (ValueError, TypeError):  # find the entity for a clear error
+            for reply_no, raw in zip(read.replies, raws):
+                if raw is not None:
+                    _decode(read.view, name, commands[reply_no][0], raw)
+            raise
+    return ts_raw, columns
 
-    def __init__(self, config: RepoConfig, table: Any) -> None:
-        mode = config.online_store.freshness_check
-        max_age = getattr(table, "ttl", None) if mode != "off" else None
-        self.max_age_us = max_age // timedelta(microseconds=1) if max_age else 0
-        self.drop = mode == "drop"
-        self.now_us = codec.encode_ts(datetime.now(UTC))
 
-    def status(self, raw_ts: bytes | None, values: list) -> FieldStatus.ValueType | None:
-        """PRESENT, OUTSIDE_MAX_AGE (flag), or None: not found (no ts nor value, or dropped)."""
-        if raw_ts is None:
-            return None if values.count(None) == len(values) else FieldStatus.PRESENT
-        if self.max_age_us and self.now_us - int(raw_ts) > self.max_age_us:
-            return None if self.drop else FieldStatus.OUTSIDE_MAX_AGE
-        return FieldStatus.PRESENT
-
-
-def _decode_row(read: _ViewRead, decoders: list, key: bytes, reply: list, positions: list[int]) -> list:
-    """The view's values in one HMGET reply, None where a field is missing."""
-    try:
-        return [
-            None if (raw := reply[pos]) is None else decode(raw)
-            for decode, pos in zip(decoders, positions[1:])
-        ]
-    except (ValueError, TypeError):  # find the culprit for a clear error
-        for name, pos in zip(read.names, positions[1:]):
-            if reply[pos] is not None:
-                _decode(read.view, name, key, reply[pos])
-        raise
+def _row_status(config: RepoConfig, table: Any, ts_raw: list[bytes | None]) -> list | None:
+    """freshness_check against ``table.ttl``: per entity PRESENT, OUTSIDE_MAX_AGE (flag) or None
+    (drop); None for the whole view when nothing is checked."""
+    mode = config.online_store.freshness_check
+    max_age = getattr(table, "ttl", None) if mode != "off" else None
+    if not max_age:
+        return None
+    oldest = codec.encode_ts(datetime.now(UTC)) - max_age // timedelta(microseconds=1)
+    stale = None if mode == "drop" else FieldStatus.OUTSIDE_MAX_AGE
+    return [FieldStatus.PRESENT if raw is None or int(raw) >= oldest else stale for raw in ts_raw]

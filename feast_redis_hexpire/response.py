@@ -1,15 +1,16 @@
-"""Filling Feast's GetOnlineFeaturesResponse straight from HMGET replies.
+"""Filling Feast's GetOnlineFeaturesResponse straight from decoded HMGET replies.
 
-Feast's own helper (``utils._populate_response_from_feature_data``) takes ``(datetime, dict)``
-rows and turns every datetime back into a protobuf Timestamp; for a 100-entity read that costs
-more than the Redis round trip. :class:`ViewVectors` builds the same vectors (same feature
-names, same order, same statuses, a null Timestamp where nothing was found) from the stored
-values and the raw ``_ts`` microseconds, without the detour.
+Feast's own helper (``utils._populate_response_from_feature_data``) takes one ``(datetime,
+dict)`` row per entity and turns every datetime back into a protobuf Timestamp; for a
+100-entity read that costs more than the Redis round trip. :func:`append_view` builds the same
+vectors (same feature names and order, same statuses, a null Timestamp where nothing was found)
+column by column, from the decoded values and the raw ``_ts`` microseconds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnlineFeaturesResponse
@@ -22,11 +23,13 @@ try:  # Feast's per-view PRESENT / NOT_FOUND counters (a no-op unless metrics ar
 except ImportError:  # pragma: no cover - older Feast
     _track_statuses = None
 
-__all__ = ["NULL_TS", "ViewVectors", "timestamp"]
+__all__ = ["ViewResult", "append_view", "timestamp"]
 
 NULL_VALUE = ValueProto()
 NULL_TS = Timestamp()
-_NOT_FOUND = FieldStatus.NOT_FOUND
+PRESENT = FieldStatus.PRESENT
+NOT_FOUND = FieldStatus.NOT_FOUND
+FeatureVector = GetOnlineFeaturesResponse.FeatureVector
 
 
 def timestamp(raw: bytes) -> Timestamp:
@@ -35,55 +38,94 @@ def timestamp(raw: bytes) -> Timestamp:
     return Timestamp(seconds=us // 1_000_000, nanos=us % 1_000_000 * 1000)
 
 
-class ViewVectors:
-    """One view's feature vectors for ``output_len`` response rows, NOT_FOUND until filled."""
+@dataclass
+class ViewResult:
+    """One view's decoded read, one entry per distinct entity.
 
-    def __init__(self, requested: Sequence[str], names: Sequence[str], output_len: int) -> None:
-        self.requested = list(requested)
-        column = {name: i for i, name in enumerate(self.requested)}  # last wins, as in Feast
-        self.columns = [column[name] for name in names]  # response column of each read feature
-        self.values = [[NULL_VALUE] * output_len for _ in self.requested]
-        self.statuses = [[_NOT_FOUND] * output_len for _ in self.requested]
-        self.stamps = [NULL_TS] * output_len
-        self.present = 0
+    ``row_status`` is None when every found entity is PRESENT (no freshness check), else per
+    entity PRESENT, OUTSIDE_MAX_AGE, or None for an entity dropped as stale. ``fanout`` gives the
+    response rows of each entity, or is None when entity i is response row i."""
 
-    def put(
-        self, rows: Sequence[int], raw_ts: bytes | None, values: Sequence[Any], status: FieldStatus.ValueType
-    ) -> None:
-        """One entity's values (None = field missing, stays NOT_FOUND) at every row it fills."""
-        stamp = timestamp(raw_ts) if raw_ts is not None else NULL_TS
-        stamps = self.stamps
+    table: Any
+    requested: list[str]
+    names: list[str]  # the requested features the view has; one column each
+    ts_raw: list[bytes | None]
+    columns: list[list[ValueProto | None]]  # None: field missing
+    row_status: list[Any] | None
+    fanout: list[list[int]] | None
+    output_len: int
+
+
+def _scatter(column: list, fanout: Sequence[list[int]] | None, output_len: int, fill: Any) -> list:
+    """Entity-ordered values to response rows (a repeated entity fills all its rows)."""
+    if fanout is None:
+        return column
+    out = [fill] * output_len
+    for value, rows in zip(column, fanout):
         for row in rows:
-            stamps[row] = stamp
-        for col, value in zip(self.columns, values):
-            if value is None:
-                continue
-            out_values, out_statuses = self.values[col], self.statuses[col]
-            for row in rows:
-                out_values[row] = value
-                out_statuses[row] = status
-            self.present += len(rows)
+            out[row] = value
+    return out
 
-    def append_to(self, response: Any, table: Any, full_feature_names: bool, version_metadata: bool) -> None:
-        """Add this view's names, metadata and vectors to ``response``, as Feast's helper does."""
-        projection = table.projection
-        prefix = f"{projection.name_to_use()}__" if full_feature_names else ""
-        response.metadata.feature_names.val.extend([prefix + name for name in self.requested])
-        if version_metadata:
-            name = projection.name_alias or projection.name
-            if name not in [m.name for m in response.metadata.feature_view_metadata]:
-                meta = response.metadata.feature_view_metadata.add()
-                meta.name = name
-                meta.version = getattr(table, "current_version_number", 0) or 0
-        if _track_statuses is not None:
-            total = len(self.requested) * len(self.stamps)
-            try:  # as in Feast: metrics never fail a read
-                _track_statuses(table.name, self.present, total - self.present)
-            except Exception:  # noqa: BLE001
-                pass
-        for values, statuses in zip(self.values, self.statuses):
-            response.results.append(
-                GetOnlineFeaturesResponse.FeatureVector(
-                    values=values, statuses=statuses, event_timestamps=self.stamps
-                )
-            )
+
+def _stamps(result: ViewResult) -> list[Timestamp]:
+    memo: dict[bytes, Timestamp] = {}  # rows written together share their event time
+    status = result.row_status or [PRESENT] * len(result.ts_raw)
+    stamps = []
+    for raw, st in zip(result.ts_raw, status):
+        if raw is None or st is None:
+            stamps.append(NULL_TS)
+        else:
+            stamp = memo.get(raw)
+            if stamp is None:
+                stamp = memo[raw] = timestamp(raw)
+            stamps.append(stamp)
+    return _scatter(stamps, result.fanout, result.output_len, NULL_TS)
+
+
+def _vector(result: ViewResult, column: list[ValueProto | None]) -> tuple[list, list]:
+    """Values and statuses of one feature, in response-row order."""
+    if result.row_status is None:
+        if None in column:
+            values = [NULL_VALUE if v is None else v for v in column]
+            statuses = [NOT_FOUND if v is None else PRESENT for v in column]
+        else:  # the usual case: every entity has the feature
+            values, statuses = column, [PRESENT] * len(column)
+    else:
+        pairs = list(zip(column, result.row_status))
+        values = [NULL_VALUE if v is None or st is None else v for v, st in pairs]
+        statuses = [NOT_FOUND if v is None or st is None else st for v, st in pairs]
+    n, fanout = result.output_len, result.fanout
+    return _scatter(values, fanout, n, NULL_VALUE), _scatter(statuses, fanout, n, NOT_FOUND)
+
+
+def append_view(response: Any, result: ViewResult, full_feature_names: bool, version_metadata: bool) -> None:
+    """Add one view's feature names, metadata and vectors to ``response``, as Feast's helper does."""
+    table, requested, n = result.table, result.requested, result.output_len
+    projection = table.projection
+    prefix = f"{projection.name_to_use()}__" if full_feature_names else ""
+    response.metadata.feature_names.val.extend([prefix + name for name in requested])
+    if version_metadata:
+        name = projection.name_alias or projection.name
+        if name not in [m.name for m in response.metadata.feature_view_metadata]:
+            meta = response.metadata.feature_view_metadata.add()
+            meta.name = name
+            meta.version = getattr(table, "current_version_number", 0) or 0
+    # The views' vectors share their timestamps: serialize them once and merge that into each
+    # vector, much cheaper than copying the Timestamp messages into every vector.
+    stamps = FeatureVector(event_timestamps=_stamps(result)).SerializeToString()
+    column_of = dict(zip(result.names, result.columns))
+    last = {name: i for i, name in enumerate(requested)}  # Feast fills a repeated name's last slot
+    present = 0
+    for i, name in enumerate(requested):
+        column = column_of.get(name) if last[name] == i else None
+        if column is None:
+            values, statuses = [NULL_VALUE] * n, [NOT_FOUND] * n
+        else:
+            values, statuses = _vector(result, column)
+            present += n - statuses.count(NOT_FOUND)
+        response.results.add(values=values, statuses=statuses).MergeFromString(stamps)
+    if _track_statuses is not None:
+        try:  # as in Feast: metrics never fail a read
+            _track_statuses(table.name, present, len(requested) * n - present)
+        except Exception:  # noqa: BLE001
+            pass

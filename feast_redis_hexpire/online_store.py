@@ -337,6 +337,9 @@ class RedisHexpireOnlineStore(OnlineStore):
             replies = _hmget_direct(client, commands)
             if replies is not None:
                 return replies
+        elif len(commands) == 1:  # a cluster, one entity: a plain command skips the pipeline
+            key, fields = commands[0]
+            return [client.hmget(key, fields)]
         with client.pipeline(transaction=False) as pipe:  # a cluster, or a retry after an I/O error
             for key, fields in commands:
                 pipe.hmget(key, fields)
@@ -634,7 +637,8 @@ def _hmget_direct(client: redis.Redis, commands: list[tuple[bytes, list[str]]]) 
     replies: list = []
     error: ResponseError | None = None
     try:
-        packed = b"".join([_pack(("HMGET", key, *fields)) for key, fields in commands])
+        pack = hiredis.pack_command
+        packed = b"".join([pack(("HMGET", key, *fields)) for key, fields in commands])  # type: ignore[arg-type]
         conn.send_packed_command([packed], check_health=False)
         for _ in commands:
             try:
@@ -653,10 +657,6 @@ def _hmget_direct(client: redis.Redis, commands: list[tuple[bytes, list[str]]]) 
     if error is not None:
         raise error
     return replies
-
-
-def _pack(args: tuple) -> bytes:
-    return hiredis.pack_command(args)
 
 
 def _entity_keys(

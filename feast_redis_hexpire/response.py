@@ -84,6 +84,7 @@ def _stamps(result: ViewResult) -> list[Timestamp]:
 
 def _vector(result: ViewResult, column: list[ValueProto | None]) -> tuple[list, list]:
     """Values and statuses of one feature, in response-row order."""
+    values: list[Any]
     if result.row_status is None:
         if None in column:
             values = [NULL_VALUE if v is None else v for v in column]

@@ -6,7 +6,7 @@ import os
 import platform
 import statistics
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
 
@@ -46,7 +46,7 @@ def _cpu_model() -> str:
 
 def machine_info() -> dict[str, str]:
     return {
-        "date (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "date (UTC)": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         "CPU": _cpu_model(),
         "cores": str(os.cpu_count()),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from _local import REPO, feast, generate_data, redis_server
 from feast import FeatureStore
@@ -39,7 +39,7 @@ def main() -> None:
         # The store reads its config on every call: shorten both TTLs for this run only.
         store.config.online_store.key_ttl_seconds = 6
         store.config.online_store.stream_field_ttl_seconds = 2
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         store.materialize(now - timedelta(days=1), now, feature_views=["user_batch_features"])
         store.push("user_events_push", streaming_frame(["u0001"], random.Random(1)))
         redis = hexpire_store(store).client(store.config)

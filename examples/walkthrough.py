@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from _local import REPO, feast, generate_data, redis_server
 from feast import FeatureStore
@@ -38,7 +38,7 @@ def main() -> None:
         step(f"1. Bulk load: {USERS} users into the batch view, key-level TTL")
         generate_data(USERS)
         feast("apply")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         feast(
             "materialize", "--views", "user_batch_features",
             (now - timedelta(days=1)).strftime(TIME), now.strftime(TIME),

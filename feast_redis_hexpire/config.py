@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from feast.repo_config import FeastConfigBaseModel
@@ -24,7 +24,7 @@ STORE_TYPES = (
 )
 
 
-class RedisType(str, Enum):
+class RedisType(StrEnum):
     redis = "redis"
     redis_cluster = "redis_cluster"
     redis_sentinel = "redis_sentinel"

@@ -73,15 +73,15 @@ class KeyBuilder:
     def __init__(self, prefix: str, entity_names: Sequence[str]) -> None:
         self.prefix = prefix
         self.entity_names = list(entity_names)
-        # One entity: every key starts the same way, so build that part once.
-        self._head = f"{prefix}{escape_id(entity_names[0])}:" if len(entity_names) == 1 else None
+        # One entity: every key is `head` + the escaped id, so that part is built once.
+        self.head = f"{prefix}{escape_id(entity_names[0])}:" if len(entity_names) == 1 else None
 
     def key(self, entity_key: EntityKeyProto) -> bytes:
         join_keys = entity_key.join_keys
         values = entity_key.entity_values
         if len(join_keys) == 1:
-            if self._head is not None:
-                return (self._head + id_text(values[0])).encode("utf-8")
+            if self.head is not None:
+                return (self.head + id_text(values[0])).encode("utf-8")
             segment = entity_segment(self.entity_names, join_keys)
             return f"{self.prefix}{segment}:{id_text(values[0])}".encode()
         pairs = sorted(zip(join_keys, values), key=lambda p: p[0])

@@ -566,14 +566,11 @@ class RedisHexpireOnlineStore(OnlineStore):
         return ViewLayout.of(config, table).keys.key(entity_key)
 
 
-
 def hexpire_store(feature_store: Any) -> RedisHexpireOnlineStore:
     """The plugin instance behind a ``feast.FeatureStore`` (for its client, stats and layout)."""
     online = feature_store._get_provider().online_store
     if not isinstance(online, RedisHexpireOnlineStore):
-        raise ConfigError(
-            f"the repo's online store is {type(online).__name__}, not RedisHexpireOnlineStore"
-        )
+        raise ConfigError(f"the repo's online store is {type(online).__name__}, not RedisHexpireOnlineStore")
     return online
 
 
@@ -600,7 +597,6 @@ def _decode(view: ViewLayout, feature: str, key: bytes, raw: bytes) -> ValueProt
             f"stored value {raw[:40]!r} does not decode as the declared type ({e}); if the feature's "
             f"type changed, materialize the view again"
         ) from e
-
 
 
 # ---- read helpers ----
@@ -676,7 +672,7 @@ def _entity_keys(
     signature = (builder.prefix, tuple(builder.entity_names), join_keys)
     if signature not in shared:  # views of one entity share their keys
         rows: dict[bytes, list[int]] = {}
-        head = builder._head  # one entity, one join key: the key is this plus the escaped id
+        head = builder.head  # one entity, one join key: the key is this plus the escaped id
         if head is not None and len(columns) == 1:
             for row_no, value in enumerate(columns[0]):
                 rows.setdefault((head + layout.id_text(value)).encode(), []).append(row_no)

@@ -221,14 +221,17 @@ def run_batches(client: Any, script: Script, batches: Iterable[Sequence[Call]]) 
                 if replies is not None:
                     yield _reload_missing(client, script, unread.pop(0), replies)
                     continue
-            conn = _drop(pool, conn)
+            _drop(pool, conn)
+            conn = None
             while unread:
                 yield run_pipelined(client, script, unread.pop(0))
         if unread and conn is not None:
             replies = _read(conn, unread[0])
             if replies is not None:
                 yield _reload_missing(client, script, unread.pop(0), replies)
-        conn = _drop(pool, conn) if unread else conn
+        if unread:
+            _drop(pool, conn)
+            conn = None
         while unread:
             yield run_pipelined(client, script, unread.pop(0))
     finally:

@@ -6,7 +6,7 @@ Deterministic for a seed: the same ``(count, seed)`` gives the same rows on ever
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Optional, Sequence
 
 import pandas as pd
@@ -63,7 +63,7 @@ def batch_rows(count: int, seed: int = 1, event_time: Optional[datetime] = None)
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     rng = random.Random(seed)
-    ts = event_time or datetime.now(timezone.utc)
+    ts = event_time or datetime.now(UTC)
     rows = [{"user_id": user_id(i), **batch_features(rng)} for i in range(1, count + 1)]
     frame = pd.DataFrame(rows)
     frame["event_timestamp"] = pd.Timestamp(ts)
@@ -72,7 +72,7 @@ def batch_rows(count: int, seed: int = 1, event_time: Optional[datetime] = None)
 
 def streaming_row(rng: random.Random, now: Optional[datetime] = None) -> dict[str, Any]:
     """The seed's five streaming features for one event happening ``now``."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return {
         "last_login_ts": int(now.timestamp() * 1000),
         "last_device_id": rng.choice(DEVICE_IDS),
@@ -86,7 +86,7 @@ def streaming_frame(
     user_ids: Sequence[str], rng: random.Random, now: Optional[datetime] = None
 ) -> pd.DataFrame:
     """A DataFrame ready for ``FeatureStore.push()`` to the streaming view's push source."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     frame = pd.DataFrame([{"user_id": u, **streaming_row(rng, now)} for u in user_ids])
     frame["event_timestamp"] = pd.Timestamp(now)
     return frame

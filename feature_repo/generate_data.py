@@ -1,11 +1,11 @@
 """Write the sample repo's offline data: users with the seed's distributions.
 
-    python feature_repo/generate_data.py --count 500 --seed 1
+python feature_repo/generate_data.py --count 500 --seed 1
 """
 
 import argparse
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from feast_redis_hexpire.synth import batch_rows, streaming_frame, user_id
@@ -19,7 +19,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     DATA.mkdir(exist_ok=True)
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     batch_rows(args.count, args.seed, now - timedelta(hours=1)).to_parquet(DATA / "user_batch.parquet")
     ids = [user_id(i) for i in range(1, args.count + 1)]
     streaming = streaming_frame(ids, random.Random(args.seed), now - timedelta(hours=1))

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -94,7 +94,7 @@ def cut_then_kill(master: LocalRedis, replica: LocalRedis, lag_s: float = 0.5) -
 
 
 def _frame(n: int) -> pd.DataFrame:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return pd.DataFrame(
         [{
             "user_id": f"w{n:05d}", "last_login_ts": n, "last_device_id": f"d{n}", "tx_count_5m": n,

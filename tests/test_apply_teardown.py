@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ KEY = "fs:user:u0001"
 
 
 def load(store, users=("u0001", "u0002")):
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
     store.push("user_events_push", streaming_frame(list(users), random.Random(1)))
 
 
@@ -70,7 +70,7 @@ def test_view_feature_field_names_allow_the_same_feature_in_two_views(make_repo,
         [user_view("clash_a", {"shared_score": Int64}), user_view("clash_b", {"shared_score": Int64})]
     )
     online = online_store_of(store)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for name, n in (("clash_a", 1), ("clash_b", 2)):
         view = store.get_feature_view(name)
         online.online_write_batch(
@@ -192,7 +192,7 @@ def test_teardown_keeps_another_projects_fields_in_shared_hashes(make_repo, r):
     other = FeatureStore(repo_path=str(other_repo))
     user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
     other.apply([user, user_view("other_view", {"other_score": Int64})])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     row = (user_key("u0001"), {"other_score": Value(int64_val=7)}, now, None)
     online_store_of(other).online_write_batch(other.config, other.get_feature_view("other_view"), [row], None)
     load(ours)

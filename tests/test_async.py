@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import apply_repo, field_statuses, online_store_of, user_key
@@ -29,8 +29,8 @@ async def push_and_read(store, users, tx_count, when):
 
 
 def test_push_and_read_async_across_two_event_loops(store, r):
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
-    now = datetime.now(timezone.utc)
+    store.materialize_incremental(end_date=datetime.now(UTC))
+    now = datetime.now(UTC)
     first = asyncio.run(push_and_read(store, ["u0001"], 3, now - timedelta(seconds=10)))
     second = asyncio.run(push_and_read(store, ["u0001", "u0002"], 8, now))  # a new loop, same store
     assert first.to_dict()["tx_count_5m"] == [3, None]
@@ -46,7 +46,7 @@ def test_push_and_read_async_across_two_event_loops(store, r):
 def test_async_write_keeps_event_order_and_ttls(store, r):
     online = online_store_of(store)
     view = store.get_feature_view("user_streaming_features")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     def row(n, ts):
         return (user_key("u0001"), {"tx_count_5m": Value(int64_val=n)}, ts, None)
@@ -64,7 +64,7 @@ def test_async_write_keeps_event_order_and_ttls(store, r):
 
 
 def test_async_read_is_one_hmget_per_entity(store, r):
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
     rows = [{"user_id": u} for u in ("u0001", "u0002", "u0003")]
 
     async def read():
@@ -100,7 +100,7 @@ def test_async_write_chunks_and_refuses_bad_keys(make_repo, r):
     store = apply_repo(make_repo(write_batch_size=7))
     online = online_store_of(store)
     view = store.get_feature_view("user_streaming_features")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [(user_key(f"a{i:02d}"), {"tx_count_5m": Value(int64_val=i)}, now, None) for i in range(50)]
     calls: list[int] = []
     asyncio.run(online.online_write_batch_async(store.config, view, rows, calls.append))
@@ -120,8 +120,8 @@ def test_async_write_chunks_and_refuses_bad_keys(make_repo, r):
 @pytest.mark.parametrize(("mode", "status"), [("flag", "OUTSIDE_MAX_AGE"), ("drop", "NOT_FOUND")])
 def test_async_read_applies_the_freshness_check(make_repo, r, mode, status):
     store = apply_repo(make_repo(freshness_check=mode))
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
-    old = streaming_frame(["u0001"], random.Random(1), datetime.now(timezone.utc) - timedelta(hours=1))
+    store.materialize_incremental(end_date=datetime.now(UTC))
+    old = streaming_frame(["u0001"], random.Random(1), datetime.now(UTC) - timedelta(hours=1))
     response = asyncio.run(push_and_read(store, ["u0001"], 5, old["event_timestamp"][0].to_pydatetime()))
     statuses = field_statuses(response)
     assert statuses["tx_count_5m"] == [status, "NOT_FOUND"]

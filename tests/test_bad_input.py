@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -23,7 +23,7 @@ from feast_redis_hexpire.synth import streaming_frame
 
 # A view with one feature of each scalar kind, fed by its own push source (batch mode, so the
 # values keep no field TTL and the key TTL is the only expiry).
-PROBE_VIEW = '''
+PROBE_VIEW = """
 from feast.types import Bool, Float32
 
 probe_push = PushSource(name="probe_push", batch_source=user_events_push.batch_source)
@@ -42,7 +42,7 @@ probe_features = FeatureView(
     online=True,
     tags={"hexpire.mode": "batch"},
 )
-'''
+"""
 PROBE_FEATURES = [f"probe_features:{f}" for f in ("p_f64", "p_f32", "p_i64", "p_str", "p_bool")]
 BASE = {"p_f64": 1.5, "p_f32": 2.5, "p_i64": 3, "p_str": "s", "p_bool": True}
 
@@ -59,7 +59,7 @@ def probe(tmp_path, server, r) -> Any:
 
 def push(store: Any, rows: list[dict]) -> None:
     frame = pd.DataFrame(rows)
-    frame["event_timestamp"] = pd.Timestamp(datetime.now(timezone.utc))
+    frame["event_timestamp"] = pd.Timestamp(datetime.now(UTC))
     store.push("probe_push", frame)
 
 
@@ -130,7 +130,11 @@ def test_nulls_round_trip_as_nulls(probe, r):
     assert [stored[f.encode()] for f in ("p_f64", "p_i64", "p_str", "p_bool")] == [b"\x00"] * 4
     got = read(probe, ["nul"])
     assert (got["p_f64"], got["p_f32"], got["p_i64"], got["p_str"], got["p_bool"]) == (
-        [None], [2.5], [None], [None], [None]
+        [None],
+        [2.5],
+        [None],
+        [None],
+        [None],
     )
     assert snapshot(r, exclude={b"fs:user:nul"}) == before
 
@@ -175,7 +179,7 @@ def loaded(tmp_path, server, r) -> Any:
     write_data(repo)
     seed_neighbours(r)  # a string and a list under fs:user:* too: deletion must skip them
     store = apply_repo(repo)
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
     store.push("user_events_push", streaming_frame([f"u000{i}" for i in range(1, 6)], random.Random(2)))
     return store, repo
 
@@ -252,4 +256,3 @@ def test_deleted_view_passed_as_python_object_loses_its_fields(loaded, r):
     )
     assert r.hget("fs:user:u0001", "tx_count_5m") is None
     assert snapshot(r, exclude=set(r.keys("fs:user:u*"))) == neighbours
-

@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
     rc.hset("other:user:u0001", mapping={"risk_segment": "low", "_ts:user_batch_features": 1})
     rc.set("fs:user:not-a-hash", "x")
     store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
 
     keys = [f"fs:user:{u}".encode() for u in USERS]
     owner = cluster.owner_function()
@@ -107,6 +107,7 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
     # The asyncio cluster client: push + read through the async paths, starting from an empty
     # script cache on every master (the async NOSCRIPT reload path).
     rc.script_flush()  # SCRIPT FLUSH goes to every primary
+
     async def async_round() -> dict:
         await store.push_async("user_events_push", streaming_frame(USERS[10:], random.Random(4)))
         response = await store.get_online_features_async(features=features, entity_rows=rows)
@@ -158,7 +159,7 @@ class ReadEvents:
 
 def test_one_round_trip_per_shard_for_batch_reads_and_writes(tmp_path, cluster, rc):
     store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
     rows = [{"user_id": u} for u in USERS]  # 20 users: 5 to 10 on each master
     features = ["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"]
     frame = streaming_frame(USERS, random.Random(5))
@@ -203,7 +204,7 @@ def test_hash_tag_prefix_puts_the_project_on_one_shard(tmp_path, cluster, rc):
     # Braces in key_prefix are a Redis hash tag: "{project}:{vip}:" -> fs:{vip}:user:u0001, so
     # every key hashes on "vip", one slot, one master: a batch read is one round trip.
     store = apply_repo(cluster_repo(tmp_path / "repo", cluster, key_prefix="{project}:{vip}:"))
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
     keys = [f"fs:{{vip}}:user:{u}".encode() for u in USERS]
     assert all(rc.exists(k) for k in keys)
     assert {rc.keyslot(k) for k in keys} == {rc.keyslot("vip")}
@@ -230,7 +231,7 @@ def test_hash_tag_prefix_puts_the_project_on_one_shard(tmp_path, cluster, rc):
 def test_master_killed_during_pushes_and_reads(tmp_path, kind, use_async, victim_no):
     with LocalCluster(kind, node_timeout_ms=1000) as fresh:
         store = apply_repo(cluster_repo(tmp_path / "repo", fresh))
-        store.materialize_incremental(end_date=datetime.now(timezone.utc))
+        store.materialize_incremental(end_date=datetime.now(UTC))
         # masters[0] owns slot 0: the asyncio client's default node (see below)
         victim, its_replica = fresh.masters[victim_no], fresh.replicas[victim_no]
         # SCRIPT LOAD is not replicated: the promoted replica will answer NOSCRIPT, so writes
@@ -303,7 +304,7 @@ def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
     # only it holds, then dies; the promoted replica never had them. The report must find them.
     with LocalCluster("redis") as fresh:
         store = apply_repo(cluster_repo(tmp_path / "repo", fresh))
-        store.materialize_incremental(end_date=datetime.now(timezone.utc))
+        store.materialize_incremental(end_date=datetime.now(UTC))
         victim, its_replica = fresh.masters[0], fresh.replicas[0]
         owner = fresh.owner_function()
         on_victim = {n for n in range(5000) if owner(b"fs:user:w%05d" % n) is victim}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from conftest import apply_repo, online_store_of, user_key
@@ -229,21 +229,21 @@ def test_nul_leading_strings_and_bytes_are_not_taken_for_markers(value):
     ts=st.datetimes(
         min_value=datetime(1970, 1, 1),
         max_value=datetime(2200, 1, 1),
-        timezones=st.just(timezone.utc) | st.none(),
+        timezones=st.just(UTC) | st.none(),
     )
 )
 def test_timestamps_round_trip_to_the_microsecond(ts):
     decoded = codec.decode_ts(str(codec.encode_ts(ts)).encode())
-    want = ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+    want = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
     assert decoded == want
 
 
 def test_naive_timestamp_means_utc():
     naive = datetime(2024, 5, 1, 12, 0, 0, 123456)
-    assert codec.encode_ts(naive) == codec.encode_ts(naive.replace(tzinfo=timezone.utc))
+    assert codec.encode_ts(naive) == codec.encode_ts(naive.replace(tzinfo=UTC))
     other_zone = timezone(timedelta(hours=2))
     assert codec.encode_ts(datetime(2024, 5, 1, 14, 0, tzinfo=other_zone)) == codec.encode_ts(
-        datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+        datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     )
 
 
@@ -316,7 +316,7 @@ def test_store_round_trips_every_type(typed_store, data):
     online = online_store_of(store)
     values = data.draw(row_strategy(view))
     key = user_key(f"rt{next(_ids)}")
-    ts = datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    ts = datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     online.online_write_batch(store.config, view, [(key, values, ts, None)], None)
     [(event_ts, read)] = online.online_read(store.config, view, [key])
     assert event_ts == ts
@@ -342,7 +342,7 @@ def test_store_round_trips_edge_values(typed_store, r):
         "unix_ts": ValueProto(unix_timestamp_val=1_700_000_000),
     }
     key = user_key("edge")
-    ts = datetime.now(timezone.utc)
+    ts = datetime.now(UTC)
     online.online_write_batch(store.config, view, [(key, edge, ts, None)], None)
     [(_, read)] = online.online_read(store.config, view, [key])
     assert read is not None

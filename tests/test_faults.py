@@ -12,7 +12,7 @@ import signal
 import socket
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -78,7 +78,7 @@ def test_server_gone_after_apply_every_operation_names_the_address(tmp_path, kin
         store = apply_repo(repo)
     where = server.connection_string  # stopped now
     with pytest.raises(StoreUnavailableError) as err:
-        store.materialize_incremental(end_date=datetime.now(timezone.utc))
+        store.materialize_incremental(end_date=datetime.now(UTC))
     text = str(err.value)
     assert f"to {where} failed" in text and "rows 0..4 of this batch may not be written" in text
     with pytest.raises(StoreUnavailableError, match=f"to {where} failed.*rows 0..1 "):
@@ -157,7 +157,7 @@ def _kill_when(server: LocalRedis, probe: Any, keys: int, done: threading.Event)
 @pytest.mark.parametrize("kind", SERVER_KINDS)
 def test_killed_mid_materialization_aof_restart_rerun_converges(tmp_path, kind):
     users, pushed = 30000, 50
-    ts = datetime.now(timezone.utc).replace(microsecond=123456) - timedelta(minutes=10)
+    ts = datetime.now(UTC).replace(microsecond=123456) - timedelta(minutes=10)
     data_dir = tmp_path / "data"
     server = LocalRedis(kind, data_dir=str(data_dir), args=AOF).start()
     try:
@@ -175,7 +175,7 @@ def test_killed_mid_materialization_aof_restart_rerun_converges(tmp_path, kind):
         killer.start()
         try:
             with pytest.raises(StoreUnavailableError) as err:
-                store.materialize_incremental(end_date=datetime.now(timezone.utc))
+                store.materialize_incremental(end_date=datetime.now(UTC))
         finally:
             done.set()
             killer.join()
@@ -191,8 +191,10 @@ def test_killed_mid_materialization_aof_restart_rerun_converges(tmp_path, kind):
         probe = server.client()
         present = probe.dbsize()
         assert present >= max(first_unwritten, pushed), "an acknowledged write was lost"
-        print(f"\n{kind}: SIGKILL during materialization of {users} rows; error: rows "
-              f"{first_unwritten}.. not written; after AOF restart {present} keys, 0 acknowledged lost")
+        print(
+            f"\n{kind}: SIGKILL during materialization of {users} rows; error: rows "
+            f"{first_unwritten}.. not written; after AOF restart {present} keys, 0 acknowledged lost"
+        )
         for uid, fields in streamed.items():
             key = f"fs:user:{uid}"
             assert {k: v for k, v in probe.hgetall(key).items() if k in fields} == fields
@@ -200,7 +202,7 @@ def test_killed_mid_materialization_aof_restart_rerun_converges(tmp_path, kind):
             assert all(0 < t <= 300 for t in ttls), f"{key}: streaming field without TTL after replay"
 
         # The same FeatureStore (its cached client reconnects) reruns the materialization.
-        store.materialize_incremental(end_date=datetime.now(timezone.utc))
+        store.materialize_incremental(end_date=datetime.now(UTC))
         frame = batch_rows(users, 1, ts)
         assert probe.dbsize() == users
         with probe.pipeline(transaction=False) as pipe:
@@ -224,7 +226,7 @@ def test_restart_keeps_ttls_with_aof(tmp_path):
         repo = write_repo(tmp_path / "repo", server.connection_string)
         write_data(repo, count=10)
         store = apply_repo(repo)
-        store.materialize_incremental(end_date=datetime.now(timezone.utc))
+        store.materialize_incremental(end_date=datetime.now(UTC))
         store.push("user_events_push", streaming_frame(["u0001", "u0002"], random.Random(5)))
         before = {k: server.client().hgetall(k) for k in server.client().keys("fs:*")}
     with LocalRedis("redis", port=server.port, data_dir=str(data_dir), args=AOF) as server:
@@ -240,4 +242,3 @@ def test_restart_keeps_ttls_with_aof(tmp_path):
             entity_rows=[{"user_id": "u0001"}],
         ).to_dict()
         assert result["tx_count_5m"][0] == int(before[b"fs:user:u0001"][b"tx_count_5m"])
-

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -79,7 +79,7 @@ def test_cli_apply_materialize_serve_push_and_read(repo, r, stop_at_end):
     process, base = start_serve(repo)
     stop_at_end.append(process)
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     feast(repo, "materialize-incremental", now.isoformat())
     assert r.dbsize() == 20
     assert r.hget(KEY, "_ts:user_batch_features") is not None
@@ -96,7 +96,7 @@ def test_cli_apply_materialize_serve_push_and_read(repo, r, stop_at_end):
 
     client = httpx.Client(base_url=base, timeout=30)
     wait_healthy(client, process, repo)
-    event = datetime.now(timezone.utc).replace(microsecond=0)
+    event = datetime.now(UTC).replace(microsecond=0)
     push = {
         "push_source_name": "user_events_push",
         "df": {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from conftest import online_store_of, user_key
@@ -41,7 +41,7 @@ _GLOB_ACTIVE = set("*?[]\\")
 
 
 def test_sample_repo_key_is_fs_user_u0001(store, r):
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
     view = store.get_feature_view("user_batch_features")
     assert online_store_of(store).key_for(store.config, view, user_key("u0001")) == b"fs:user:u0001"
     assert r.type("fs:user:u0001") == b"hash"
@@ -123,7 +123,7 @@ def test_special_ids_round_trip_through_redis(store, r):
     """Each special id gets its own hash, found again by online_read, with SCAN seeing them all."""
     online = online_store_of(store)
     view = store.get_feature_view("user_batch_features")
-    ts = datetime.now(timezone.utc)
+    ts = datetime.now(UTC)
     rows = [
         (user_key(t), {"risk_segment": Value(string_val=f"v{i}")}, ts, None) for i, t in enumerate(SPECIAL)
     ]
@@ -147,7 +147,7 @@ def test_compound_entity_view_round_trips(store, r):
     store.apply([merchant, view])
     view = store.get_feature_view("user_merchant")
     online = online_store_of(store)
-    ts = datetime.now(timezone.utc)
+    ts = datetime.now(UTC)
     key = EntityKey(
         join_keys=["user_id", "merchant_id"], entity_values=[Value(string_val="u:1"), Value(string_val="m*7")]
     )

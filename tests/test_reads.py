@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import apply_repo, field_statuses, online_store_of, user_key, user_view
@@ -24,7 +24,7 @@ FEATURES = [
 
 
 def load(store, users=("u0001", "u0002"), pushed_at=None):
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
     store.push("user_events_push", streaming_frame(list(users), random.Random(5), pushed_at))
 
 
@@ -105,7 +105,7 @@ def test_feature_service_reads_one_hmget_per_entity(store, r):
 def test_freshness_check(make_repo, r, mode, streaming_status):
     """The streaming view's ttl is 5 min; an event an hour old is stale, the batch row is not."""
     store = apply_repo(make_repo(freshness_check=mode))
-    load(store, users=("u0001",), pushed_at=datetime.now(timezone.utc) - timedelta(hours=1))
+    load(store, users=("u0001",), pushed_at=datetime.now(UTC) - timedelta(hours=1))
     assert r.hget(KEY, "tx_count_5m") is not None  # it is stored (the TTL counts from the write)
     response = read(store, ["u0001"])
     statuses = field_statuses(response)
@@ -126,7 +126,7 @@ def test_a_view_without_ttl_is_never_stale(store, r, ttl):
     store.config.online_store.freshness_check = "drop"  # config is read on every call
     store.apply([user_view("forever", {"forever_f": Int64}, ttl=ttl)])
     view = store.get_feature_view("forever")
-    old = datetime.now(timezone.utc) - timedelta(days=365)
+    old = datetime.now(UTC) - timedelta(days=365)
     row = (user_key("u0001"), {"forever_f": Value(int64_val=1)}, old, None)
     online_store_of(store).online_write_batch(store.config, view, [row], None)
     response = read(store, ["u0001"], features=["forever:forever_f"])
@@ -138,7 +138,7 @@ def test_value_stored_under_an_older_feature_type_gives_a_clear_error(store, r):
     """A feature re-declared String -> Int64 while Redis still holds text: the read must not die
     with a bare int() error; if it fails, the message names the view, the feature and the key."""
     store.apply([user_view("retyped", {"seg": String})])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     row = (user_key("u0001"), {"seg": Value(string_val="low")}, now, None)
     online_store_of(store).online_write_batch(store.config, store.get_feature_view("retyped"), [row], None)
     store.apply([user_view("retyped", {"seg": Int64})])
@@ -153,7 +153,7 @@ def test_value_stored_under_an_older_feature_type_gives_a_clear_error(store, r):
 
 def test_flagged_staleness_covers_repeated_entities_and_full_names(make_repo, r):
     store = apply_repo(make_repo(freshness_check="flag"))
-    load(store, users=("u0001",), pushed_at=datetime.now(timezone.utc) - timedelta(hours=1))
+    load(store, users=("u0001",), pushed_at=datetime.now(UTC) - timedelta(hours=1))
     response = store.get_online_features(
         features=FEATURES,
         entity_rows=[{"user_id": "u0001"}, {"user_id": "nobody"}, {"user_id": "u0001"}],

@@ -11,7 +11,7 @@ import random
 import subprocess
 import traceback
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ def denials(admin: Any, user: str) -> list[str]:
 def full_flow(repo: Path, admin: Any) -> FeatureStore:
     """apply, materialize, push, read, inspect, delete a view, teardown; checks each step."""
     store = apply_repo(repo)
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
     store.push("user_events_push", streaming_frame(["u0001"], random.Random(7)))
     result = store.get_online_features(
         features=["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"],
@@ -120,7 +120,7 @@ def test_user_without_the_acl_gets_a_clear_error(tmp_path, r, server, acl_user):
     write_data(repo)
     store = apply_repo(repo)
     with pytest.raises(HexpireError) as err:
-        store.materialize_incremental(end_date=datetime.now(timezone.utc))
+        store.materialize_incremental(end_date=datetime.now(UTC))
     text = str(err.value)
     assert "user_batch_features" in text and server.connection_string in text and "evalsha" in text
     assert r.keys("fs:*") == []  # nothing was written
@@ -128,7 +128,7 @@ def test_user_without_the_acl_gets_a_clear_error(tmp_path, r, server, acl_user):
     # The right commands but another key pattern: the write is refused, nothing written.
     r.execute_command("ACL", "SETUSER", acl_user, "+evalsha", "resetkeys", "~other:*")
     with pytest.raises(HexpireError, match="No permissions to access a key"):
-        store.materialize_incremental(end_date=datetime.now(timezone.utc))
+        store.materialize_incremental(end_date=datetime.now(UTC))
     assert r.keys("fs:*") == []
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import failover
@@ -49,7 +49,7 @@ def sentinel_repo(path: Path, sentinel: LocalSentinel) -> Path:
 
 def test_sample_repo_through_sentinels(tmp_path, sentinel):
     store = apply_repo(sentinel_repo(tmp_path / "repo", sentinel))
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
     store.push("user_events_push", streaming_frame(USERS[:10], random.Random(3)))
     keys = [f"fs:user:{u}".encode() for u in USERS]
     with master_client(sentinel) as r:
@@ -84,7 +84,7 @@ def test_master_killed_during_async_pushes_and_reads(tmp_path):
 
 def check_failover(tmp_path: Path, sentinel: LocalSentinel, use_async: bool) -> None:
     store = apply_repo(sentinel_repo(tmp_path / "repo", sentinel))
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
     old = sentinel.master
     with sentinel.replica.client() as replica:  # the new master will answer NOSCRIPT at first
         assert replica.script_exists(WRITE_ROW.sha) == [False]
@@ -110,7 +110,7 @@ def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
     # The loss case made deterministic (see failover.cut_then_kill); redis only, to keep CI short.
     with LocalSentinel("redis") as fresh:
         store = apply_repo(sentinel_repo(tmp_path / "repo", fresh))
-        store.materialize_incremental(end_date=datetime.now(timezone.utc))
+        store.materialize_incremental(end_date=datetime.now(UTC))
         cut, times = failover.cut_then_kill(fresh.master, fresh.replica)
         report = failover.run(
             store,
@@ -137,7 +137,7 @@ def test_min_replicas_to_write_turns_the_loss_into_errors(tmp_path):
     args = ["--min-replicas-to-write", "1", "--min-replicas-max-lag", "1"]
     with LocalSentinel("redis", server_args=args) as fresh:
         store = apply_repo(sentinel_repo(tmp_path / "repo", fresh))
-        store.materialize_incremental(end_date=datetime.now(timezone.utc))
+        store.materialize_incremental(end_date=datetime.now(UTC))
         cut, times = failover.cut_then_kill(fresh.master, fresh.replica)
 
         def new_master_alone() -> None:

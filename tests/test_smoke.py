@@ -1,13 +1,13 @@
 """The sample repo end to end through the Python API, on both servers."""
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from feast_redis_hexpire.synth import streaming_frame
 
 
 def test_materialize_push_read(store, r):
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
     assert r.exists("fs:user:u0001")
     assert 86000 < r.ttl("fs:user:u0001") <= 86400
     store.push("user_events_push", streaming_frame(["u0001"], random.Random(7)))

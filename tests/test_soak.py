@@ -21,7 +21,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,7 @@ def materializer(repo: Path, stop: threading.Event, stats: Stats, last: dict) ->
     cycle = 0
     while not stop.is_set():
         cycle += 1
-        ts = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(microseconds=cycle)
+        ts = datetime.now(UTC).replace(microsecond=0) + timedelta(microseconds=cycle)
         frame = batch_rows(USERS, seed=100 + cycle, event_time=ts)
         frame.to_parquet(repo / "data" / "user_batch.parquet")
         started = time.perf_counter()
@@ -109,7 +109,7 @@ def pusher(repo: Path, ids: list[str], seed: int, stop: threading.Event, stats: 
     while not stop.is_set():
         size = rng.choice((1, 1, 10, 100))
         batch = rng.sample(ids if time.time() < cold_until else hot, size)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = [{"user_id": u, **streaming_row(rng, now)} for u in batch]
         frame = pd.DataFrame(rows)
         frame["event_timestamp"] = pd.Timestamp(now)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from conftest import apply_repo, field_statuses, online_store_of, user_key
 from feast.protos.feast.types.Value_pb2 import Value
@@ -36,8 +36,8 @@ def test_streaming_fields_expire_one_by_one_then_the_key(make_repo, r):
     store = apply_repo(make_repo(stream_field_ttl_seconds=1, key_ttl_seconds=3))
     online = online_store_of(store)
     stream = store.get_feature_view("user_streaming_features")
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
-    now = datetime.now(timezone.utc)
+    store.materialize_incremental(end_date=datetime.now(UTC))
+    now = datetime.now(UTC)
     online.online_write_batch(
         store.config, stream, [(user_key("u0001"), {"tx_count_5m": Value(int64_val=3)}, now, None)], None
     )
@@ -75,7 +75,7 @@ def test_streaming_fields_expire_one_by_one_then_the_key(make_repo, r):
 def test_key_ttl_removes_streaming_fields_too_and_push_revives_only_them(make_repo, r):
     """A batch key TTL ends the hash, streaming fields included; a later push writes only its view."""
     store = apply_repo(make_repo(stream_field_ttl_seconds=60, key_ttl_seconds=1))
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
     store.push("user_events_push", streaming_frame(["u0001"], random.Random(1)))
     assert r.httl(KEY, "tx_count_5m")[0] > 1
     wait_until(lambda: r.exists(KEY) == 0)

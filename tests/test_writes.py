@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -30,7 +30,7 @@ def httl(r, key, *fields):
 
 
 def materialize(store, end=None, views=None):
-    end = end or datetime.now(timezone.utc)
+    end = end or datetime.now(UTC)
     store.materialize(start_date=end - timedelta(days=1), end_date=end, feature_views=views)
 
 
@@ -72,7 +72,7 @@ def test_batch_write_is_hset_plus_key_expire(store, r):
 
 def test_rematerializing_unchanged_rows_repins_the_key_ttl(store, r):
     """Feast #3275: rows skipped as not newer must still refresh the key TTL."""
-    end = datetime.now(timezone.utc)
+    end = datetime.now(UTC)
     materialize(store, end)
     before = r.hgetall(KEY)
     online = online_store_of(store)
@@ -101,7 +101,7 @@ def test_push_sets_field_ttls_on_exactly_the_written_fields(store, r):
 def test_partial_streaming_write_sets_ttl_only_on_its_fields(store, r):
     batch, stream = views(store)
     online = online_store_of(store)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     online.online_write_batch(store.config, batch, [batch_row("u0001", now, 1)], None)
     partial = (user_key("u0001"), {"tx_count_5m": Value(int64_val=4)}, now, None)
     online.online_write_batch(store.config, stream, [partial], None)
@@ -111,7 +111,7 @@ def test_partial_streaming_write_sets_ttl_only_on_its_fields(store, r):
 
 
 def test_older_push_never_overwrites_newer(store, r):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     newer = streaming_frame(["u0001"], random.Random(1), now)
     newer["tx_count_5m"] = 11
     older = streaming_frame(["u0001"], random.Random(2), now - timedelta(minutes=1))
@@ -131,7 +131,7 @@ def test_older_push_never_overwrites_newer(store, r):
 @pytest.mark.parametrize("order", ["newer_first", "older_first"])
 def test_out_of_order_rows_in_one_batch_keep_the_newest(store, r, order):
     _, stream = views(store)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [stream_row("u0001", now, 2), stream_row("u0001", now - timedelta(seconds=30), 1)]
     if order == "older_first":
         rows.reverse()
@@ -143,7 +143,7 @@ def test_out_of_order_rows_in_one_batch_keep_the_newest(store, r, order):
 
 def test_equal_timestamp_does_not_overwrite(store, r):
     _, stream = views(store)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     online = online_store_of(store)
     online.online_write_batch(store.config, stream, [stream_row("u0001", now, 1)], None)
     online.online_write_batch(store.config, stream, [stream_row("u0001", now, 2)], None)
@@ -153,7 +153,7 @@ def test_equal_timestamp_does_not_overwrite(store, r):
 def test_skip_dedup_lets_older_rows_overwrite(make_repo, r):
     store = apply_repo(make_repo(skip_dedup=True))
     _, stream = views(store)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     online = online_store_of(store)
     online.online_write_batch(store.config, stream, [stream_row("u0001", now, 2)], None)
     online.online_write_batch(
@@ -166,7 +166,7 @@ def test_skip_dedup_lets_older_rows_overwrite(make_repo, r):
 def test_ttl_from_event_shortens_late_events_and_drops_expired_ones(make_repo, r):
     store = apply_repo(make_repo(ttl_from="event"))
     online = online_store_of(store)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     store.push("user_events_push", streaming_frame(["u0001"], random.Random(1), now - timedelta(seconds=100)))
     ttls = r.httl(KEY, *STREAMING_FEATURES, TS_STREAM)
     assert all(190 <= t <= 200 for t in ttls), ttls
@@ -194,7 +194,7 @@ def test_view_tags_override_the_ttls_and_the_mode(store, r):
     ]
     store.apply(tagged)
     online = online_store_of(store)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for name, feature, value in (
         ("short_key", "sk", Value(int64_val=1)),
         ("forced_stream", "fs_f", Value(int64_val=2)),
@@ -231,7 +231,7 @@ def test_bad_view_tag_is_refused_at_apply_naming_view_and_tag(store, r, tag, val
 def test_large_batches_are_chunked_and_progress_is_reported(make_repo, r):
     store = apply_repo(make_repo(write_batch_size=7))
     batch, _ = views(store)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [batch_row(f"c{i:02d}", now, i) for i in range(50)]
     calls: list[int] = []
     online = online_store_of(store)
@@ -251,7 +251,7 @@ def test_concurrent_batch_and_streaming_writes_lose_nothing(store, r):
     batch, stream = views(store)
     online = online_store_of(store)
     users = [f"u{i:04d}" for i in range(1, 21)]
-    base = datetime.now(timezone.utc) - timedelta(seconds=30)
+    base = datetime.now(UTC) - timedelta(seconds=30)
     rounds = 15
     errors: list[BaseException] = []
 
@@ -303,7 +303,7 @@ def test_concurrent_batch_and_streaming_writes_lose_nothing(store, r):
 @pytest.mark.parametrize("view_name", ["user_batch_features", "user_streaming_features"])
 def test_bad_entity_key_names_the_view_and_writes_nothing(store, r, bad, view_name):
     view = store.get_feature_view(view_name)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     make = batch_row if view_name == "user_batch_features" else stream_row
     rows = [make("u0001", now, 1), make("u0002", now, 1)]
     rows.insert(1, (bad, rows[0][1], now, None))
@@ -338,7 +338,7 @@ def test_stream_feature_view_is_streaming_and_does_not_store_its_join_key(store,
     )  # fmt: skip
     store.apply([sfv])
     view = store.get_stream_feature_view("user_clicks")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     values = {"user_id": Value(string_val="u0001"), "clicks_1m": Value(int64_val=9)}
     online_store_of(store).online_write_batch(
         store.config, view, [(user_key("u0001"), values, now, None)], None
@@ -357,7 +357,7 @@ def test_wide_view_of_5000_features_is_written(store, r, push):
     store.apply([user_view("wide", {f"w{i}": Int64 for i in range(width)}, push=push)])
     view = store.get_feature_view("wide")
     values = {f"w{i}": Value(int64_val=i) for i in range(width)}
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     online_store_of(store).online_write_batch(
         store.config, view, [(user_key("u0001"), values, now, None)], None
     )
@@ -403,7 +403,7 @@ def test_the_latest_batch_write_sets_the_key_ttl_of_the_shared_hash(store, r):
     store.apply([user_view("short_key", {"sk": Int64}, tags={"hexpire.key_ttl_seconds": "600"})])
     materialize(store, views=["user_batch_features"])  # 86400 s
     assert r.ttl(KEY) > 86_000
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     row = (user_key("u0001"), {"sk": Value(int64_val=1)}, now, None)
     online_store_of(store).online_write_batch(store.config, store.get_feature_view("short_key"), [row], None)
     assert 590 < r.ttl(KEY) <= 600

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,7 @@ def bulk_load(
     count, ttl_seconds = check_count(count), check_ttl(ttl_seconds)
     seed = _as_int("seed", seed)
     started = time.perf_counter()
-    now = datetime.now(timezone.utc)  # microseconds: two loads never share a window
+    now = datetime.now(UTC)  # microseconds: two loads never share a window
     rows = batch_rows(count, seed, now)
     slice_size = max(PROGRESS_MIN_SLICE, -(-count // 50)) if progress else count
     slices = -(-count // slice_size)

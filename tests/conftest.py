@@ -133,3 +133,27 @@ def user_view(
         tags=tags or {},
         online=True,
     )
+
+
+def apply_compound_view(store: FeatureStore) -> Any:
+    """Register `user_merchant`, a view of two entities (user_id, merchant_id) with one Int64
+    feature `pair_tx`, and return it as the registry hands it out."""
+    from feast import FeatureView, Field, FileSource, ValueType
+    from feast.types import Int64
+
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
+    merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueType.STRING)
+    source = FileSource(name="pair_source", path="unused.parquet", timestamp_field="event_timestamp")
+    view = FeatureView(
+        name="user_merchant", entities=[user, merchant], schema=[Field(name="pair_tx", dtype=Int64)],
+        source=source, online=True,
+    )  # fmt: skip
+    store.apply([merchant, view])
+    return store.get_feature_view("user_merchant")
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[LocalRedis]:
+    """One Redis 8.2 for a module (the demo tests run on Redis only)."""
+    with LocalRedis("redis") as running:
+        yield running

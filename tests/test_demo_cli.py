@@ -17,16 +17,10 @@ import redis
 from feast_redis_hexpire.cli import main
 from feast_redis_hexpire.demo import repo as demo_repo
 from feast_redis_hexpire.demo.server import bind
-from feast_redis_hexpire.local_redis import LocalRedis, free_port
+from feast_redis_hexpire.local_redis import free_port
 from feast_redis_hexpire.synth import batch_rows
 
 CLI = [sys.executable, "-m", "feast_redis_hexpire.cli"]
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with LocalRedis("redis") as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,6 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 @pytest.fixture(scope="module")
-def redis_server():
-    with LocalRedis("redis") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def demo(redis_server, tmp_path_factory):
     repo = demo_repo.write_repo(
         tmp_path_factory.mktemp("demo") / "repo", redis_server.connection_string, stream_field_ttl_seconds=60

@@ -12,17 +12,10 @@ from feast_redis_hexpire.demo.builder import bulk_load
 from feast_redis_hexpire.demo.core import check_prefix
 from feast_redis_hexpire.demo.errors import InputError
 from feast_redis_hexpire.demo.worker import StreamingWorker, next_tick
-from feast_redis_hexpire.local_redis import LocalRedis
 from feast_redis_hexpire.synth import batch_rows
 
 STREAM_TS = "_ts:user_streaming_features"
 BATCH_TS = "_ts:user_batch_features"
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with LocalRedis("redis") as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

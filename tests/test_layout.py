@@ -6,7 +6,7 @@ import fnmatch
 from datetime import UTC, datetime
 
 import pytest
-from conftest import online_store_of, user_key
+from conftest import apply_compound_view, online_store_of, user_key
 from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
@@ -137,15 +137,7 @@ def test_special_ids_round_trip_through_redis(store, r):
 
 def test_compound_entity_view_round_trips(store, r):
     """A two-entity view writes `fs:merchant_id+user_id:<m>:<u>` whatever order the keys come in."""
-    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
-    merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueType.STRING)
-    source = FileSource(name="pair_source", path="unused.parquet", timestamp_field="event_timestamp")
-    view = FeatureView(
-        name="user_merchant", entities=[user, merchant], schema=[Field(name="pair_tx", dtype=Int64)],
-        source=source, online=True,
-    )  # fmt: skip
-    store.apply([merchant, view])
-    view = store.get_feature_view("user_merchant")
+    view = apply_compound_view(store)
     online = online_store_of(store)
     ts = datetime.now(UTC)
     key = EntityKey(

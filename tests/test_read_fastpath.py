@@ -14,13 +14,12 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import apply_repo, field_statuses, hexpire_store
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType, utils
+from conftest import apply_compound_view, apply_repo, field_statuses, hexpire_store
+from feast import FeatureService, utils
 from feast.infra.online_stores.online_store import OnlineStore
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnlineFeaturesResponse
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
-from feast.types import Int64
 from redis.exceptions import ResponseError
 
 from feast_redis_hexpire.synth import streaming_frame
@@ -129,15 +128,7 @@ def test_feature_service_with_an_aliased_join_key(store, r):
 
 
 def test_compound_entity_view(store, r):
-    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
-    merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueType.STRING)
-    source = FileSource(name="pair_source", path="unused.parquet", timestamp_field="event_timestamp")
-    view = FeatureView(
-        name="user_merchant", entities=[user, merchant], schema=[Field(name="pair_tx", dtype=Int64)],
-        source=source, online=True,
-    )  # fmt: skip
-    store.apply([merchant, view])
-    view = store.get_feature_view("user_merchant")
+    view = apply_compound_view(store)
     now = datetime.now(UTC)
     rows = []
     for i, (u, m) in enumerate([("u0001", "m1"), ("u0002", "m1"), ("u0001", "m2")]):

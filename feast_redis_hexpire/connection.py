@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Union
 
+import hiredis
 import redis
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode
-from redis.exceptions import AuthenticationError, NoPermissionError
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
@@ -172,3 +174,33 @@ def require_hfe(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> str:
             )
         found.append(f"{name} {version}")
     return ", ".join(sorted(set(found)))
+
+
+# Errors of the connection itself (as opposed to an error reply): worth a retry.
+IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def send_commands(conn: Any, commands: Sequence[tuple[Any, ...]]) -> bool:
+    """Write ``commands`` to the socket in one send, without waiting for replies; False if the
+    connection failed. Used where a redis-py pipeline's per-command work would dominate."""
+    try:
+        packed = b"".join([hiredis.pack_command(command) for command in commands])
+        conn.send_packed_command([packed], check_health=False)
+        return True
+    except IO_ERRORS:
+        return False
+
+
+def read_replies(conn: Any, count: int) -> list[Any] | None:
+    """``count`` replies, an error reply as its exception (it was read: the connection stays in
+    step); None if the connection failed."""
+    replies: list[Any] = []
+    try:
+        for _ in range(count):
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as e:
+                replies.append(e)
+    except IO_ERRORS:
+        return None
+    return replies

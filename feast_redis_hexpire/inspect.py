@@ -17,7 +17,8 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.value_type import ValueType
 
 from . import layout
-from .online_store import ViewLayout, hexpire_store
+from .online_store import hexpire_store
+from .views import ViewLayout
 
 __all__ = ["FieldReport", "EntityReport", "entity_key", "inspect_entity"]
 

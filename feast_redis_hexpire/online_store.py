@@ -1,8 +1,10 @@
 """The Feast online store: one hash per entity, key EXPIRE for batch views, HPEXPIRE for streaming.
 
-Writes run :data:`scripts.WRITE_ROW` once per row, pipelined: one round trip per
-``write_batch_size`` rows, with the event-time check and both TTLs decided atomically on the
-server. Reads send one HMGET per entity, covering every requested view, in one pipeline.
+Writes run :data:`scripts.WRITE_ROW` once per row: one round trip per ``write_batch_size`` rows
+(:func:`scripts.run_batches`), with the event-time check and both TTLs decided atomically on
+the server. Reads send one HMGET per entity, covering every requested view, in one round trip
+(``reads.py``) and fill Feast's response from the raw replies (``response.py``). Where each
+view's values live is ``views.py``.
 """
 
 from __future__ import annotations
@@ -12,26 +14,20 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-import hiredis
 import redis
-from feast import Entity, FeatureView, RepoConfig, utils
-from feast.infra.online_stores.helpers import compute_versioned_name
+from feast import Entity, FeatureView, RepoConfig
 from feast.infra.online_stores.online_store import OnlineStore
 from feast.infra.supported_async_methods import SupportedAsyncMethods
-from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import codec, layout
 from .config import RedisHexpireOnlineStoreConfig
-from .connection import address, make_async_client, make_client, require_hfe
+from .connection import IO_ERRORS, address, make_async_client, make_client, require_hfe
 from .constants import TS_FIELD_PREFIX
 from .exceptions import (
     BadValueError,
@@ -42,6 +38,14 @@ from .exceptions import (
     StoreUnavailableError,
 )
 from .policy import ViewPolicy, policy_for
+from .reads import (
+    ViewRead,
+    combine_fields,
+    decode_columns,
+    entity_keys,
+    freshness_statuses,
+    hmget_direct,
+)
 from .response import ViewResult, append_view
 from .scripts import (
     DELETE_VIEW_FIELDS,
@@ -51,6 +55,7 @@ from .scripts import (
     run_pipelined,
     run_pipelined_async,
 )
+from .views import ViewLayout
 
 __all__ = ["RedisHexpireOnlineStore"]
 
@@ -61,70 +66,6 @@ ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
 # One view of a get_online_features read: (view, distinct keys, requested features,
 # response rows of each key (None: key i is row i), number of response rows).
 _ViewRequest = tuple[Any, list[bytes], list[str], list[list[int]] | None, int]
-
-_IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-_LAYOUT_ATTR = "_hexpire_layout"
-
-
-@dataclass(frozen=True)
-class ViewLayout:
-    """Where one feature view's values live: its key builder, fields and value types."""
-
-    name: str
-    ts_field: str
-    keys: layout.KeyBuilder
-    fields: dict[str, tuple[str, str | None]]  # feature -> (hash field, codec kind)
-    encoding: str
-    decoders: dict[str, Callable[[bytes], ValueProto]]  # feature -> codec.decoder(kind)
-
-    @classmethod
-    def of(cls, config: RepoConfig, table: Any) -> ViewLayout:
-        """The layout of ``table``, cached on the view object (Feast's registry cache hands
-        the same objects to every read) and rebuilt when a setting it depends on changes."""
-        cfg: RedisHexpireOnlineStoreConfig = config.online_store
-        versioning = getattr(config.registry, "enable_online_feature_view_versioning", False)
-        signature = (
-            config.project,
-            cfg.key_prefix,
-            cfg.field_names,
-            cfg.value_encoding,
-            versioning,
-            len(table.features),
-        )
-        cached = getattr(table, _LAYOUT_ATTR, None)
-        if cached is not None and cached[0] == signature:
-            return cached[1]
-        built = cls._build(config, table, versioning)
-        try:
-            setattr(table, _LAYOUT_ATTR, (signature, built))
-        except AttributeError:  # a view type that refuses new attributes: just don't cache
-            pass
-        return built
-
-    @classmethod
-    def _build(cls, config: RepoConfig, table: Any, versioning: bool) -> ViewLayout:
-        cfg: RedisHexpireOnlineStoreConfig = config.online_store
-        name = compute_versioned_name(table, versioning)
-        join_keys = set(getattr(table, "join_keys", None) or ())
-        fields = {
-            f.name: (
-                layout.feature_field(name, f.name, cfg.field_names),
-                codec.expected_kind(f.dtype.to_value_type()),
-            )
-            for f in table.features
-            if f.name not in join_keys
-        }
-        entities = [e for e in (getattr(table, "entities", None) or ())]
-        return cls(
-            name=name,
-            ts_field=layout.ts_field(name),
-            keys=layout.KeyBuilder(cfg.prefix_for(config.project), entities),
-            fields=fields,
-            encoding=cfg.value_encoding,
-            decoders={f: codec.decoder(kind, cfg.value_encoding) for f, (_, kind) in fields.items()},
-        )
 
 
 class RedisHexpireOnlineStore(OnlineStore):
@@ -270,7 +211,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         for start in starts:  # one batch per start, replies in order
             try:
                 results = next(batches)
-            except (ResponseError, *_IO_ERRORS) as e:
+            except (ResponseError, *IO_ERRORS) as e:
                 raise self._failure(config, table, start, len(data), e) from e
             self._tally(table.name, mode, results)
             if progress:
@@ -293,7 +234,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             chunk = data[start : start + size]
             try:
                 results = await run_pipelined_async(client, WRITE_ROW, encode(start, chunk))
-            except (ResponseError, *_IO_ERRORS) as e:
+            except (ResponseError, *IO_ERRORS) as e:
                 raise self._failure(config, table, start, len(data), e) from e
             self._tally(table.name, mode, results)
             if progress:
@@ -303,7 +244,7 @@ class RedisHexpireOnlineStore(OnlineStore):
 
     def _plan_reads(
         self, config: RepoConfig, requests: Sequence[tuple[Any, Sequence[bytes], list[str] | None]]
-    ) -> tuple[list[tuple[bytes, list[str]]], list[_ViewRead]]:
+    ) -> tuple[list[tuple[bytes, list[str]]], list[ViewRead]]:
         """HMGET commands (one per distinct key) for several (view, keys, features) requests,
         and where each view's values sit in their replies."""
         reads = []
@@ -312,7 +253,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             view = ViewLayout.of(config, table)
             names = [f for f in (requested or view.fields) if f in view.fields]
             fields = [view.ts_field] + [view.fields[f][0] for f in names]
-            reads.append(_ViewRead(table, view, names, fields, [], []))
+            reads.append(ViewRead(table, view, names, fields, [], []))
             for key in keys:
                 members.setdefault(key, []).append(request_no)
         # Keys read by the same requests share one field list: work per combination, not per key.
@@ -322,7 +263,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         for key, request_nos in members.items():
             combo = combos.get(tuple(request_nos))
             if combo is None:
-                combo = _combine([reads[n].fields for n in request_nos], request_nos)
+                combo = combine_fields([reads[n].fields for n in request_nos], request_nos)
                 combos[tuple(request_nos)] = combo
             where[key] = (len(commands), combo[1])
             commands.append((key, combo[0]))
@@ -334,7 +275,7 @@ class RedisHexpireOnlineStore(OnlineStore):
     def _hmget(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
         client = self.client(config)
         if isinstance(client, redis.Redis):  # one server: skip the pipeline machinery
-            replies = _hmget_direct(client, commands)
+            replies = hmget_direct(client, commands)
             if replies is not None:
                 return replies
         elif len(commands) == 1:  # a cluster, one entity: a plain command skips the pipeline
@@ -376,15 +317,15 @@ class RedisHexpireOnlineStore(OnlineStore):
 
     def _plan_online_read(
         self, config: RepoConfig, table: Any, entity_keys: list[EntityKeyProto], requested: list[str] | None
-    ) -> tuple[list[tuple[bytes, list[str]]], list[_ViewRead]]:
+    ) -> tuple[list[tuple[bytes, list[str]]], list[ViewRead]]:
         keys = ViewLayout.of(config, table).keys.keys(entity_keys)
         return self._plan_reads(config, [(table, keys, requested)])
 
     @staticmethod
-    def _read_rows(config: RepoConfig, read: _ViewRead, commands: list, replies: list) -> list[ReadRow]:
+    def _read_rows(config: RepoConfig, read: ViewRead, commands: list, replies: list) -> list[ReadRow]:
         """online_read's rows: (event time, {feature: value}), (None, None) when not found."""
-        ts_raw, columns = _decode_columns(read, commands, replies)
-        row_status = _row_status(config, read.table, ts_raw)
+        ts_raw, columns = decode_columns(read, commands, replies)
+        row_status = freshness_statuses(config, read.table, ts_raw)
         rows: list[ReadRow] = []
         for i, (raw_ts, values) in enumerate(zip(ts_raw, zip(*columns) if columns else [()] * len(ts_raw))):
             features = {name: v for name, v in zip(read.names, values) if v is not None}
@@ -406,20 +347,20 @@ class RedisHexpireOnlineStore(OnlineStore):
         shared: dict[tuple, tuple[list[bytes], list[list[int]] | None, int]] = {}
         requests: list[_ViewRequest] = []
         for table, requested in grouped_refs:
-            keys, fanout, output_len = _entity_keys(config, table, join_key_values, entity_map, shared)
+            keys, fanout, output_len = entity_keys(config, table, join_key_values, entity_map, shared)
             requests.append((table, keys, requested, fanout, output_len))
         return requests
 
     @staticmethod
     def _populate(
-        config: RepoConfig, requests: list[_ViewRequest], reads: list[_ViewRead], commands: list,
+        config: RepoConfig, requests: list[_ViewRequest], reads: list[ViewRead], commands: list,
         replies: list, response: Any, full_names: bool, meta: bool,
     ) -> None:  # fmt: skip
         """Fill Feast's response from the replies (the work of Feast's
         ``_populate_response_from_feature_data``, column by column and without datetimes)."""
         for (table, _, requested, fanout, output_len), read in zip(requests, reads):
-            ts_raw, columns = _decode_columns(read, commands, replies, share=True)  # copied into protos
-            row_status = _row_status(config, table, ts_raw)
+            ts_raw, columns = decode_columns(read, commands, replies, share=True)  # copied into protos
+            row_status = freshness_statuses(config, table, ts_raw)
             result = ViewResult(table, requested, read.names, ts_raw, columns, row_status, fanout, output_len)
             append_view(response, result, full_names, meta)
 
@@ -531,7 +472,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         client = self.client(config)
         try:
             require_hfe(client, config.online_store)
-        except _IO_ERRORS as e:
+        except IO_ERRORS as e:
             raise StoreUnavailableError(f"cannot reach Redis at {address(config.online_store)}: {e}") from e
         if config.online_store.full_scan_for_deletion:
             for table in tables_to_delete:
@@ -586,138 +527,3 @@ def _registered_views(config: RepoConfig) -> list[Any]:
     except Exception as e:  # no registry yet (first apply) or unreadable: check what we have
         logger.debug("field collision check without the registry: %s", e)
         return []
-
-
-def _decode(view: ViewLayout, feature: str, key: bytes, raw: bytes) -> ValueProto:
-    try:
-        return view.decoders[feature](raw)
-    except (ValueError, TypeError) as e:  # also protobuf's DecodeError, a ValueError
-        raise BadValueError(
-            f"feature view {view.name!r}, feature {feature!r} of key {key.decode(errors='replace')}: "
-            f"stored value {raw[:40]!r} does not decode as the declared type ({e}); if the feature's "
-            f"type changed, materialize the view again"
-        ) from e
-
-
-# ---- read helpers ----
-
-
-@dataclass
-class _ViewRead:
-    """One view's part of a read: its fields, and where each entity's values sit in the replies."""
-
-    table: Any
-    view: ViewLayout
-    names: list[str]  # requested features the view has, in request order
-    fields: list[str]  # hash fields: the view's _ts field, then one per name
-    replies: list[int]  # per key: its reply (set by _plan_reads)
-    positions: list[list[int]]  # per key: where fields sit in that reply
-
-
-def _combine(field_lists: list[list[str]], request_nos: list[int]) -> tuple[list[str], dict[int, list[int]]]:
-    """One HMGET field list covering several views' fields, and each view's positions in it."""
-    index: dict[str, int] = {}
-    positions = {
-        n: [index.setdefault(f, len(index)) for f in fields] for n, fields in zip(request_nos, field_lists)
-    }
-    return list(index), positions
-
-
-def _hmget_direct(client: redis.Redis, commands: list[tuple[bytes, list[str]]]) -> list | None:
-    """The HMGETs written in one send on one pooled connection and their replies read back: a
-    third of a redis-py pipeline's client work. None after an I/O error (the caller retries
-    through the pipeline; reads are safe to repeat); an error reply is raised after every
-    reply was read, so the connection stays in step."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    replies: list = []
-    error: ResponseError | None = None
-    try:
-        pack = hiredis.pack_command
-        packed = b"".join([pack(("HMGET", key, *fields)) for key, fields in commands])  # type: ignore[arg-type]
-        conn.send_packed_command([packed], check_health=False)
-        for _ in commands:
-            try:
-                replies.append(conn.read_response())
-            except ResponseError as e:  # e.g. WRONGTYPE: the key holds no hash
-                error = error or e
-                replies.append(e)
-    except _IO_ERRORS:
-        conn.disconnect()
-        return None
-    except BaseException:  # replies may still be on the wire: this connection is out of step
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-    if error is not None:
-        raise error
-    return replies
-
-
-def _entity_keys(
-    config: RepoConfig, table: Any, join_key_values: dict, entity_map: dict, shared: dict
-) -> tuple[list[bytes], list[list[int]] | None, int]:
-    """The distinct hash keys of the request's entity rows for ``table``, the response rows
-    each one fills (None: key i is row i), and the number of response rows: what Feast's
-    ``_get_unique_entities`` gives, as keys. Keys are built straight from the join-key values;
-    an aliased projection (join_key_map) or missing columns go through Feast's helper."""
-    view = ViewLayout.of(config, table)
-    join_keys = tuple(entity_map[name] for name in table.entities)
-    columns: list[list[ValueProto]] = [join_key_values.get(jk) or [] for jk in join_keys]
-    if table.projection.join_key_map or not all(columns):
-        entities, groups, total = utils._get_unique_entities(table, join_key_values, entity_map)
-        return view.keys.keys(utils._get_entity_key_protos(entities)), list(groups), total
-    builder = view.keys
-    signature = (builder.prefix, tuple(builder.entity_names), join_keys)
-    if signature not in shared:  # views of one entity share their keys
-        rows: dict[bytes, list[int]] = {}
-        head = builder.head  # one entity, one join key: the key is this plus the escaped id
-        if head is not None and len(columns) == 1:
-            for row_no, value in enumerate(columns[0]):
-                rows.setdefault((head + layout.id_text(value)).encode(), []).append(row_no)
-        else:
-            for row_no, values in enumerate(zip(*columns)):
-                key = builder.key(EntityKeyProto(join_keys=join_keys, entity_values=values))
-                rows.setdefault(key, []).append(row_no)
-        output_len = min(len(c) for c in columns)
-        fanout = None if len(rows) == output_len else list(rows.values())  # no repeated entity
-        shared[signature] = (list(rows), fanout, output_len)
-    return shared[signature]
-
-
-def _decode_columns(
-    read: _ViewRead, commands: list, replies: list, share: bool = False
-) -> tuple[list, list[list]]:
-    """The raw _ts values and one decoded column per feature (None: missing), per entity.
-    ``share``: entities with the same stored value get the same ValueProto object (decoded
-    once; counts and categories repeat a lot), for callers that only copy the values."""
-    mine = [replies[n] for n in read.replies]
-    ts_raw = [reply[pos[0]] for reply, pos in zip(mine, read.positions)]
-    columns = []
-    for i, (name, decode) in enumerate(((n, read.view.decoders[n]) for n in read.names), start=1):
-        raws = [reply[pos[i]] for reply, pos in zip(mine, read.positions)]
-        try:
-            if share:
-                decoded = {raw: None if raw is None else decode(raw) for raw in dict.fromkeys(raws)}
-                columns.append(list(map(decoded.__getitem__, raws)))
-            else:
-                columns.append([None if raw is None else decode(raw) for raw in raws])
-        except (ValueError, TypeError):  # find the entity for a clear error
-            for reply_no, raw in zip(read.replies, raws):
-                if raw is not None:
-                    _decode(read.view, name, commands[reply_no][0], raw)
-            raise
-    return ts_raw, columns
-
-
-def _row_status(config: RepoConfig, table: Any, ts_raw: list[bytes | None]) -> list | None:
-    """freshness_check against ``table.ttl``: per entity PRESENT, OUTSIDE_MAX_AGE (flag) or None
-    (drop); None for the whole view when nothing is checked."""
-    mode = config.online_store.freshness_check
-    max_age = getattr(table, "ttl", None) if mode != "off" else None
-    if not max_age:
-        return None
-    oldest = codec.encode_ts(datetime.now(UTC)) - max_age // timedelta(microseconds=1)
-    stale = None if mode == "drop" else FieldStatus.OUTSIDE_MAX_AGE
-    return [FieldStatus.PRESENT if raw is None or int(raw) >= oldest else stale for raw in ts_raw]

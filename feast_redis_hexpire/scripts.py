@@ -14,9 +14,9 @@ from typing import Any
 
 import redis
 from redis.cluster import ClusterPipeline
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, RedisClusterException
+
+from .connection import read_replies, send_commands
 
 __all__ = ["DELETE_VIEW_FIELDS", "UNLINK_IF_OURS", "WRITE_ROW", "Script", "run_batches", "run_pipelined"]
 
@@ -214,10 +214,10 @@ def run_batches(client: Any, script: Script, batches: Iterable[Sequence[Call]]) 
     try:
         for calls in batches:
             unread.append(calls)
-            if conn is not None and _send(conn, script, calls):
+            if conn is not None and send_commands(conn, _evalshas(script, calls)):
                 if len(unread) == 1:
                     continue
-                replies = _read(conn, unread[0])
+                replies = read_replies(conn, len(unread[0]))
                 if replies is not None:
                     yield _reload_missing(client, script, unread.pop(0), replies)
                     continue
@@ -226,7 +226,7 @@ def run_batches(client: Any, script: Script, batches: Iterable[Sequence[Call]]) 
             while unread:
                 yield run_pipelined(client, script, unread.pop(0))
         if unread and conn is not None:
-            replies = _read(conn, unread[0])
+            replies = read_replies(conn, len(unread[0]))
             if replies is not None:
                 yield _reload_missing(client, script, unread.pop(0), replies)
         if unread:
@@ -241,31 +241,8 @@ def run_batches(client: Any, script: Script, batches: Iterable[Sequence[Call]]) 
             pool.release(conn)
 
 
-_IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-def _send(conn: Any, script: Script, calls: Sequence[Call]) -> bool:
-    """Write one batch of EVALSHAs to the socket; False if the connection failed."""
-    try:
-        commands = [("EVALSHA", script.sha, 1, key, *argv) for key, argv in calls]
-        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-        return True
-    except _IO_ERRORS:
-        return False
-
-
-def _read(conn: Any, calls: Sequence[Call]) -> list[Any] | None:
-    """One reply per call (an error reply as its exception); None if the connection failed."""
-    replies: list[Any] = []
-    try:
-        for _ in calls:
-            try:
-                replies.append(conn.read_response())
-            except ResponseError as e:  # the reply was read: the connection stays in step
-                replies.append(e)
-    except _IO_ERRORS:
-        return None
-    return replies
+def _evalshas(script: Script, calls: Sequence[Call]) -> list[tuple[Any, ...]]:
+    return [("EVALSHA", script.sha, 1, key, *argv) for key, argv in calls]
 
 
 def _drop(pool: Any, conn: Any) -> None:

@@ -1,0 +1,146 @@
+"""The read path's pieces: which HMGET fields each view needs, the hash keys of a request's
+entity rows, sending the HMGETs, decoding replies and the freshness check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from feast import RepoConfig, utils
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from redis.exceptions import ResponseError
+
+from . import codec, layout
+from .connection import read_replies, send_commands
+from .exceptions import BadValueError
+from .views import ViewLayout
+
+
+def _decode(view: ViewLayout, feature: str, key: bytes, raw: bytes) -> ValueProto:
+    try:
+        return view.decoders[feature](raw)
+    except (ValueError, TypeError) as e:  # also protobuf's DecodeError, a ValueError
+        raise BadValueError(
+            f"feature view {view.name!r}, feature {feature!r} of key {key.decode(errors='replace')}: "
+            f"stored value {raw[:40]!r} does not decode as the declared type ({e}); if the feature's "
+            f"type changed, materialize the view again"
+        ) from e
+
+
+@dataclass
+class ViewRead:
+    """One view's part of a read: its fields, and where each entity's values sit in the replies."""
+
+    table: Any
+    view: ViewLayout
+    names: list[str]  # requested features the view has, in request order
+    fields: list[str]  # hash fields: the view's _ts field, then one per name
+    replies: list[int]  # per key: its reply (set by _plan_reads)
+    positions: list[list[int]]  # per key: where fields sit in that reply
+
+
+def combine_fields(
+    field_lists: list[list[str]], request_nos: list[int]
+) -> tuple[list[str], dict[int, list[int]]]:
+    """One HMGET field list covering several views' fields, and each view's positions in it."""
+    index: dict[str, int] = {}
+    positions = {
+        n: [index.setdefault(f, len(index)) for f in fields] for n, fields in zip(request_nos, field_lists)
+    }
+    return list(index), positions
+
+
+def hmget_direct(client: redis.Redis, commands: list[tuple[bytes, list[str]]]) -> list | None:
+    """The HMGETs written in one send on one pooled connection and their replies read back: a
+    third of a redis-py pipeline's client work. None after an I/O error (the caller retries
+    through the pipeline; reads are safe to repeat); an error reply is raised after every
+    reply was read, so the connection stays in step."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        sent = send_commands(conn, [("HMGET", key, *fields) for key, fields in commands])
+        replies = read_replies(conn, len(commands)) if sent else None
+        if replies is None:
+            conn.disconnect()
+            return None
+    except BaseException:  # replies may still be on the wire: this connection is out of step
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    for reply in replies:
+        if isinstance(reply, ResponseError):  # e.g. WRONGTYPE: the key holds no hash
+            raise reply
+    return replies
+
+
+def entity_keys(
+    config: RepoConfig, table: Any, join_key_values: dict, entity_map: dict, shared: dict
+) -> tuple[list[bytes], list[list[int]] | None, int]:
+    """The distinct hash keys of the request's entity rows for ``table``, the response rows
+    each one fills (None: key i is row i), and the number of response rows: what Feast's
+    ``_get_unique_entities`` gives, as keys. Keys are built straight from the join-key values;
+    an aliased projection (join_key_map) or missing columns go through Feast's helper."""
+    view = ViewLayout.of(config, table)
+    join_keys = tuple(entity_map[name] for name in table.entities)
+    columns: list[list[ValueProto]] = [join_key_values.get(jk) or [] for jk in join_keys]
+    if table.projection.join_key_map or not all(columns):
+        entities, groups, total = utils._get_unique_entities(table, join_key_values, entity_map)
+        return view.keys.keys(utils._get_entity_key_protos(entities)), list(groups), total
+    builder = view.keys
+    signature = (builder.prefix, tuple(builder.entity_names), join_keys)
+    if signature not in shared:  # views of one entity share their keys
+        rows: dict[bytes, list[int]] = {}
+        head = builder.head  # one entity, one join key: the key is this plus the escaped id
+        if head is not None and len(columns) == 1:
+            for row_no, value in enumerate(columns[0]):
+                rows.setdefault((head + layout.id_text(value)).encode(), []).append(row_no)
+        else:
+            for row_no, values in enumerate(zip(*columns)):
+                key = builder.key(EntityKeyProto(join_keys=join_keys, entity_values=values))
+                rows.setdefault(key, []).append(row_no)
+        output_len = min(len(c) for c in columns)
+        fanout = None if len(rows) == output_len else list(rows.values())  # no repeated entity
+        shared[signature] = (list(rows), fanout, output_len)
+    return shared[signature]
+
+
+def decode_columns(
+    read: ViewRead, commands: list, replies: list, share: bool = False
+) -> tuple[list, list[list]]:
+    """The raw _ts values and one decoded column per feature (None: missing), per entity.
+    ``share``: entities with the same stored value get the same ValueProto object (decoded
+    once; counts and categories repeat a lot), for callers that only copy the values."""
+    mine = [replies[n] for n in read.replies]
+    ts_raw = [reply[pos[0]] for reply, pos in zip(mine, read.positions)]
+    columns = []
+    for i, (name, decode) in enumerate(((n, read.view.decoders[n]) for n in read.names), start=1):
+        raws = [reply[pos[i]] for reply, pos in zip(mine, read.positions)]
+        try:
+            if share:
+                decoded = {raw: None if raw is None else decode(raw) for raw in dict.fromkeys(raws)}
+                columns.append(list(map(decoded.__getitem__, raws)))
+            else:
+                columns.append([None if raw is None else decode(raw) for raw in raws])
+        except (ValueError, TypeError):  # find the entity for a clear error
+            for reply_no, raw in zip(read.replies, raws):
+                if raw is not None:
+                    _decode(read.view, name, commands[reply_no][0], raw)
+            raise
+    return ts_raw, columns
+
+
+def freshness_statuses(config: RepoConfig, table: Any, ts_raw: list[bytes | None]) -> list | None:
+    """freshness_check against ``table.ttl``: per entity PRESENT, OUTSIDE_MAX_AGE (flag) or None
+    (drop); None for the whole view when nothing is checked."""
+    mode = config.online_store.freshness_check
+    max_age = getattr(table, "ttl", None) if mode != "off" else None
+    if not max_age:
+        return None
+    oldest = codec.encode_ts(datetime.now(UTC)) - max_age // timedelta(microseconds=1)
+    stale = None if mode == "drop" else FieldStatus.OUTSIDE_MAX_AGE
+    return [FieldStatus.PRESENT if raw is None or int(raw) >= oldest else stale for raw in ts_raw]

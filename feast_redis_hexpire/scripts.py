@@ -209,7 +209,7 @@ def run_batches(client: Any, script: Script, batches: Iterable[Sequence[Call]]) 
             yield run_pipelined(client, script, calls)
         return
     pool = client.connection_pool
-    conn: Any = pool.get_connection()
+    conn: Any = pool.get_connection()  # connecting retries with the configured backoff
     unread: list[Sequence[Call]] = []  # sent, replies not read yet: at most two batches
     try:
         for calls in batches:

@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime
 
+import pytest
 from conftest import online_store_of, user_key
 from feast.protos.feast.types.Value_pb2 import Value
 
@@ -38,3 +39,24 @@ def test_rows_of_one_entity_spread_over_batches_keep_event_time_order(store, r):
     assert online_store_of(store).stats["skipped_not_newer"] >= 4
     # The connection went back to the pool in step: the next command on it reads its own reply.
     assert r.ping() and online_store_of(store).client(store.config).ping()
+
+
+def test_write_to_an_unresponsive_server_retries_exactly_as_configured(store, r):
+    """Connecting for a batched write follows `retries`: one connection per attempt, then a
+    clear error naming the address; nothing is written anywhere."""
+    from test_faults import Blackhole
+
+    from feast_redis_hexpire.exceptions import StoreUnavailableError
+
+    view = store.get_feature_view("user_batch_features")
+    hole = Blackhole()
+    try:
+        cfg = store.config.online_store
+        cfg.connection_string, cfg.retries, cfg.socket_timeout = f"127.0.0.1:{hole.port}", 2, 0.2
+        with pytest.raises(StoreUnavailableError) as err:
+            online_store_of(store).online_write_batch(store.config, view, _rows(3, datetime.now(UTC)), None)
+        assert f"127.0.0.1:{hole.port}" in str(err.value)
+        assert len(hole.accepted) == 2 + 1
+    finally:
+        hole.close()
+    assert r.dbsize() == 0

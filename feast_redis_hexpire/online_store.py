@@ -37,7 +37,7 @@ from .exceptions import (
     HexpireError,
     StoreUnavailableError,
 )
-from .policy import ViewPolicy, policy_for
+from .policy import policy_for
 from .reads import (
     ViewRead,
     combine_fields,
@@ -128,9 +128,10 @@ class RedisHexpireOnlineStore(OnlineStore):
 
     def _write_calls(
         self, config: RepoConfig, table: Any, data: Sequence[Row]
-    ) -> tuple[list[bytes], Callable[[int, Sequence[Row]], list]]:
-        """Keys of every row (built first, so a bad entity key fails before anything is
-        written) and a function that encodes one chunk into WRITE_ROW calls."""
+    ) -> tuple[str, Callable[[int, Sequence[Row]], list]]:
+        """The view's mode ("batch"/"streaming") and a function that encodes the chunk of
+        ``data`` starting at a row into WRITE_ROW calls. Every row's key is built first, so a
+        bad entity key fails before anything is written."""
         cfg: RedisHexpireOnlineStoreConfig = config.online_store
         view = ViewLayout.of(config, table)
         policy = policy_for(table, cfg)
@@ -161,7 +162,7 @@ class RedisHexpireOnlineStore(OnlineStore):
                 calls.append((keys[start + offset], argv))
             return calls
 
-        return keys, encode
+        return policy.mode, encode
 
     def _tally(self, view: str, policy_mode: str, results: list) -> None:
         counts = Counter({1: "written", 0: "skipped_not_newer", -1: "dropped_expired"}[r] for r in results)
@@ -202,10 +203,9 @@ class RedisHexpireOnlineStore(OnlineStore):
     ) -> None:
         if not data:
             return
-        _, encode = self._write_calls(config, table, data)
+        mode, encode = self._write_calls(config, table, data)
         client = self.client(config)
         size = config.online_store.write_batch_size
-        mode = policy_for(table, config.online_store).mode
         starts = range(0, len(data), size)
         batches = run_batches(client, WRITE_ROW, (encode(i, data[i : i + size]) for i in starts))
         for start in starts:  # one batch per start, replies in order
@@ -226,10 +226,9 @@ class RedisHexpireOnlineStore(OnlineStore):
     ) -> None:
         if not data:
             return
-        _, encode = self._write_calls(config, table, data)
+        mode, encode = self._write_calls(config, table, data)
         client = self.async_client(config)
         size = config.online_store.write_batch_size
-        mode = policy_for(table, config.online_store).mode
         for start in range(0, len(data), size):
             chunk = data[start : start + size]
             try:
@@ -498,9 +497,6 @@ class RedisHexpireOnlineStore(OnlineStore):
             for keys in self._scan(client, layout.scan_pattern(prefix, segment)):
                 unlinked += sum(run_pipelined(client, UNLINK_IF_OURS, [(k, argv) for k in keys]))
         return unlinked
-
-    def policy(self, config: RepoConfig, table: Any) -> ViewPolicy:
-        return policy_for(table, config.online_store)
 
     def key_for(self, config: RepoConfig, table: Any, entity_key: EntityKeyProto) -> bytes:
         """The hash key of one entity of ``table`` (for inspection and tests)."""

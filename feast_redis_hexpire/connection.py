@@ -44,8 +44,9 @@ def _kwargs(cfg: RedisHexpireOnlineStoreConfig, retry_cls: Any) -> tuple[list, d
 
 
 def _cluster_params(params: dict) -> None:
-    """Adapt the shared connection kwargs to RedisCluster, which retries on its own (it
-    refreshes the slot map between attempts) and has only database 0."""
+    """Adapt the shared connection kwargs to RedisCluster: it takes ``retry`` for the whole
+    cluster (refreshing the slot map between attempts), no ``retry_on_error``, and has only
+    database 0."""
     db = params.pop("db", 0)
     if db not in (0, "0"):
         raise ConfigError(
@@ -53,7 +54,6 @@ def _cluster_params(params: dict) -> None:
             f"(a Redis Cluster has only database 0); remove db= or use a key_prefix instead"
         )
     params.pop("retry_on_error", None)
-    params.pop("retry", None)
 
 
 def _retryable(is_retryable: Any) -> Any:
@@ -88,7 +88,6 @@ def make_client(cfg: RedisHexpireOnlineStoreConfig) -> SyncClient:
         _cluster_params(params)
         return redis.RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in nodes],
-            retry=_Retry(ExponentialBackoff(cap=1.0, base=0.05), cfg.retries),
             **params,
         )
     if cfg.redis_type == RedisType.redis_sentinel:
@@ -108,7 +107,6 @@ def make_async_client(cfg: RedisHexpireOnlineStoreConfig) -> AsyncClient:
         _cluster_params(params)
         return aredis.RedisCluster(
             startup_nodes=[aredis.cluster.ClusterNode(h, p) for h, p in nodes],
-            retry=_AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), cfg.retries),
             **params,
         )
     if cfg.redis_type == RedisType.redis_sentinel:

@@ -40,11 +40,11 @@ from .exceptions import (
 from .policy import policy_for
 from .reads import (
     ViewRead,
-    combine_fields,
     decode_columns,
     entity_keys,
     freshness_statuses,
     hmget_direct,
+    plan_reads,
 )
 from .response import ViewResult, append_view
 from .scripts import (
@@ -241,36 +241,6 @@ class RedisHexpireOnlineStore(OnlineStore):
 
     # ---- reads: every view, every entity, one HMGET per entity, one round trip ----
 
-    def _plan_reads(
-        self, config: RepoConfig, requests: Sequence[tuple[Any, Sequence[bytes], list[str] | None]]
-    ) -> tuple[list[tuple[bytes, list[str]]], list[ViewRead]]:
-        """HMGET commands (one per distinct key) for several (view, keys, features) requests,
-        and where each view's values sit in their replies."""
-        reads = []
-        members: dict[bytes, list[int]] = {}  # key -> the requests reading it
-        for request_no, (table, keys, requested) in enumerate(requests):
-            view = ViewLayout.of(config, table)
-            names = [f for f in (requested or view.fields) if f in view.fields]
-            fields = [view.ts_field] + [view.fields[f][0] for f in names]
-            reads.append(ViewRead(table, view, names, fields, [], []))
-            for key in keys:
-                members.setdefault(key, []).append(request_no)
-        # Keys read by the same requests share one field list: work per combination, not per key.
-        combos: dict[tuple[int, ...], tuple[list[str], dict[int, list[int]]]] = {}
-        commands: list[tuple[bytes, list[str]]] = []
-        where: dict[bytes, tuple[int, dict[int, list[int]]]] = {}
-        for key, request_nos in members.items():
-            combo = combos.get(tuple(request_nos))
-            if combo is None:
-                combo = combine_fields([reads[n].fields for n in request_nos], request_nos)
-                combos[tuple(request_nos)] = combo
-            where[key] = (len(commands), combo[1])
-            commands.append((key, combo[0]))
-        for request_no, (read, (_, keys, _)) in enumerate(zip(reads, requests)):
-            read.replies = [where[key][0] for key in keys]
-            read.positions = [where[key][1][request_no] for key in keys]
-        return commands, reads
-
     def _hmget(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
         client = self.client(config)
         if isinstance(client, redis.Redis):  # one server: skip the pipeline machinery
@@ -318,7 +288,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         self, config: RepoConfig, table: Any, entity_keys: list[EntityKeyProto], requested: list[str] | None
     ) -> tuple[list[tuple[bytes, list[str]]], list[ViewRead]]:
         keys = ViewLayout.of(config, table).keys.keys(entity_keys)
-        return self._plan_reads(config, [(table, keys, requested)])
+        return plan_reads(config, [(table, keys, requested)])
 
     @staticmethod
     def _read_rows(config: RepoConfig, read: ViewRead, commands: list, replies: list) -> list[ReadRow]:
@@ -374,7 +344,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         include_feature_view_version_metadata: bool,
     ) -> None:
         requests = self._feature_requests(config, grouped_refs, join_key_values, entity_name_to_join_key_map)
-        commands, reads = self._plan_reads(config, [(t, k, r) for t, k, r, _, _ in requests])
+        commands, reads = plan_reads(config, [(t, k, r) for t, k, r, _, _ in requests])
         replies = self._hmget(config, commands) if commands else []
         self._populate(
             config, requests, reads, commands, replies, online_features_response, full_feature_names,
@@ -392,7 +362,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         include_feature_view_version_metadata: bool,
     ) -> None:
         requests = self._feature_requests(config, grouped_refs, join_key_values, entity_name_to_join_key_map)
-        commands, reads = self._plan_reads(config, [(t, k, r) for t, k, r, _, _ in requests])
+        commands, reads = plan_reads(config, [(t, k, r) for t, k, r, _, _ in requests])
         replies = await self._hmget_async(config, commands) if commands else []
         self._populate(
             config, requests, reads, commands, replies, online_features_response, full_feature_names,

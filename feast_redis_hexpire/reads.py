@@ -3,6 +3,7 @@ entity rows, sending the HMGETs, decoding replies and the freshness check."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,8 +40,39 @@ class ViewRead:
     view: ViewLayout
     names: list[str]  # requested features the view has, in request order
     fields: list[str]  # hash fields: the view's _ts field, then one per name
-    replies: list[int]  # per key: its reply (set by _plan_reads)
+    replies: list[int]  # per key: its reply (set by plan_reads)
     positions: list[list[int]]  # per key: where fields sit in that reply
+
+
+def plan_reads(
+    config: RepoConfig, requests: Sequence[tuple[Any, Sequence[bytes], list[str] | None]]
+) -> tuple[list[tuple[bytes, list[str]]], list[ViewRead]]:
+    """HMGET commands (one per distinct key) for several (view, keys, features) requests,
+    and where each view's values sit in their replies."""
+    reads = []
+    members: dict[bytes, list[int]] = {}  # key -> the requests reading it
+    for request_no, (table, keys, requested) in enumerate(requests):
+        view = ViewLayout.of(config, table)
+        names = [f for f in (requested or view.fields) if f in view.fields]
+        fields = [view.ts_field] + [view.fields[f][0] for f in names]
+        reads.append(ViewRead(table, view, names, fields, [], []))
+        for key in keys:
+            members.setdefault(key, []).append(request_no)
+    # Keys read by the same requests share one field list: work per combination, not per key.
+    combos: dict[tuple[int, ...], tuple[list[str], dict[int, list[int]]]] = {}
+    commands: list[tuple[bytes, list[str]]] = []
+    where: dict[bytes, tuple[int, dict[int, list[int]]]] = {}
+    for key, request_nos in members.items():
+        combo = combos.get(tuple(request_nos))
+        if combo is None:
+            combo = combine_fields([reads[n].fields for n in request_nos], request_nos)
+            combos[tuple(request_nos)] = combo
+        where[key] = (len(commands), combo[1])
+        commands.append((key, combo[0]))
+    for request_no, (read, (_, keys, _)) in enumerate(zip(reads, requests)):
+        read.replies = [where[key][0] for key in keys]
+        read.positions = [where[key][1][request_no] for key in keys]
+    return commands, reads
 
 
 def combine_fields(

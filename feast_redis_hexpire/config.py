@@ -125,10 +125,13 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
         description="Text before `<entity>:<id>` in every key; `{project}` is replaced by the "
         "project name. Must not be empty.",
     )
-    field_names: Literal["feature", "view_feature"] = Field(
-        "feature",
-        description="Hash field per feature: `feature` (`risk_segment`; two views of one entity "
-        "may not share a feature name) or `view_feature` (`<view>:<feature>`).",
+    field_names: Literal["auto", "feature", "view_feature"] = Field(
+        "auto",
+        description="Hash field per feature: `auto` (`risk_segment`; when views of one entity "
+        "share a feature name, the first view owns the bare name and the others write "
+        "`<view>:<feature>`, recorded in `<key_prefix>_fields`; see Storage layout), `feature` "
+        "(always the bare name; two views of one entity may not share a feature name) or "
+        "`view_feature` (always `<view>:<feature>`).",
     )
     value_encoding: Literal["text", "proto"] = Field(
         "text",

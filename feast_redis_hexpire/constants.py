@@ -3,6 +3,11 @@
 # Hash field holding a view's event timestamp: "_ts:<view>" (same name as Feast's built-in store).
 TS_FIELD_PREFIX = "_ts:"
 
+# Per key prefix, the hash recording which view owns a feature name shared by several views of one
+# entity: "<key_prefix>_fields" (no colon after the prefix, so no "<prefix><entity>:*" pattern
+# matches it); hash field "<entity segment>:<feature>" -> owning view. See naming.py.
+FIELD_OWNERS_KEY = "_fields"
+
 # Stored values that start with a NUL byte are not plain text (see codec.py).
 NULL_VALUE = b"\x00"
 PROTO_MARKER = b"\x00P"

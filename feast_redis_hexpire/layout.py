@@ -10,8 +10,9 @@ entity it is the join-key names, sorted, joined by ``+``, with the ids in the sa
 written as text (integers as digits, bytes as ``0x`` + hex) with ``%``, ``:``, ``+``, braces, glob
 characters, backslash and control characters percent-escaped, so keys are injective within an
 entity whose join-key type does not change, and no id can change a SCAN pattern or a cluster hash
-slot. Fields are named by the feature (``risk_segment``), or ``<view>:<feature>`` when
-``field_names: view_feature`` is set, plus one ``_ts:<view>`` event-timestamp field per view.
+slot. Fields are named by the feature (``risk_segment``), or ``<view>:<feature>`` where another
+view of the entity owns the name or ``field_names: view_feature`` is set (naming.py), plus one
+``_ts:<view>`` event-timestamp field per view.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ __all__ = [
     "KeyBuilder",
     "entity_segment",
     "escape_id",
-    "feature_field",
     "id_text",
     "scan_pattern",
     "ts_field",
@@ -95,10 +95,6 @@ class KeyBuilder:
 
 def ts_field(view_name: str) -> str:
     return f"{TS_FIELD_PREFIX}{view_name}"
-
-
-def feature_field(view_name: str, feature: str, field_names: str) -> str:
-    return f"{view_name}:{feature}" if field_names == "view_feature" else feature
 
 
 def glob_escape(text: str) -> str:

@@ -37,6 +37,7 @@ from .exceptions import (
     HexpireError,
     StoreUnavailableError,
 )
+from .naming import apply_claims, release_views
 from .policy import policy_for
 from .reads import (
     ViewRead,
@@ -55,7 +56,7 @@ from .scripts import (
     run_pipelined,
     run_pipelined_async,
 )
-from .views import ViewLayout
+from .views import ViewLayout, view_names
 
 __all__ = ["RedisHexpireOnlineStore"]
 
@@ -133,7 +134,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         ``data`` starting at a row into WRITE_ROW calls. Every row's key is built first, so a
         bad entity key fails before anything is written."""
         cfg: RedisHexpireOnlineStoreConfig = config.online_store
-        view = ViewLayout.of(config, table)
+        view = ViewLayout.of(config, table, self.client(config))
         policy = policy_for(table, cfg)
         try:
             keys = view.keys.keys(row[0] for row in data)
@@ -287,7 +288,7 @@ class RedisHexpireOnlineStore(OnlineStore):
     def _plan_online_read(
         self, config: RepoConfig, table: Any, entity_keys: list[EntityKeyProto], requested: list[str] | None
     ) -> tuple[list[tuple[bytes, list[str]]], list[ViewRead]]:
-        keys = ViewLayout.of(config, table).keys.keys(entity_keys)
+        keys = ViewLayout.of(config, table, self.client(config)).keys.keys(entity_keys)
         return plan_reads(config, [(table, keys, requested)])
 
     @staticmethod
@@ -373,27 +374,41 @@ class RedisHexpireOnlineStore(OnlineStore):
 
     @staticmethod
     def check_views(config: RepoConfig, views: Sequence[Any]) -> None:
-        """Refuse bad tags, reserved names and two views writing one field of one hash."""
+        """Refuse bad tags, reserved names and two views that could write one field of one hash;
+        needs no server. With ``field_names: auto`` views may share a feature name (naming.py
+        prefixes the later one's field), but no feature may be named like another view's
+        prefixed field; with ``feature`` no two views of one entity may share a name."""
         cfg: RedisHexpireOnlineStoreConfig = config.online_store
-        owners: dict[tuple[str, str], str] = {}
+        versioning = getattr(config.registry, "enable_online_feature_view_versioning", False)
+        owners: dict[tuple[str, str], tuple[str, str]] = {}  # (segment, field) -> (view, bare feature or "")
         for table in views:
             policy_for(table, cfg)
-            view = ViewLayout.of(config, table)
-            segment = layout.entity_segment(
-                list(getattr(table, "entities", None) or ()), list(getattr(table, "join_keys", None) or ())
-            )
-            for feature, (field, _) in view.fields.items():
-                if field.startswith(TS_FIELD_PREFIX):
+            names = view_names(table, versioning, streaming=False)
+            for feature in names.features:
+                if feature.startswith(TS_FIELD_PREFIX):
                     raise ConfigError(
                         f"feature view {table.name!r}: feature {feature!r} uses the reserved prefix "
                         f"{TS_FIELD_PREFIX!r}"
                     )
-                other = owners.setdefault((segment, field), table.name)
-                if other != table.name:
+                prefixed = f"{names.name}:{feature}"
+                candidates = {
+                    "feature": [(feature, feature)],
+                    "view_feature": [(prefixed, "")],
+                    "auto": [(feature, feature), (prefixed, "")],
+                }[cfg.field_names]
+                for field, bare in candidates:
+                    other, other_bare = owners.setdefault((names.segment, field), (table.name, bare))
+                    if other == table.name or (cfg.field_names == "auto" and bare and bare == other_bare):
+                        continue  # auto: two views declaring one feature name is the handled case
+                    hint = (
+                        "rename one feature or remove field_names: feature (the default, auto, "
+                        "gives the later view's feature the field '<view>:<feature>')"
+                        if cfg.field_names == "feature"
+                        else "rename one feature"
+                    )
                     raise FieldCollisionError(
                         f"feature views {other!r} and {table.name!r} both write field {field!r} of "
-                        f"the same '{segment}' hashes; rename one feature or set "
-                        f"field_names: view_feature in the online_store config"
+                        f"the same '{names.segment}' hashes; {hint}"
                     )
 
     def _scan(self, client: Any, pattern: str) -> Iterator[list[bytes]]:
@@ -406,18 +421,12 @@ class RedisHexpireOnlineStore(OnlineStore):
         if batch:
             yield batch
 
-    @staticmethod
-    def _segment(table: Any) -> str:
-        return layout.entity_segment(
-            list(getattr(table, "entities", None) or ()), list(getattr(table, "join_keys", None) or ())
-        )
-
     def delete_view_fields(self, config: RepoConfig, table: Any) -> int:
         """Remove one view's fields from every hash of its entity; returns fields removed."""
         client = self.client(config)
-        view = ViewLayout.of(config, table)
+        view = ViewLayout.of(config, table, client)
         argv = [view.ts_field] + [f for f, _ in view.fields.values()]
-        pattern = layout.scan_pattern(config.online_store.prefix_for(config.project), self._segment(table))
+        pattern = layout.scan_pattern(config.online_store.prefix_for(config.project), view.segment)
         removed = 0
         for keys in self._scan(client, pattern):
             removed += sum(run_pipelined(client, DELETE_VIEW_FIELDS, [(k, argv) for k in keys]))
@@ -433,11 +442,12 @@ class RedisHexpireOnlineStore(OnlineStore):
         entities_to_keep: Sequence[Entity],
         partial: bool,
     ) -> None:
-        views = {t.name: t for t in _registered_views(config)} if partial else {}
+        registered = {t.name: t for t in _registered_views(config)}
+        views = dict(registered) if partial else {}
         views.update((t.name, t) for t in tables_to_keep)
         for table in tables_to_delete:
             views.pop(table.name, None)
-        self.check_views(config, list(views.values()))
+        self.check_views(config, list(views.values()))  # before anything is changed
         client = self.client(config)
         try:
             require_hfe(client, config.online_store)
@@ -446,10 +456,31 @@ class RedisHexpireOnlineStore(OnlineStore):
         if config.online_store.full_scan_for_deletion:
             for table in tables_to_delete:
                 self.delete_view_fields(config, table)
+        # Deleted views' names are released first (their fields are gone), then the remaining
+        # views claim contested names: registered ones first, then the new ones (naming.py).
+        versioning = getattr(config.registry, "enable_online_feature_view_versioning", False)
+        named = {name: view_names(t, versioning) for name, t in views.items()}
+        claims = apply_claims(
+            config,
+            client,
+            [n for name, n in named.items() if name in registered],
+            [n for name, n in named.items() if name not in registered],
+        )
+        logger.info("field owners: %(claimed)d name(s) claimed, %(released)d released", claims)
+        for table in views.values():  # warm this process's layouts (one HMGET per view)
+            ViewLayout.of(config, table, client)
 
     def teardown(self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]) -> None:
         unlinked = self.remove_project_keys(config, tables)
-        logger.info("teardown unlinked %d key(s) of project %s", unlinked, config.project)
+        versioning = getattr(config.registry, "enable_online_feature_view_versioning", False)
+        names = [view_names(t, versioning, streaming=False) for t in tables]
+        released = release_views(config, self.client(config), names) if names else 0
+        logger.info(
+            "teardown unlinked %d key(s) and released %d field owner(s) of project %s",
+            unlinked,
+            released,
+            config.project,
+        )
 
     def remove_project_keys(self, config: RepoConfig, tables: Sequence[Any]) -> int:
         """Unlink the hashes of these views: SCAN ``<escaped prefix><entity>:*`` per entity, then
@@ -459,18 +490,18 @@ class RedisHexpireOnlineStore(OnlineStore):
             return 0
         client = self.client(config)
         prefix = config.online_store.prefix_for(config.project)
-        layouts = [ViewLayout.of(config, t) for t in tables]
+        layouts = [ViewLayout.of(config, t, client) for t in tables]
         argv = [len(layouts), *(v.ts_field for v in layouts)]
         argv += [field for v in layouts for field, _ in v.fields.values()]
         unlinked = 0
-        for segment in sorted({self._segment(t) for t in tables}):
+        for segment in sorted({v.segment for v in layouts}):
             for keys in self._scan(client, layout.scan_pattern(prefix, segment)):
                 unlinked += sum(run_pipelined(client, UNLINK_IF_OURS, [(k, argv) for k in keys]))
         return unlinked
 
     def key_for(self, config: RepoConfig, table: Any, entity_key: EntityKeyProto) -> bytes:
         """The hash key of one entity of ``table`` (for inspection and tests)."""
-        return ViewLayout.of(config, table).keys.key(entity_key)
+        return ViewLayout.of(config, table, self.client(config)).keys.key(entity_key)
 
 
 def hexpire_store(feature_store: Any) -> RedisHexpireOnlineStore:

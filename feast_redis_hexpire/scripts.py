@@ -18,7 +18,15 @@ from redis.exceptions import NoScriptError, RedisClusterException
 
 from .connection import read_replies, send_commands
 
-__all__ = ["DELETE_VIEW_FIELDS", "UNLINK_IF_OURS", "WRITE_ROW", "Script", "run_batches", "run_pipelined"]
+__all__ = [
+    "DELETE_VIEW_FIELDS",
+    "RELEASE_FIELDS",
+    "UNLINK_IF_OURS",
+    "WRITE_ROW",
+    "Script",
+    "run_batches",
+    "run_pipelined",
+]
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,22 @@ for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   end
 end
 return redis.call('UNLINK', KEYS[1])
+""",
+)
+
+# Delete the field-owner records a view holds, never another view's (naming.py).
+# KEYS[1]   the owner hash, "<key_prefix>_fields"
+# ARGV[1]   the view name
+# ARGV[2..] record names, "<entity segment>:<feature>"
+# Returns the number of records deleted (Redis removes the hash when it is empty).
+RELEASE_FIELDS = Script(
+    "release_fields",
+    """
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then n = n + redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return n
 """,
 )
 

@@ -10,10 +10,11 @@ from feast import RepoConfig
 from feast.infra.online_stores.helpers import compute_versioned_name
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from . import codec, layout
+from . import codec, layout, naming
 from .config import RedisHexpireOnlineStoreConfig
+from .policy import is_streaming
 
-__all__ = ["ViewLayout"]
+__all__ = ["ViewLayout", "view_names"]
 
 _LAYOUT_ATTR = "_hexpire_layout"
 
@@ -24,15 +25,19 @@ class ViewLayout:
 
     name: str
     ts_field: str
+    segment: str  # the <entity> part of the keys
     keys: layout.KeyBuilder
     fields: dict[str, tuple[str, str | None]]  # feature -> (hash field, codec kind)
     encoding: str
     decoders: dict[str, Callable[[bytes], ValueProto]]  # feature -> codec.decoder(kind)
 
     @classmethod
-    def of(cls, config: RepoConfig, table: Any) -> ViewLayout:
+    def of(cls, config: RepoConfig, table: Any, client: Any = None) -> ViewLayout:
         """The layout of ``table``, cached on the view object (Feast's registry cache hands
-        the same objects to every read) and rebuilt when a setting it depends on changes."""
+        the same objects to every read) and rebuilt when a setting it depends on changes or
+        this process applied. With ``field_names: auto`` a first build looks up the view's field
+        names in Redis (naming.py; one HMGET per view per process) through ``client``, or
+        through a short-lived client when None."""
         cfg: RedisHexpireOnlineStoreConfig = config.online_store
         versioning = getattr(config.registry, "enable_online_feature_view_versioning", False)
         signature = (
@@ -42,11 +47,12 @@ class ViewLayout:
             cfg.value_encoding,
             versioning,
             len(table.features),
+            naming.generation(),
         )
         cached = getattr(table, _LAYOUT_ATTR, None)
         if cached is not None and cached[0] == signature:
             return cached[1]
-        built = cls._build(config, table, versioning)
+        built = cls._build(config, table, versioning, client)
         try:
             setattr(table, _LAYOUT_ATTR, (signature, built))
         except AttributeError:  # a view type that refuses new attributes: just don't cache
@@ -54,24 +60,32 @@ class ViewLayout:
         return built
 
     @classmethod
-    def _build(cls, config: RepoConfig, table: Any, versioning: bool) -> ViewLayout:
+    def _build(cls, config: RepoConfig, table: Any, versioning: bool, client: Any) -> ViewLayout:
         cfg: RedisHexpireOnlineStoreConfig = config.online_store
-        name = compute_versioned_name(table, versioning)
-        join_keys = set(getattr(table, "join_keys", None) or ())
-        fields = {
-            f.name: (
-                layout.feature_field(name, f.name, cfg.field_names),
-                codec.expected_kind(f.dtype.to_value_type()),
-            )
-            for f in table.features
-            if f.name not in join_keys
-        }
+        names = view_names(table, versioning, streaming=False)
+        kinds = {f.name: codec.expected_kind(f.dtype.to_value_type()) for f in table.features}
+        stored = naming.feature_fields(config, client, names)
+        fields = {f: (field, kinds[f]) for f, field in zip(names.features, stored)}
         entities = [e for e in (getattr(table, "entities", None) or ())]
         return cls(
-            name=name,
-            ts_field=layout.ts_field(name),
+            name=names.name,
+            ts_field=layout.ts_field(names.name),
+            segment=names.segment,
             keys=layout.KeyBuilder(cfg.prefix_for(config.project), entities),
             fields=fields,
             encoding=cfg.value_encoding,
             decoders={f: codec.decoder(kind, cfg.value_encoding) for f, (_, kind) in fields.items()},
         )
+
+
+def view_names(table: Any, versioning: bool, streaming: bool | None = None) -> naming.ViewNames:
+    """The (versioned) name, entity segment and stored features (join keys excluded) of a view;
+    ``streaming`` None: decided from the view (policy.py), for the claim order at apply."""
+    join_keys = list(getattr(table, "join_keys", None) or ())
+    segment = layout.entity_segment(list(getattr(table, "entities", None) or ()), join_keys)
+    return naming.ViewNames(
+        name=compute_versioned_name(table, versioning),
+        segment=segment,
+        features=tuple(f.name for f in table.features if f.name not in set(join_keys)),
+        streaming=is_streaming(table) if streaming is None else streaming,
+    )

@@ -2,6 +2,7 @@
 
 feast-hexpire local-redis [--kind redis|valkey] [--port N]
 feast-hexpire inspect user u0001 [--repo feature_repo] [--json]
+feast-hexpire layout [--repo feature_repo] [--json]
 feast-hexpire settings
 feast-hexpire demo [--port 8087] [--redis host:port] [--no-reset]
 feast-hexpire build-features --count 500 --ttl-seconds 3600 [--seed 1] [--repo DIR] [--redis host:port]
@@ -46,6 +47,20 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0 if report.exists else 3
 
 
+def _layout(args: argparse.Namespace) -> int:
+    from feast import FeatureStore
+
+    from .describe import describe_views, owners_note
+
+    store = FeatureStore(repo_path=args.repo)
+    views = describe_views(store)
+    if args.json:
+        print(json.dumps([v.as_dict() for v in views], indent=2))
+    else:
+        print("\n\n".join([*(v.render() for v in views), owners_note(store)]))
+    return 0
+
+
 def _settings(args: argparse.Namespace) -> int:
     from .config import settings_table
 
@@ -81,6 +96,11 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("--repo", default=os.environ.get("FEAST_REPO", "feature_repo"))
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(run=_inspect)
+
+    views = commands.add_parser("layout", help="per view: mode, key pattern, TTLs and each feature's field")
+    views.add_argument("--repo", default=os.environ.get("FEAST_REPO", "feature_repo"))
+    views.add_argument("--json", action="store_true", help="print JSON instead of text")
+    views.set_defaults(run=_layout)
 
     settings = commands.add_parser("settings", help="print the online_store settings as a markdown table")
     settings.set_defaults(run=_settings)

@@ -89,6 +89,10 @@ def _prefixed(view: str, feature: str) -> str:
     return f"{view}:{feature}"
 
 
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 def _unavailable(cfg: RedisHexpireOnlineStoreConfig, key: str, err: Exception) -> StoreUnavailableError:
     return StoreUnavailableError(f"cannot read the field owners {key!r} from Redis at {address(cfg)}: {err}")
 
@@ -122,7 +126,7 @@ def feature_fields(config: RepoConfig, client: Any, view: ViewNames) -> list[str
     except (ResponseError, *IO_ERRORS) as e:
         raise _unavailable(cfg, key, e) from e
     fields = [
-        f if owner is None or owner.decode() == view.name else _prefixed(view.name, f)
+        f if owner is None or _text(owner) == view.name else _prefixed(view.name, f)
         for f, owner in zip(view.features, owners)
     ]
     with _lock:
@@ -152,7 +156,7 @@ def apply_claims(
             if view.name not in names:
                 names.append(view.name)
     try:
-        records = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+        records = {_text(k): _text(v) for k, v in client.hgetall(key).items()}
         unneeded: dict[str, list[str]] = {}  # owner -> its records no other remaining view declares
         for name, owner in records.items():
             if not [v for v in users.get(name, []) if v != owner]:

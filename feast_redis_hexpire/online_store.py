@@ -442,8 +442,10 @@ class RedisHexpireOnlineStore(OnlineStore):
         entities_to_keep: Sequence[Entity],
         partial: bool,
     ) -> None:
+        # What remains registered after this apply: a partial apply (``FeatureStore.apply``)
+        # passes only the views it changes; views it does not list stay registered either way.
         registered = {t.name: t for t in _registered_views(config)}
-        views = dict(registered) if partial else {}
+        views = dict(registered)
         views.update((t.name, t) for t in tables_to_keep)
         for table in tables_to_delete:
             views.pop(table.name, None)
@@ -513,8 +515,8 @@ def hexpire_store(feature_store: Any) -> RedisHexpireOnlineStore:
 
 
 def _registered_views(config: RepoConfig) -> list[Any]:
-    """Views already in the registry: a partial apply (``FeatureStore.apply``) passes only the
-    views it changes, and a new view must not collide with one applied earlier."""
+    """Views already in the registry (before this apply): they stay registered unless deleted,
+    must not collide with a new view, and claim shared names first (naming.py)."""
     from feast import FeatureStore
 
     try:

@@ -18,7 +18,7 @@ from .config import RedisHexpireOnlineStoreConfig
 from .constants import TAG_FIELD_TTL, TAG_KEY_TTL, TAG_MODE
 from .exceptions import ConfigError
 
-__all__ = ["ViewPolicy", "policy_for"]
+__all__ = ["ViewPolicy", "is_streaming", "mode_reason", "policy_for"]
 
 
 @dataclass(frozen=True)
@@ -45,17 +45,25 @@ def _tag_seconds(view: Any, tag: str) -> int | None:
     return seconds
 
 
-def is_streaming(view: Any) -> bool:
+def mode_reason(view: Any) -> tuple[bool, str]:
+    """Whether ``view`` is streaming, and why (for ``feast-hexpire layout``)."""
     mode = (getattr(view, "tags", None) or {}).get(TAG_MODE)
     if mode is not None:
         if mode not in ("batch", "streaming"):
             raise ConfigError(
                 f"feature view {view.name!r}: tag {TAG_MODE}={mode!r} must be 'batch' or 'streaming'"
             )
-        return mode == "streaming"
+        return mode == "streaming", f"tag {TAG_MODE}={mode}"
     if isinstance(view, StreamFeatureView):
-        return True
-    return getattr(view, "stream_source", None) is not None
+        return True, "a StreamFeatureView"
+    source = getattr(view, "stream_source", None)
+    if source is not None:
+        return True, f"its source {source.name!r} is a {type(source).__name__}"
+    return False, "no stream source and no hexpire.mode tag"
+
+
+def is_streaming(view: Any) -> bool:
+    return mode_reason(view)[0]
 
 
 def policy_for(view: Any, config: RedisHexpireOnlineStoreConfig) -> ViewPolicy:

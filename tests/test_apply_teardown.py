@@ -32,11 +32,11 @@ def load(store, users=("u0001", "u0002")):
     store.push("user_events_push", streaming_frame(list(users), random.Random(1)))
 
 
-# ---- two views, one field ----
+# ---- two views, one field: refused only with the strict field_names: feature ----
 
 
-def test_two_views_writing_one_field_are_refused_naming_both(repo, r):
-    store = apply_repo(repo)
+def test_two_views_writing_one_field_are_refused_naming_both(make_repo, r):
+    store = apply_repo(make_repo(field_names="feature"))
     clash_a = user_view("clash_a", {"shared_score": Int64, "a_only": Int64})
     clash_b = user_view("clash_b", {"shared_score": Int64}, push=True)
     with pytest.raises(FieldCollisionError) as info:
@@ -44,12 +44,13 @@ def test_two_views_writing_one_field_are_refused_naming_both(repo, r):
     message = str(info.value)
     assert "clash_a" in message and "clash_b" in message and "shared_score" in message
     assert "field_names" in message  # says how to allow it
-    registered = FeatureStore(repo_path=str(repo)).list_feature_views()
+    registered = FeatureStore(repo_path=str(store.repo_path)).list_feature_views()
     assert "clash_a" not in [v.name for v in registered]
 
 
-def test_a_view_clashing_with_a_sample_view_is_refused(repo, r):
+def test_a_view_clashing_with_a_sample_view_is_refused(make_repo, r):
     """The whole repo, as `feast apply` passes it, plus a view reusing `risk_segment`."""
+    repo = make_repo(field_names="feature")
     store = FeatureStore(repo_path=str(repo))
     clash = user_view("risk_copy", {"risk_segment": String})
     with pytest.raises(FieldCollisionError) as info:
@@ -57,11 +58,19 @@ def test_a_view_clashing_with_a_sample_view_is_refused(repo, r):
     assert "user_batch_features" in str(info.value) and "risk_copy" in str(info.value)
 
 
-def test_a_view_clashing_with_an_already_registered_view_is_refused(store, r):
+def test_a_view_clashing_with_an_already_registered_view_is_refused(make_repo, r):
     """Applying a new view alone must not slip past a view registered by an earlier apply."""
+    store = apply_repo(make_repo(field_names="feature"))
     with pytest.raises(FieldCollisionError) as info:
         store.apply([user_view("risk_copy", {"risk_segment": String})])
     assert "user_batch_features" in str(info.value) and "risk_copy" in str(info.value)
+
+
+def test_the_default_config_accepts_a_view_sharing_a_sample_feature(store, r):
+    """field_names: auto (the default): the sample view keeps `risk_segment`, the new view's
+    feature gets `risk_copy:risk_segment` (tests/test_naming.py covers the rule)."""
+    store.apply([user_view("risk_copy", {"risk_segment": String})])
+    assert r.hgetall("fs:_fields") == {b"user:risk_segment": b"user_batch_features"}
 
 
 def test_view_feature_field_names_allow_the_same_feature_in_two_views(make_repo, r):

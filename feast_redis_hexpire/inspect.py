@@ -96,14 +96,14 @@ def inspect_entity(store: FeatureStore, entity: str, entity_id: str) -> EntityRe
     views = [v for v in store.list_feature_views() if entity in (v.entities or [])]
     views += [v for v in store.list_stream_feature_views() if entity in (v.entities or [])]
     ek = entity_key(store, entity, entity_id)
-    layouts = [ViewLayout.of(config, v) for v in views]
+    client = online.client(config)
+    layouts = [ViewLayout.of(config, v, client) for v in views]  # fields as naming.py resolves them
     key = layout.KeyBuilder(config.online_store.prefix_for(config.project), [entity]).key(ek)
     expected = [
         (lay.name, feature, fld)
         for lay in layouts
         for feature, fld in [("_ts", lay.ts_field)] + [(f, spec[0]) for f, spec in lay.fields.items()]
     ]
-    client = online.client(config)
     with client.pipeline(transaction=False) as pipe:
         pipe.hgetall(key)
         pipe.pttl(key)

@@ -183,7 +183,7 @@ def test_every_setting_has_a_description():
 
 # Runs side by side (the CLI takes seconds to start): three bad settings in one yaml, all named
 # in one error; the sample yaml with its ${REDIS_CONNECTION_STRING} unset; and (below) a repo
-# whose features.py adds a view clashing with the batch view's `risk_segment`.
+# with field_names: feature whose features.py adds a view sharing the batch view's `risk_segment`.
 CLI_CASES = [
     (
         {"key_ttl_seconds": -1, "stream_field_ttl_seconds": 0, "no_such_setting": True},
@@ -214,7 +214,8 @@ risk_copy = FeatureView(
 def test_feast_apply_refuses_bad_settings_and_clashing_views(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "REDIS_CONNECTION_STRING"}
     runs = []
-    clash = write_repo(tmp_path / "clash", "127.0.0.1:1")  # refused before any connection
+    # Shared names are refused only with the strict field_names: feature; before any connection.
+    clash = write_repo(tmp_path / "clash", "127.0.0.1:1", field_names="feature")
     write_data(clash, count=2)
     with (clash / "features.py").open("a") as f:
         f.write(CLASH)

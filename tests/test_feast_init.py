@@ -4,6 +4,7 @@ the default config, running its own `test_workflow.py` unchanged to the end."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -71,8 +72,11 @@ def test_feast_init_template_runs_its_workflow_on_the_default_config(tmp_path, s
     after = sections["Online features again with updated values from a stream push"]
     assert "None" not in before["conv_rate"]
     # The push (driver 1001 only) reached the push view's fields; driver 1002 kept its values.
-    assert after["conv_rate"].startswith("[1.0, ") and after["avg_daily_trips"].startswith("[1000, ")
-    assert after["driver_profile"].startswith("[{'name': 'driver_1001_updated', 'age': '30'}")
-    assert after["conv_rate"].split(", ")[1] == before["conv_rate"].split(", ")[1]
+    pushed = {name: ast.literal_eval(values) for name, values in after.items()}
+    assert pushed["conv_rate"][0] == 1.0 and pushed["avg_daily_trips"][0] == 1000
+    assert pushed["driver_profile"][0] == {"name": "driver_1001_updated", "age": "30"}
+    assert pushed["driver_metadata"][0] == {"vehicle_type": "truck", "rating": "5.0"}
+    assert pushed["driver_config"][0] == {"max_distance_km": 500, "preferred_zones": ["north"]}
+    assert pushed["conv_rate"][1] == ast.literal_eval(before["conv_rate"])[1]
     # `feast teardown` removed every key it wrote, the field-owner records included.
     assert r.dbsize() == 0

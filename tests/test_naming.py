@@ -193,3 +193,27 @@ def test_layout_shows_prefixed_fields_of_shared_names(store, repo):
     assert (
         views["risk_copy"]["mode"] == "streaming" and views["risk_copy"]["key_pattern"] == "fs:user:<user_id>"
     )
+
+
+def hmget_calls(r) -> int:
+    return int(r.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
+
+
+def test_an_unapplied_view_object_finds_its_fields_once_per_process(store, repo, r):
+    """A view object that never went through apply (a tool calling online_write_batch) looks
+    its fields up in fs:_fields on its first layout build, then never again in this process."""
+    from feast_redis_hexpire.views import ViewLayout
+
+    store.apply([user_view("view_a", {"score": Int64}), user_view("view_b", {"score": Int64})])
+    naming.forget()
+    before = hmget_calls(r)
+    first = ViewLayout.of(store.config, user_view("view_b", {"score": Int64}))
+    assert first.fields["score"][0] == "view_b:score"
+    assert hmget_calls(r) == before + 1
+    again = ViewLayout.of(store.config, user_view("view_b", {"score": Int64}))  # a new object
+    assert again.fields == first.fields and hmget_calls(r) == before + 1
+    row = (user_key("u0001"), {"score": Value(int64_val=4)}, datetime.now(UTC), None)
+    unapplied = user_view("view_b", {"score": Int64})
+    online_store_of(store).online_write_batch(store.config, unapplied, [row], None)
+    assert r.hget(KEY, "view_b:score") == b"4" and not r.hexists(KEY, "score")
+    assert read(repo, "view_b") == [4]

@@ -378,7 +378,8 @@ class _Copier:
     def _write(self, view: _SourceView, rows: list) -> None:
         current = self.store.online_read(self.config, view.view, [row[0] for row in rows], None)
         newer = [row for row, (ts, _) in zip(rows, current) if ts is None or _micros(ts) < _micros(row[2])]
-        self.report.rows_skipped[SKIP_NOT_NEWER] += len(rows) - len(newer)
+        if len(newer) < len(rows):
+            self.report.rows_skipped[SKIP_NOT_NEWER] += len(rows) - len(newer)
         if not newer:
             return
         stats = getattr(self.store, "stats", None)

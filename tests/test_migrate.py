@@ -8,6 +8,7 @@ server kind of the ``server`` fixture.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -26,8 +27,10 @@ from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from snapshot import snapshot
 
 from feast_redis_hexpire.cli import main
+from feast_redis_hexpire.config import RedisType
 from feast_redis_hexpire.local_redis import LocalRedis, free_port
 from feast_redis_hexpire.migrate import SKIP_EXPIRED, SKIP_NOT_NEWER, migrate
+from feast_redis_hexpire.topology import LocalCluster
 
 USERS = [f"u{n:04d}" for n in range(1, 21)]
 PUSHED_DURING = USERS[:3]  # pushed into the new store while the copy runs
@@ -117,34 +120,40 @@ def streaming_frame(users: list[str], ts: datetime, base: int) -> pd.DataFrame:
     })  # fmt: skip
 
 
-def fill_builtin_store(repo: Path, source: str) -> FeatureStore:
-    """The repo on Feast's built-in store: batch views materialized, streaming rows pushed
-    (fresh ones and some already past their 300 s window)."""
-    set_online_store(repo, {"type": "redis", "connection_string": source})
+def fill_builtin_store(repo: Path, source: dict[str, Any]) -> FeatureStore:
+    """The repo on Feast's built-in store (online_store ``source``): batch views materialized,
+    streaming rows pushed (fresh ones and some already past their 300 s window)."""
+    set_online_store(repo, {"type": "redis", **source})
     now = datetime.now(UTC)
     write_data(repo, count=len(USERS))
     typed_rows(now - timedelta(minutes=10)).to_parquet(repo / "data" / "user_typed.parquet")
     old = apply_repo(repo)
     old.materialize_incremental(end_date=now)
-    old.push("user_events_push", streaming_frame(FRESH, now - timedelta(seconds=30), 100), to=PushMode.ONLINE)
-    old.push(
-        "user_events_push", streaming_frame(EXPIRED, now - timedelta(minutes=10), 200), to=PushMode.ONLINE
-    )
+    for users, age, base in ((FRESH, timedelta(seconds=30), 100), (EXPIRED, timedelta(minutes=10), 200)):
+        old.push("user_events_push", streaming_frame(users, now - age, base), to=PushMode.ONLINE)
     return old
+
+
+def make_repos(
+    path: Path, destination: str, source: dict[str, Any]
+) -> tuple[Path, FeatureStore, FeatureStore]:
+    """(repo, old store, new store): the repo filled through Feast's built-in store, then its
+    yaml switched to this plugin on ``destination`` and applied, as the README's steps do."""
+    repo = write_repo(path, destination)
+    with (repo / "features.py").open("a") as f:
+        f.write(TYPED_VIEW)
+    plugin = yaml.safe_load((repo / "feature_store.yaml").read_text())["online_store"]
+    old = fill_builtin_store(repo, source)
+    set_online_store(repo, plugin)
+    return repo, old, apply_repo(repo)
 
 
 @pytest.fixture
 def repos(tmp_path: Path, server: LocalRedis, r: Any, src: redis.Redis, source_server: LocalRedis) -> Any:
-    """(repo, old store on the source, new store on ``server``): filled through Feast, then the
-    yaml switched to this plugin and applied, as the README's steps do."""
-    repo = write_repo(tmp_path / "repo", server.connection_string)
-    with (repo / "features.py").open("a") as f:
-        f.write(TYPED_VIEW)
-    plugin = yaml.safe_load((repo / "feature_store.yaml").read_text())["online_store"]
-    old = fill_builtin_store(repo, source_server.connection_string)
-    set_online_store(repo, plugin)
-    new = apply_repo(repo)
-    return repo, old, new
+    """(repo, old store on the source server, new store on ``server``)."""
+    return make_repos(
+        tmp_path / "repo", server.connection_string, {"connection_string": source_server.connection_string}
+    )
 
 
 def answers(store: FeatureStore) -> dict[str, list[tuple[str, Any, int]]]:
@@ -334,3 +343,58 @@ def test_bad_input_is_one_line_and_changes_nothing(repos, r, src, tmp_path, caps
         if legacy is not None:
             legacy.terminate()
             legacy.wait(10)
+
+
+def test_cluster_source(tmp_path, redis_server):
+    """The built-in store on a 3-master Redis Cluster (`--from-cluster`), copied to one server."""
+    dest = redis_server.client()
+    dest.flushall()
+    with LocalCluster("redis", masters=3, replicas_per_master=0) as cluster:
+        seeds = cluster.connection_string
+        repo, old, new = make_repos(
+            tmp_path / "repo", redis_server.connection_string,
+            {"connection_string": seeds, "redis_type": "redis_cluster"},
+        )  # fmt: skip
+        nodes = [m.client() for m in cluster.masters]
+        before = [snapshot(n) for n in nodes]
+        assert sum(len(b) for b in before) == len(USERS) and all(before)  # spread over the shards
+        report = migrate(repo, seeds, source_type=RedisType.redis_cluster, progress=False)
+        assert report.keys_scanned == len(USERS)
+        assert sum(report.rows_copied.values()) == 2 * len(USERS) + len(FRESH)
+        assert report.rows_skipped == {SKIP_EXPIRED: len(EXPIRED)}
+        assert report.verification.ok and report.verification.entities == len(USERS)
+        assert report.verification.same == report.verification.values - len(EXPIRED) * len(STREAMING)
+        assert [snapshot(n) for n in nodes] == before
+        for node in nodes:
+            node.close()
+    dest.close()
+
+
+def test_same_server_then_the_readme_teardown_removes_only_the_old_keys(tmp_path, redis_server):
+    """Source and destination on one server; then the README's last step: Feast's own teardown
+    of the old config, on a copy of the registry, removes the built-in keys and nothing else."""
+    client = redis_server.client()
+    client.flushall()
+    conn = redis_server.connection_string
+    repo, old, new = make_repos(tmp_path / "repo", conn, {"connection_string": conn})
+    builtin_keys = set(client.keys())
+    report = migrate(repo, conn, progress=False)
+    assert report.verification.ok and sum(report.rows_copied.values()) == 2 * len(USERS) + len(FRESH)
+    ours = snapshot(client, exclude=builtin_keys)
+    assert len(ours) == len(USERS)
+    answered = answers(new)
+
+    # README: "Remove the old keys"
+    old_dir = tmp_path / "old-store"
+    old_dir.mkdir()
+    shutil.copy(repo / "data" / "registry.db", old_dir / "registry.db")
+    config = yaml.safe_load((repo / "feature_store.yaml").read_text())
+    config.update(registry="registry.db", online_store={"type": "redis", "connection_string": conn})
+    (old_dir / "feature_store.yaml").write_text(yaml.safe_dump(config))
+    FeatureStore(repo_path=str(old_dir)).teardown()  # what `feast -c old-store teardown` runs
+
+    assert set(client.keys()) == set(ours)  # every built-in key gone, ours untouched
+    assert snapshot(client) == ours
+    assert answers(new) == answered
+    assert {v.name for v in new.list_feature_views()} >= {"user_batch_features", "user_typed_features"}
+    client.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -391,7 +392,11 @@ def test_same_server_then_the_readme_teardown_removes_only_the_old_keys(tmp_path
     config = yaml.safe_load((repo / "feature_store.yaml").read_text())
     config.update(registry="registry.db", online_store={"type": "redis", "connection_string": conn})
     (old_dir / "feature_store.yaml").write_text(yaml.safe_dump(config))
-    FeatureStore(repo_path=str(old_dir)).teardown()  # what `feast -c old-store teardown` runs
+    feast = Path(sys.executable).with_name("feast")
+    done = subprocess.run(
+        [str(feast), "-c", str(old_dir), "teardown"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
 
     assert set(client.keys()) == set(ours)  # every built-in key gone, ours untouched
     assert snapshot(client) == ours

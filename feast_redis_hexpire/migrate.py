@@ -410,7 +410,7 @@ def _present(value: ValueProto, status: int) -> bool:
 def _verify(old: FeatureStore, new: FeatureStore, copier: _Copier, report: MigrationReport) -> None:
     check = report.verification
     for group, entity_keys in copier.samples.items():
-        if not entity_keys:
+        if not entity_keys or group == (DUMMY_ENTITY_ID,):  # entityless views: no entity rows to ask
             continue
         views = copier.groups[group]
         refs = [f"{v.view.name}:{f}" for v in views for f in v.features]
@@ -535,15 +535,19 @@ def migrate(
     try:
         for keys in _scan(source_client, _scan_pattern(config.project), batch_size):
             try:
-                copier.copy(keys)
+                copier.copy(list(dict.fromkeys(keys)))  # SCAN may return a key twice
             except IO_ERRORS as e:
                 raise StoreUnavailableError(
                     f"migration interrupted after {report.keys_scanned} keys: {redact(str(e))}; "
                     f"run it again (rows already copied are skipped)"
                 ) from e
             bar.update(len(keys))
+    except HexpireError:
+        raise
     except IO_ERRORS as e:
-        raise StoreUnavailableError(f"scanning the source Redis at {report.source} failed: {e}") from e
+        raise StoreUnavailableError(
+            f"scanning the source Redis at {report.source} failed: {redact(str(e))}"
+        ) from e
     finally:
         bar.close()
         source_client.close()

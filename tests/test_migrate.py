@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import redis
 import yaml
-from conftest import apply_repo, write_data, write_repo
+from conftest import apply_repo, user_key, write_data, write_repo
 from feast import FeatureStore
 from feast.data_source import PushMode
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
@@ -31,6 +31,7 @@ from feast_redis_hexpire.cli import main
 from feast_redis_hexpire.config import RedisType
 from feast_redis_hexpire.local_redis import LocalRedis, free_port
 from feast_redis_hexpire.migrate import SKIP_EXPIRED, SKIP_NOT_NEWER, migrate
+from feast_redis_hexpire.online_store import hexpire_store
 from feast_redis_hexpire.topology import LocalCluster
 
 USERS = [f"u{n:04d}" for n in range(1, 21)]
@@ -72,7 +73,25 @@ user_typed_features = FeatureView(
     source=user_typed_source,
     online=True,
 )
+
+# A view of two entities (compound key).
+merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueType.STRING)
+user_merchant_features = FeatureView(
+    name="user_merchant_features",
+    entities=[user, merchant],
+    ttl=timedelta(days=2),
+    schema=[Field(name="pair_tx", dtype=Int64), Field(name="pair_share", dtype=Float32)],
+    source=FileSource(
+        name="user_merchant_source",
+        path=str(DATA / "user_merchant.parquet"),
+        timestamp_field="event_timestamp",
+    ),
+    online=True,
+)
 """
+PAIRS = [(u, f"m{n % 3}") for n, u in enumerate(USERS[:10])]
+# Rows a full copy writes: two batch views, the fresh streaming rows, the compound view.
+COPIED = 2 * len(USERS) + len(FRESH) + len(PAIRS)
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +147,11 @@ def fill_builtin_store(repo: Path, source: dict[str, Any]) -> FeatureStore:
     now = datetime.now(UTC)
     write_data(repo, count=len(USERS))
     typed_rows(now - timedelta(minutes=10)).to_parquet(repo / "data" / "user_typed.parquet")
+    pd.DataFrame({
+        "user_id": [u for u, _ in PAIRS], "merchant_id": [m for _, m in PAIRS],
+        "event_timestamp": [now - timedelta(minutes=5)] * len(PAIRS),
+        "pair_tx": list(range(len(PAIRS))), "pair_share": [n / 7 for n in range(len(PAIRS))],
+    }).to_parquet(repo / "data" / "user_merchant.parquet")  # fmt: skip
     old = apply_repo(repo)
     old.materialize_incremental(end_date=now)
     for users, age, base in ((FRESH, timedelta(seconds=30), 100), (EXPIRED, timedelta(minutes=10), 200)):
@@ -204,7 +228,7 @@ class Pusher(threading.Thread):
 def test_migrate_copies_while_pushes_continue_and_a_rerun_changes_nothing(repos, r, src, capsys):
     repo, old, new = repos
     source_before = snapshot(src)
-    assert len(source_before) == len(USERS)
+    assert len(source_before) == len(USERS) + len(PAIRS)
 
     pusher = Pusher(new)
     pusher.start()
@@ -226,18 +250,19 @@ def test_migrate_copies_while_pushes_continue_and_a_rerun_changes_nothing(repos,
     assert code == 0, err
     report = json.loads(out)
 
-    assert report["keys_scanned"] == len(USERS)
+    assert report["keys_scanned"] == len(USERS) + len(PAIRS)
     assert report["rows_copied_per_view"] == {
         "user_batch_features": len(USERS),
         "user_streaming_features": len(FRESH) - len(PUSHED_DURING),
         "user_typed_features": len(USERS),
+        "user_merchant_features": len(PAIRS),
     }
     assert report["rows_skipped_per_reason"] == {
         SKIP_EXPIRED: len(EXPIRED),
         SKIP_NOT_NEWER: len(PUSHED_DURING),  # the new store already had newer pushes
     }
     check = report["verification"]
-    assert check["ok"] and check["mismatched"] == 0 and check["entities"] == len(USERS)
+    assert check["ok"] and check["mismatched"] == 0 and check["entities"] == len(USERS) + len(PAIRS)
     assert check["expired"] == len(EXPIRED) * len(STREAMING)
     assert check["newer_in_destination"] == len(PUSHED_DURING) * len(STREAMING)
     assert "password" not in out
@@ -271,7 +296,8 @@ def test_migrate_copies_while_pushes_continue_and_a_rerun_changes_nothing(repos,
     event_ms = int(old.get_online_features(
         features=["user_streaming_features:tx_count_5m"], entity_rows=[{"user_id": FRESH[5]}]
     ).proto.results[1].event_timestamps[0].ToMilliseconds())  # fmt: skip
-    key = next(k for k in r.scan_iter(match=f"*{FRESH[5]}*"))
+    streaming_view = new.get_feature_view("user_streaming_features")
+    key = hexpire_store(new).key_for(new.config, streaming_view, user_key(FRESH[5]))
     field_expiry = [e for e in r.hpexpiretime(key, *r.hkeys(key)) if e > 0]
     assert len(field_expiry) == len(STREAMING) + 1  # the view's fields and its _ts field
     assert all(abs(e - (event_ms + 300_000)) <= 1 for e in field_expiry), (field_expiry, event_ms)
@@ -281,7 +307,7 @@ def test_migrate_copies_while_pushes_continue_and_a_rerun_changes_nothing(repos,
     dest_before = snapshot(r)
     again = migrate(repo, old.config.online_store.connection_string, progress=False)
     assert sum(again.rows_copied.values()) == 0
-    assert again.rows_skipped[SKIP_NOT_NEWER] == 2 * len(USERS) + len(FRESH)
+    assert again.rows_skipped[SKIP_NOT_NEWER] == COPIED
     assert again.rows_skipped[SKIP_EXPIRED] == len(EXPIRED)
     assert again.verification.ok
     assert snapshot(r) == dest_before
@@ -358,12 +384,14 @@ def test_cluster_source(tmp_path, redis_server):
         )  # fmt: skip
         nodes = [m.client() for m in cluster.masters]
         before = [snapshot(n) for n in nodes]
-        assert sum(len(b) for b in before) == len(USERS) and all(before)  # spread over the shards
+        assert sum(len(b) for b in before) == len(USERS) + len(PAIRS) and all(
+            before
+        )  # spread over the shards
         report = migrate(repo, seeds, source_type=RedisType.redis_cluster, progress=False)
-        assert report.keys_scanned == len(USERS)
-        assert sum(report.rows_copied.values()) == 2 * len(USERS) + len(FRESH)
+        assert report.keys_scanned == len(USERS) + len(PAIRS)
+        assert sum(report.rows_copied.values()) == COPIED
         assert report.rows_skipped == {SKIP_EXPIRED: len(EXPIRED)}
-        assert report.verification.ok and report.verification.entities == len(USERS)
+        assert report.verification.ok and report.verification.entities == len(USERS) + len(PAIRS)
         assert report.verification.same == report.verification.values - len(EXPIRED) * len(STREAMING)
         assert [snapshot(n) for n in nodes] == before
         for node in nodes:
@@ -380,9 +408,9 @@ def test_same_server_then_the_readme_teardown_removes_only_the_old_keys(tmp_path
     repo, old, new = make_repos(tmp_path / "repo", conn, {"connection_string": conn})
     builtin_keys = set(client.keys())
     report = migrate(repo, conn, progress=False)
-    assert report.verification.ok and sum(report.rows_copied.values()) == 2 * len(USERS) + len(FRESH)
+    assert report.verification.ok and sum(report.rows_copied.values()) == COPIED
     ours = snapshot(client, exclude=builtin_keys)
-    assert len(ours) == len(USERS)
+    assert len(ours) == len(USERS) + len(PAIRS)
     answered = answers(new)
 
     # README: "Remove the old keys"

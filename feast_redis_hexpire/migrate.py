@@ -293,6 +293,8 @@ class _Copier:
         self.groups: dict[tuple[str, ...], list[_SourceView]] = defaultdict(list)
         for view in views:
             self.groups[_join_keys(view.view)].append(view)
+        # The HMGET fields of a key of each group: every view's fields, then its _ts field.
+        self.fields = {group: [f for v in views for f in v.fields] for group, views in self.groups.items()}
         self.sample_size = sample_size
         self.samples: dict[tuple[str, ...], list[EntityKeyProto]] = defaultdict(list)
         self.seen: Counter[tuple[str, ...]] = Counter()
@@ -312,34 +314,34 @@ class _Copier:
     def copy(self, keys: Sequence[bytes]) -> None:
         report = self.report
         report.keys_scanned += len(keys)
-        wanted: list[tuple[bytes, EntityKeyProto, list[_SourceView]]] = []
+        wanted: list[tuple[bytes, EntityKeyProto, tuple[str, ...]]] = []
         for key in keys:
             entity_key = decode_source_key(key, self.project, self.version)
             if entity_key is None:
                 report.keys_skipped[KEY_FOREIGN] += 1
                 continue
-            views = self.groups.get(tuple(sorted(entity_key.join_keys)))
-            if not views:
+            group = tuple(sorted(entity_key.join_keys))
+            if group not in self.groups:
                 report.keys_skipped[KEY_NO_VIEW] += 1
                 continue
-            wanted.append((key, entity_key, views))
+            wanted.append((key, entity_key, group))
         if not wanted:
             return
         with self.source.pipeline(transaction=False) as pipe:
-            for key, _, views in wanted:
-                pipe.hmget(key, [f for view in views for f in view.fields])
+            for key, _, group in wanted:
+                pipe.hmget(key, self.fields[group])
             replies = pipe.execute(raise_on_error=False)
         now_ms = time.time() * 1000
         rows: dict[str, list] = defaultdict(list)
         by_name: dict[str, _SourceView] = {}
-        for (_, entity_key, views), reply in zip(wanted, replies):
+        for (_, entity_key, group), reply in zip(wanted, replies):
             if isinstance(reply, ResponseError):  # WRONGTYPE: a key of another kind
                 report.keys_skipped[KEY_NOT_HASH] += 1
                 continue
-            found = self._rows(entity_key, views, reply, now_ms, rows, by_name)
+            found = self._rows(entity_key, self.groups[group], reply, now_ms, rows, by_name)
             if found:
                 report.keys_copied_from += 1
-                self._sample(_join_keys(views[0].view), entity_key)
+                self._sample(group, entity_key)
             else:
                 report.keys_skipped[KEY_EMPTY] += 1
         for name, view_rows in rows.items():
@@ -376,7 +378,8 @@ class _Copier:
         return found
 
     def _write(self, view: _SourceView, rows: list) -> None:
-        current = self.store.online_read(self.config, view.view, [row[0] for row in rows], None)
+        # Only the event time is needed: ask for one feature (the _ts field comes with it).
+        current = self.store.online_read(self.config, view.view, [row[0] for row in rows], view.features[:1])
         newer = [row for row, (ts, _) in zip(rows, current) if ts is None or _micros(ts) < _micros(row[2])]
         if len(newer) < len(rows):
             self.report.rows_skipped[SKIP_NOT_NEWER] += len(rows) - len(newer)

@@ -33,11 +33,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import mmh3
 import yaml
 from feast import FeatureStore, RepoConfig
 from feast.feature_view import DUMMY_ENTITY_ID
 from feast.infra.key_encoding_utils import deserialize_entity_key, serialize_entity_key
-from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
@@ -53,7 +53,15 @@ from .exceptions import ConfigError, HexpireError, StoreUnavailableError
 from .online_store import RedisHexpireOnlineStore
 from .policy import policy_for
 
-__all__ = ["MigrationReport", "Verification", "decode_source_key", "migrate"]
+try:  # Feast >= 0.60 names versioned views "<view>_v<N>" when online versioning is on
+    from feast.infra.online_stores.helpers import compute_versioned_name
+except ImportError:  # older Feast: no versioning
+
+    def compute_versioned_name(table: Any, enable_versioning: bool = False) -> str:
+        return str(table.name)
+
+
+__all__ = ["MigrationReport", "Verification", "builtin_field", "decode_source_key", "migrate"]
 
 # Why a source row was not copied (keys of the report's "rows skipped").
 SKIP_EXPIRED = "streaming value past its window"
@@ -223,7 +231,7 @@ class _SourceView:
         versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
         name = compute_versioned_name(view, versioning)  # the built-in store's own naming
         features = [f.name for f in view.features]
-        fields = [_mmh3(f"{name}:{feature}") for feature in features]
+        fields = [builtin_field(name, feature) for feature in features]
         policy = policy_for(view, config.online_store)
         return cls(
             view,
@@ -235,6 +243,12 @@ class _SourceView:
 
 
 # ---- the source: keys and rows ----
+
+
+def builtin_field(view: str, feature: str) -> bytes:
+    """The built-in store's hash field of a feature: murmur3 (32 bit, unsigned) of
+    ``"<view>:<feature>"``, 4 bytes little-endian (Feast's online store format spec)."""
+    return struct.pack("<I", mmh3.hash(f"{view}:{feature}", signed=False))
 
 
 def decode_source_key(key: bytes, project: bytes, version: int) -> EntityKeyProto | None:

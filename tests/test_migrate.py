@@ -30,7 +30,13 @@ from snapshot import snapshot
 from feast_redis_hexpire.cli import main
 from feast_redis_hexpire.config import RedisType
 from feast_redis_hexpire.local_redis import LocalRedis, free_port
-from feast_redis_hexpire.migrate import SKIP_EXPIRED, SKIP_NOT_NEWER, migrate
+from feast_redis_hexpire.migrate import (
+    SKIP_EXPIRED,
+    SKIP_NOT_NEWER,
+    builtin_field,
+    decode_source_key,
+    migrate,
+)
 from feast_redis_hexpire.online_store import hexpire_store
 from feast_redis_hexpire.topology import LocalCluster
 
@@ -431,3 +437,22 @@ def test_same_server_then_the_readme_teardown_removes_only_the_old_keys(tmp_path
     assert answers(new) == answered
     assert {v.name for v in new.list_feature_views()} >= {"user_batch_features", "user_typed_features"}
     client.close()
+
+
+@pytest.mark.parametrize(
+    "view,feature", [("user_batch_features", "risk_segment"), ("v", "ü:x"), ("a" * 300, "")]
+)
+def test_builtin_field_names_are_feasts(view, feature):
+    from feast.infra.online_stores.helpers import _mmh3  # Feast's own, to cross-check ours
+
+    assert builtin_field(view, feature) == _mmh3(f"{view}:{feature}")
+
+
+def test_keys_of_another_project_are_not_decoded():
+    from feast.infra.online_stores.helpers import _redis_key
+
+    key = user_key("u0001")
+    assert decode_source_key(_redis_key("fs", key), b"fs", 3) == key
+    assert decode_source_key(_redis_key("xfs", key), b"fs", 3) is None  # also matches *fs
+    assert decode_source_key(b"fs", b"fs", 3) is None
+    assert decode_source_key(b"\x01\x00\x00\x00garbage" + b"fs", b"fs", 3) is None

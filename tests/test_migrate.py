@@ -38,7 +38,7 @@ from feast_redis_hexpire.migrate import (
     migrate,
 )
 from feast_redis_hexpire.online_store import hexpire_store
-from feast_redis_hexpire.topology import LocalCluster
+from feast_redis_hexpire.topology import LocalCluster, LocalSentinel
 
 USERS = [f"u{n:04d}" for n in range(1, 21)]
 PUSHED_DURING = USERS[:3]  # pushed into the new store while the copy runs
@@ -456,3 +456,24 @@ def test_keys_of_another_project_are_not_decoded():
     assert decode_source_key(_redis_key("xfs", key), b"fs", 3) is None  # also matches *fs
     assert decode_source_key(b"fs", b"fs", 3) is None
     assert decode_source_key(b"\x01\x00\x00\x00garbage" + b"fs", b"fs", 3) is None
+
+
+def test_sentinel_source(tmp_path, redis_server, capsys):
+    """The built-in store behind sentinels (`--from-sentinel MASTER`), copied to one server."""
+    dest = redis_server.client()
+    dest.flushall()
+    with LocalSentinel("redis") as sentinel:
+        online = {"connection_string": sentinel.connection_string, "redis_type": "redis_sentinel"}
+        online["sentinel_master"] = sentinel.master_name
+        repo, old, new = make_repos(tmp_path / "repo", redis_server.connection_string, online)
+        master = sentinel.master.client()
+        before = snapshot(master)
+        capsys.readouterr()
+        args = ["--from", sentinel.connection_string, "--from-sentinel", sentinel.master_name, "--json"]
+        assert main(["migrate", "--repo", str(repo), *args]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["rows_copied"] == COPIED and report["verification"]["ok"]
+        assert report["source"].startswith("redis_sentinel ")
+        assert snapshot(master) == before
+        master.close()
+    dest.close()

@@ -498,6 +498,8 @@ def migrate(
     check passed: the project and its views are in the registry, both servers answer, the
     destination has hash-field expiration, the source holds built-in data of the project."""
     started = time.monotonic()
+    if batch_size < 1 or verify < 0:
+        raise ConfigError(f"--batch-size must be >= 1 and --verify >= 0, got {batch_size} and {verify}")
     repo = Path(repo).resolve()
     raw = _raw_yaml(repo)
     if project:
@@ -526,6 +528,7 @@ def migrate(
     new_store = FeatureStore(repo_path=str(repo), config=_repo_config(raw, repo, online))
     report = MigrationReport(config.project, address(source_cfg), address(config.online_store))
     all_views = _views(new_store, config.project)
+    RedisHexpireOnlineStore.check_views(config, all_views)  # what `feast apply` refuses, refused here too
     views = [_SourceView.of(v, config) for v in all_views]
     report.views_not_copied = sorted(
         v.name for v in new_store.list_on_demand_feature_views() if getattr(v, "write_to_online_store", False)

@@ -352,6 +352,7 @@ def test_bad_input_is_one_line_and_changes_nothing(repos, r, src, tmp_path, caps
             (["--from", empty.connection_string], ["no built-in", "project 'fs'", empty.connection_string]),
             (["--from", source, "--project", "nope"], ["project 'nope'", "not in the registry"]),
             (["--from", source, "--to", old_server], ["HEXPIRE", old_server]),
+            (["--from", source, "--batch-size", "0"], ["--batch-size must be >= 1"]),
             (["--from", f"{nobody},password=s3cret"], ["cannot reach the source", nobody]),
             (
                 ["--from", source, "--to", f"{nobody},password=s3cret"],

@@ -53,9 +53,9 @@ from .exceptions import ConfigError, HexpireError, StoreUnavailableError
 from .online_store import RedisHexpireOnlineStore
 from .policy import policy_for
 
-try:  # Feast >= 0.60 names versioned views "<view>_v<N>" when online versioning is on
+try:  # newer Feast names versioned views "<view>_v<N>" when online versioning is on
     from feast.infra.online_stores.helpers import compute_versioned_name
-except ImportError:  # older Feast: no versioning
+except ImportError:  # a Feast without online versioning
 
     def compute_versioned_name(table: Any, enable_versioning: bool = False) -> str:
         return str(table.name)

@@ -86,7 +86,7 @@ def _migrate(args: argparse.Namespace) -> int:
         verify=args.verify,
         progress=not args.no_progress,
     )
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render(verified=args.verify > 0))
     return 0 if report.verification.ok else 1
 
 

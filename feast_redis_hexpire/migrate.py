@@ -142,36 +142,37 @@ class MigrationReport:
             },
         }
 
-    def render(self) -> str:
-        def per(counts: Counter[str]) -> str:
-            return ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
-
+    def render(self, verified: bool = True) -> str:
         v = self.verification
         lines = [
             f"project {self.project!r}: {self.source} (type: redis) -> {self.destination} "
             f"in {self.seconds:.1f} s",
             f"  keys scanned:  {self.keys_scanned} ({self.keys_copied_from} with rows of the project)",
-            f"  rows copied:   {sum(self.rows_copied.values())}"
-            + (f" ({per(self.rows_copied)})" if self.rows_copied else ""),
-            f"  rows skipped:  {sum(self.rows_skipped.values())}",
         ]
-        lines += [f"    {reason}: {n}" for reason, n in sorted(self.rows_skipped.items())]
-        if self.keys_skipped:
-            lines.append(f"  keys skipped:  {sum(self.keys_skipped.values())}")
-            lines += [f"    {reason}: {n}" for reason, n in sorted(self.keys_skipped.items())]
+        for title, counts in (
+            ("rows copied:  ", self.rows_copied),
+            ("rows skipped: ", self.rows_skipped),
+            ("keys skipped: ", self.keys_skipped),
+        ):
+            if counts or title.startswith("rows"):
+                lines.append(f"  {title} {sum(counts.values())}")
+                lines += [f"    {name}: {n}" for name, n in sorted(counts.items())]
         if self.views_not_copied:
             lines.append(
                 f"  not copied (on-demand views, recomputed on write): {', '.join(self.views_not_copied)}"
             )
-        lines.append(
-            f"  verification: get_online_features on both stores, {v.entities} entities, {v.values} "
-            f"values: same {v.same}, newer in destination {v.newer_in_destination}, expired "
-            f"{v.expired}, newer in source {v.newer_in_source}, mismatched {v.mismatched}"
-        )
+        if not verified:
+            lines.append("  verification: skipped (--verify 0)")
+            return "\n".join(lines)
+        lines += [
+            f"  verification (get_online_features on both stores): {v.entities} entities, {v.values} values",
+            f"    same {v.same}, newer in destination {v.newer_in_destination}, expired {v.expired}, "
+            f"newer in source {v.newer_in_source}, mismatched {v.mismatched}",
+        ]
         lines += [f"    mismatch: {example}" for example in v.examples]
         if v.newer_in_source or v.mismatched:
             lines.append(
-                "  the old store received writes during the copy: run migrate again (a rerun "
+                "  if the old store received writes during the copy, run migrate again (a rerun "
                 "copies only rows newer than the destination's)"
             )
         return "\n".join(lines)

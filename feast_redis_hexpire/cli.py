@@ -6,6 +6,7 @@ feast-hexpire layout [--repo feature_repo] [--json]
 feast-hexpire settings
 feast-hexpire demo [--port 8087] [--redis host:port] [--no-reset]
 feast-hexpire build-features --count 500 --ttl-seconds 3600 [--seed 1] [--repo DIR] [--redis host:port]
+feast-hexpire migrate --from host:port[,password=...] [--from-cluster] [--repo .] [--to host:port] [--json]
 """
 
 from __future__ import annotations
@@ -80,6 +81,30 @@ def _build_features(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from .config import RedisType
+    from .migrate import migrate
+
+    source_type = RedisType.redis
+    if args.from_cluster:
+        source_type = RedisType.redis_cluster
+    elif args.from_sentinel:
+        source_type = RedisType.redis_sentinel
+    report = migrate(
+        args.repo,
+        os.path.expandvars(args.source),  # `--from '${OLD_REDIS}'` keeps a password out of `ps`
+        source_type=source_type,
+        sentinel_master=args.from_sentinel or "mymaster",
+        destination=os.path.expandvars(args.to) if args.to else None,
+        project=args.project,
+        batch_size=args.batch_size,
+        verify=args.verify,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render(verified=args.verify > 0))
+    return 0 if report.verification.ok else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="feast-hexpire", description=__doc__.split("\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
@@ -122,6 +147,31 @@ def parser() -> argparse.ArgumentParser:
         "--redis", default=None, metavar="CONNECTION", help="connection string host:port[,...]"
     )
     build.set_defaults(run=_build_features)
+
+    move = commands.add_parser(
+        "migrate", help="copy a project's online data from Feast's built-in type: redis store into this one"
+    )
+    move.add_argument(
+        "--from", dest="source", required=True, metavar="CONNECTION",
+        help="the built-in store's connection_string (host:port[,password=...]); ${VAR} is expanded",
+    )  # fmt: skip
+    where = move.add_mutually_exclusive_group()
+    where.add_argument("--from-cluster", action="store_true", help="the source is a Redis Cluster")
+    where.add_argument(
+        "--from-sentinel", metavar="MASTER", default=None, help="the source is behind sentinels"
+    )
+    move.add_argument("--repo", default=os.environ.get("FEAST_REPO", "."), help="the Feast repo (default: .)")
+    move.add_argument(
+        "--to", default=None, metavar="CONNECTION", help="default: the repo's connection_string"
+    )
+    move.add_argument("--project", default=None, help="default: the repo's project")
+    move.add_argument("--batch-size", type=int, default=500, help="keys per SCAN batch and pipeline")
+    move.add_argument(
+        "--verify", type=int, default=100, metavar="N", help="entities compared per entity kind"
+    )
+    move.add_argument("--json", action="store_true", help="print the report as JSON")
+    move.add_argument("--no-progress", action="store_true", help="no progress bar")
+    move.set_defaults(run=_migrate)
     return top
 
 

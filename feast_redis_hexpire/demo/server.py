@@ -77,9 +77,11 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..local_redis import LocalRedis, require_local_extra
+
+    require_local_extra("feast-hexpire demo", "fastapi", "uvicorn")
     import uvicorn
 
-    from ..local_redis import LocalRedis
     from . import repo as demo_repo
     from .app import create_app
     from .core import Demo

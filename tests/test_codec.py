@@ -316,7 +316,7 @@ def test_view_declares_every_online_type(typed_store):
     # Every scalar ValueType Feast maps to a FeastType for online features is covered.
     wanted = {t.to_value_type() for t in PRIMITIVES.values()}
     wanted |= {t.to_value_type() for t in COLLECTIONS.values() if _usable(t)}
-    assert len(declared) >= 35
+    assert len(declared) >= (35 if "json_val" in VALUE_KINDS else 18)  # Feast 0.55 has 18 online types
     assert wanted <= declared
 
 
@@ -352,9 +352,10 @@ def test_store_round_trips_edge_values(typed_store, r):
         "arr_float64": ValueProto(double_list_val={"val": [math.inf, -0.0, math.nan]}),
         "int64": ValueProto(string_val="not an int"),  # wrong type: stored tagged, read back as is
         "bool": ValueProto(),
-        "json": ValueProto(json_val='{"a": [1, 2]}'),
         "unix_ts": ValueProto(unix_timestamp_val=1_700_000_000),
     }
+    if "json_val" in VALUE_KINDS:
+        edge["json"] = ValueProto(json_val='{"a": [1, 2]}')
     key = user_key("edge")
     ts = datetime.now(UTC)
     online.online_write_batch(store.config, view, [(key, edge, ts, None)], None)
@@ -364,4 +365,5 @@ def test_store_round_trips_edge_values(typed_store, r):
         assert_same(read[name], value)
     if store.config.online_store.value_encoding == "text":
         assert r.hget("fs:user:edge", "unix_ts") == b"1700000000"
-        assert r.hget("fs:user:edge", "json") == b'{"a": [1, 2]}'
+        if "json" in edge:
+            assert r.hget("fs:user:edge", "json") == b'{"a": [1, 2]}'

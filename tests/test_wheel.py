@@ -167,3 +167,15 @@ def test_wheel_in_a_fresh_venv(wheel, tmp_path, redis_server):
     host, local_port = started[0].rsplit(" ", 1)[1].split(":")
     with pytest.raises(OSError):
         socket.create_connection((host, int(local_port)), timeout=5).close()
+
+
+def test_init_sample_copies_the_sample_and_refuses_to_overwrite(tmp_path):
+    from feast_redis_hexpire.demo.repo import SAMPLE_FILES, SAMPLE_REPO, init_sample
+
+    repo = init_sample(tmp_path / "repo")
+    for name in SAMPLE_FILES:
+        assert (repo / name).read_bytes() == (SAMPLE_REPO / name).read_bytes()
+    (repo / "features.py").write_text("# the user's edit\n")
+    with pytest.raises(FileExistsError, match="features.py"):
+        init_sample(repo)
+    assert (repo / "features.py").read_text() == "# the user's edit\n"

@@ -3,17 +3,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install install-test system-deps run walkthrough test lint mypy bench clean
+.PHONY: install install-test system-deps run walkthrough test test-matrix lint mypy bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
 install: $(PY)
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[local]"
 
 install-test: $(PY) system-deps
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[local,test]"
 
 # Debian packages the tests use: redis-cli, an old redis-server (7.0, no HEXPIRE) for the
 # refusal test, stunnel for TLS, Chromium and its driver for the page test.
@@ -29,6 +29,21 @@ walkthrough: install
 test: install-test
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest -q
 
+# The core store tests on the oldest supported Feast with the minimum redis-py and hiredis, each
+# in its own venv (.venv-<name>); `make test` covers the newest (the main venv). CI runs both.
+MATRIX_TESTS := tests/test_codec.py tests/test_writes.py tests/test_reads.py tests/test_ttl.py \
+	tests/test_apply_teardown.py tests/test_async.py
+MATRIX_oldest := "feast==0.55.*" "redis==5.3.*" "hiredis==3.0.*"
+MATRIX ?= oldest
+
+test-matrix: $(addprefix test-matrix-,$(MATRIX))
+
+test-matrix-%:
+	test -x .venv-$*/bin/python || python3 -m venv .venv-$*
+	.venv-$*/bin/pip install -q -e ".[local,test]" $(MATRIX_$*)
+	.venv-$*/bin/pip list 2>/dev/null | grep -E -i '^(feast|redis|hiredis) '
+	PATH="$(CURDIR)/.venv-$*/bin:$$PATH" .venv-$*/bin/pytest -q -p no:cacheprovider $(MATRIX_TESTS)
+
 lint: $(PY)
 	$(VENV)/bin/ruff check feast_redis_hexpire tests examples bench
 	$(VENV)/bin/ruff format --check feast_redis_hexpire tests examples bench
@@ -40,7 +55,7 @@ bench: install
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info feature_repo/data
+	rm -rf $(VENV) .venv-* build dist *.egg-info feast_redis_hexpire/sample_repo/data
 
 # The interactive demo (local Redis, streaming worker, web page on http://127.0.0.1:8087).
 .PHONY: demo

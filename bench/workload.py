@@ -24,10 +24,10 @@ from feast.entity import Entity
 from feast.feature_service import FeatureService
 from feast.utils import _convert_arrow_to_proto
 
+from feast_redis_hexpire.demo.repo import SAMPLE_REPO
 from feast_redis_hexpire.synth import STREAMING_FEATURES, batch_rows, streaming_frame, user_id
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_REPO = ROOT / "feature_repo"
 BATCH_VIEW = "user_batch_features"
 STREAM_VIEW = "user_streaming_features"
 PUSH_SOURCE = "user_events_push"

@@ -9,12 +9,15 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from feast_redis_hexpire.demo.repo import init_sample
 from feast_redis_hexpire.local_redis import LocalRedis
 
-REPO = Path(__file__).resolve().parent.parent / "feature_repo"
+# A fresh copy of the sample repo per run (`feast-hexpire init-sample DIR` does the same).
+REPO = init_sample(Path(tempfile.mkdtemp(prefix="feast-hexpire-example-")) / "repo")
 
 
 @contextlib.contextmanager

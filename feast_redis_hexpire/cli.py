@@ -4,6 +4,7 @@ feast-hexpire local-redis [--kind redis|valkey] [--port N]
 feast-hexpire inspect user u0001 [--repo feature_repo] [--json]
 feast-hexpire layout [--repo feature_repo] [--json]
 feast-hexpire settings
+feast-hexpire init-sample DIR
 feast-hexpire demo [--port 8087] [--redis host:port] [--no-reset]
 feast-hexpire build-features --count 500 --ttl-seconds 3600 [--seed 1] [--repo DIR] [--redis host:port]
 feast-hexpire migrate --from host:port[,password=...] [--from-cluster] [--repo .] [--to host:port] [--json]
@@ -69,6 +70,16 @@ def _settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .demo.repo import init_sample
+
+    path = init_sample(Path(args.dir))
+    print(f"wrote the sample repo to {path}; next: cd {args.dir} && python generate_data.py", flush=True)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo.server import run
 
@@ -129,6 +140,10 @@ def parser() -> argparse.ArgumentParser:
 
     settings = commands.add_parser("settings", help="print the online_store settings as a markdown table")
     settings.set_defaults(run=_settings)
+
+    sample = commands.add_parser("init-sample", help="copy the sample Feast repo (project fs) to DIR")
+    sample.add_argument("dir", help="target directory (created; must not hold the sample's files)")
+    sample.set_defaults(run=_init_sample)
 
     from .demo.server import add_arguments
 

@@ -56,30 +56,39 @@ def _cluster_params(params: dict) -> None:
     params.pop("retry_on_error", None)
 
 
-def _retryable(is_retryable: Any) -> Any:
+def _fail_fast_on_auth(fail: Any) -> Any:
     """redis-py retries AuthenticationError (a ConnectionError); a wrong password is not
-    transient, so it fails at once."""
+    transient, so it fails at once: redis-py's failure handler runs (it disconnects), then the
+    error is raised instead of retried. Wrapping ``fail`` works with every redis-py release's
+    ``call_with_retry`` signature (7.2 added ``is_retryable`` and ``with_failure_count``)."""
 
-    def check(error: Exception) -> bool:
+    def handle(error: Exception, *args: Any) -> Any:
+        result = fail(error, *args)
         if isinstance(error, AuthenticationError):
-            return False
-        return is_retryable is None or bool(is_retryable(error))
+            raise error
+        return result
 
-    return check
+    return handle
+
+
+def _fail_fast_on_auth_async(fail: Any) -> Any:
+    async def handle(error: Exception, *args: Any) -> Any:
+        result = await fail(error, *args)
+        if isinstance(error, AuthenticationError):
+            raise error
+        return result
+
+    return handle
 
 
 class _Retry(SyncRetry):
-    def call_with_retry(
-        self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
-    ) -> Any:
-        return super().call_with_retry(do, fail, _retryable(is_retryable), with_failure_count)
+    def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().call_with_retry(do, _fail_fast_on_auth(fail), *args, **kwargs)
 
 
 class _AsyncRetry(AsyncRetry):
-    async def call_with_retry(
-        self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
-    ) -> Any:
-        return await super().call_with_retry(do, fail, _retryable(is_retryable), with_failure_count)
+    async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+        return await super().call_with_retry(do, _fail_fast_on_auth_async(fail), *args, **kwargs)
 
 
 def make_client(cfg: RedisHexpireOnlineStoreConfig) -> SyncClient:

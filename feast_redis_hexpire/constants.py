@@ -24,3 +24,6 @@ DEFAULT_FIELD_TTL_SECONDS = 5 * 60
 # Characters escaped inside an entity id so a key stays injective and glob-safe.
 KEY_SEPARATOR = ":"
 COMPOUND_SEPARATOR = "+"
+
+# The optional extra with the embedded servers and the demo's web stack (local-redis, demo).
+LOCAL_EXTRA = "feast-redis-hexpire[local]"

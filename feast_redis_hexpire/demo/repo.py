@@ -1,7 +1,9 @@
-"""The demo's own Feast repo: a copy of the sample repo with the connection and TTLs filled in.
+"""The sample repo (package data) and the demo's own Feast repo: a copy of it with the connection
+and TTLs filled in.
 
-The demo never writes into the sample repo itself; its registry, offline parquet files and yaml
-live in a work directory (by default one per HTTP port under the system temp directory).
+Nothing writes into the sample repo itself: ``init_sample`` copies it for a user
+(``feast-hexpire init-sample DIR``), and the demo's registry, offline parquet files and yaml live
+in a work directory (by default one per HTTP port under the system temp directory).
 """
 
 from __future__ import annotations
@@ -32,18 +34,41 @@ __all__ = [
     "key_builder",
     "user_entity_key",
     "clear_offline_rows",
+    "init_sample",
     "batch_source_path",
     "read_population",
     "write_offline_rows",
     "write_repo",
 ]
 
-SAMPLE_REPO = Path(__file__).resolve().parent.parent.parent / "feature_repo"
+# Shipped inside the package (package data), so wheel installs have it too.
+SAMPLE_REPO = Path(__file__).resolve().parent.parent / "sample_repo"
+SAMPLE_FILES = ("feature_store.yaml", "features.py", "generate_data.py")
 ENTITY = "user"
 JOIN_KEY = "user_id"
 BATCH_VIEW = "user_batch_features"
 STREAMING_VIEW = "user_streaming_features"
 PUSH_SOURCE = "user_events_push"
+
+
+def _sample_file(name: str) -> Path:
+    path = SAMPLE_REPO / name
+    if not path.exists():
+        raise FileNotFoundError(f"the sample repo is missing from the installed package: {path}")
+    return path
+
+
+def init_sample(path: Path) -> Path:
+    """Copy the sample repo as it ships (the yaml reads ``${REDIS_CONNECTION_STRING}``) to
+    ``path``; refuses to overwrite any file already there."""
+    existing = [name for name in SAMPLE_FILES if (path / name).exists()]
+    if existing:
+        raise FileExistsError(f"{path} already has {', '.join(existing)}; choose an empty directory")
+    sources = [_sample_file(name) for name in SAMPLE_FILES]
+    path.mkdir(parents=True, exist_ok=True)
+    for source in sources:
+        shutil.copy(source, path / source.name)
+    return path
 
 
 def write_repo(path: Path, connection_string: str, **online_store: Any) -> Path:
@@ -52,11 +77,10 @@ def write_repo(path: Path, connection_string: str, **online_store: Any) -> Path:
     The connection string is written literally (not as ``${REDIS_CONNECTION_STRING}``), so the
     repo works without environment variables.
     """
-    if not (SAMPLE_REPO / "features.py").exists():
-        raise FileNotFoundError(f"the sample repo is missing: {SAMPLE_REPO}/features.py")
+    features, yaml_file = _sample_file("features.py"), _sample_file("feature_store.yaml")
     path.mkdir(parents=True, exist_ok=True)
-    shutil.copy(SAMPLE_REPO / "features.py", path / "features.py")
-    config = yaml.safe_load((SAMPLE_REPO / "feature_store.yaml").read_text())
+    shutil.copy(features, path / "features.py")
+    config = yaml.safe_load(yaml_file.read_text())
     config["online_store"].update(connection_string=connection_string, **online_store)
     (path / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (path / "data").mkdir(exist_ok=True)

@@ -77,9 +77,13 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..local_redis import LocalRedis, require_local_extra, server_binary
+
+    require_local_extra("feast-hexpire demo", "fastapi", "starlette", "uvicorn")
+    if args.redis is None:
+        server_binary(args.kind)  # the [local] extra's server, before anything else happens
     import uvicorn
 
-    from ..local_redis import LocalRedis
     from . import repo as demo_repo
     from .app import create_app
     from .core import Demo

@@ -1,6 +1,6 @@
 """Write the sample repo's offline data: users with the seed's distributions.
 
-python feature_repo/generate_data.py --count 500 --seed 1
+python generate_data.py --count 500 --seed 1   (in a copy made by `feast-hexpire init-sample DIR`)
 """
 
 import argparse

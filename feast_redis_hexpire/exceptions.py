@@ -8,6 +8,7 @@ __all__ = [
     "FieldCollisionError",
     "FieldTTLError",
     "HexpireError",
+    "PortInUseError",
     "ServerUnsupportedError",
     "StoreUnavailableError",
 ]
@@ -39,3 +40,7 @@ class BadValueError(HexpireError, ValueError):
 
 class StoreUnavailableError(HexpireError, ConnectionError):
     """Redis could not be reached or failed mid-write; names the address and what was not written."""
+
+
+class PortInUseError(HexpireError, OSError):
+    """A local server could not start: something else listens on the requested port."""

@@ -12,6 +12,7 @@ from conftest import apply_repo, field_statuses, online_store_of, user_key, user
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.types import Int64, String
 
+from feast_redis_hexpire.exceptions import BadValueError
 from feast_redis_hexpire.synth import STREAMING_FEATURES, streaming_frame
 
 KEY = "fs:user:u0001"
@@ -135,20 +136,22 @@ def test_a_view_without_ttl_is_never_stale(store, r, ttl):
 
 
 def test_value_stored_under_an_older_feature_type_gives_a_clear_error(store, r):
-    """A feature re-declared String -> Int64 while Redis still holds text: the read must not die
-    with a bare int() error; if it fails, the message names the view, the feature and the key."""
+    """A feature re-declared String -> Int64 while Redis still holds text: the read fails with
+    BadValueError (not a bare int() error, not a silent NOT_FOUND that would hide the stale
+    data), naming the view, the feature, the key, the stored value and the remedy; and the
+    failed read changes nothing in Redis."""
     store.apply([user_view("retyped", {"seg": String})])
     now = datetime.now(UTC)
     row = (user_key("u0001"), {"seg": Value(string_val="low")}, now, None)
     online_store_of(store).online_write_batch(store.config, store.get_feature_view("retyped"), [row], None)
     store.apply([user_view("retyped", {"seg": Int64})])
-    try:
-        response = read(store, ["u0001"], features=["retyped:seg"])
-    except Exception as e:  # noqa: BLE001 -- judged by its message
-        message = str(e)
-        assert "retyped" in message and "seg" in message and KEY in message, message
-    else:
-        assert field_statuses(response)["seg"] in (["PRESENT"], ["NOT_FOUND"])
+    before = r.hgetall(KEY)
+    with pytest.raises(BadValueError) as caught:
+        read(store, ["u0001"], features=["retyped:seg"])
+    message = str(caught.value)
+    for part in ("feature view 'retyped'", "feature 'seg'", KEY, "b'low'", "materialize the view again"):
+        assert part in message, message
+    assert r.hgetall(KEY) == before
 
 
 def test_flagged_staleness_covers_repeated_entities_and_full_names(make_repo, r):

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,7 +20,7 @@ import failover
 import pandas as pd
 import pytest
 import redis
-from conftest import SERVER_KINDS, apply_repo, feast_objects, write_data, write_repo
+from conftest import SERVER_KINDS, apply_repo, feast_objects, old_redis_server, write_data, write_repo
 
 from feast_redis_hexpire.config import RedisHexpireOnlineStoreConfig
 from feast_redis_hexpire.connection import make_async_client, make_client
@@ -278,20 +275,10 @@ def test_master_killed_during_pushes_and_reads(tmp_path, kind, use_async, victim
             assert 0 <= ago <= failover.LOSS_WINDOW_S, f"w{n:05d} acked {ago:.3f}s before the kill, lost"
 
 
-def old_redis_server() -> Path | None:
-    """Debian's redis-server 7.0 (no hash-field expiration), if installed."""
-    found = shutil.which("redis-server")
-    if not found:
-        return None
-    version = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
-    match = re.search(r"v=(\d+)\.(\d+)", version)
-    return Path(found) if match and (int(match[1]), int(match[2])) < (7, 4) else None
-
-
+@pytest.mark.needs("old-redis-server")
 def test_cluster_with_one_old_primary_is_refused_naming_it(tmp_path):
     old = old_redis_server()
-    if old is None:
-        pytest.skip("needs a redis-server < 7.4 on PATH (Debian 12's redis-server)")
+    assert old is not None
     mixed = LocalCluster("redis", replicas_per_master=0)
     mixed.nodes[2].binary = old  # e.g. midway through a rolling upgrade
     with mixed:

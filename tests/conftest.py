@@ -6,11 +6,14 @@ with FLUSHALL at the start (the test owns the server; the plugin itself never fl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterator
@@ -177,6 +180,58 @@ def repo(tmp_path: Path, server: LocalRedis, r: Any, monkeypatch: pytest.MonkeyP
 def store(repo: Path) -> FeatureStore:
     """The sample repo applied (not yet materialized)."""
     return apply_repo(repo)
+
+
+# ---- time: absolute expiry times against the write's time bounds, waits with deadlines ----
+# A TTL read after the write (`0 < ttl <= 300`, `290 <= ttl <= 300`) depends on how long the
+# machine took in between; the absolute expiry time (PEXPIRETIME / HPEXPIRETIME) does not: a write
+# that ran between `before` and `after` (wall clock, ms) with a TTL of T expires in
+# [before + T, after + T], however slow the machine was.
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Window:
+    """The wall-clock bounds (ms) of a write."""
+
+    before: int
+    after: int = 0
+
+    def bounds(self, ttl_seconds: float) -> tuple[int, int]:
+        ttl_ms = round(ttl_seconds * 1000)
+        return self.before + ttl_ms, self.after + ttl_ms
+
+
+@contextlib.contextmanager
+def write_window() -> Iterator[Window]:
+    window = Window(now_ms())
+    yield window
+    window.after = now_ms() + 1  # the server may round its ms clock up relative to ours
+
+
+def assert_expiry(times: Iterable[int], window: Window, ttl_seconds: float, what: str = "") -> None:
+    """Every absolute expiry time (ms, from PEXPIRETIME/HPEXPIRETIME) lies in the write's bounds."""
+    low, high = window.bounds(ttl_seconds)
+    times = list(times)
+    bad = [t for t in times if not low <= t <= high]
+    assert times and not bad, (
+        f"{what}: expiry times {bad or times} not in [{low}, {high}] (write between {window.before} "
+        f"and {window.after} ms, TTL {ttl_seconds}s)"
+    )
+
+
+def wait_for(what: str, condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
+    """Poll ``condition`` until it is truthy (returned) or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(interval)
 
 
 # ---- helpers shared by the issue-2 suite (test_codec ... test_async) ----

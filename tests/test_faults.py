@@ -102,8 +102,9 @@ def test_unresponsive_server_retries_exactly_as_configured(tmp_path, retries):
         assert f"127.0.0.1:{hole.port}" in str(err.value) and "Timeout" in str(err.value)
         # One connection per attempt: the first try plus `retries`, then it gives up.
         assert len(hole.accepted) == retries + 1
-        # Each attempt waited its socket_timeout; backoff is capped, so the total is bounded.
-        assert (retries + 1) * 0.2 <= elapsed < (retries + 1) * (0.2 + 1.0) + 10
+        # Each attempt waited its socket_timeout (a lower bound: a slow machine only adds to it);
+        # the upper bound is the test's timeout, not a guess at the machine's speed.
+        assert (retries + 1) * 0.2 <= elapsed
     finally:
         hole.close()
 
@@ -133,8 +134,9 @@ def test_connect_timeout_is_configurable(tmp_path):
             with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{port}.*Timeout connecting"):
                 apply_repo(repo)
             elapsed = time.monotonic() - started
-            # Bounded by connect timeout x attempts (socket_timeout=30 never came into play).
-            assert (retries + 1) * 0.3 <= elapsed < (retries + 1) * (0.3 + 1.0) + 10
+            # Each attempt waited its connect timeout; socket_timeout=30 never came into play (a
+            # single attempt bounded by it would take 30 s: a bound far above any machine's slowness).
+            assert (retries + 1) * 0.3 <= elapsed < 30
     finally:
         for filler in fillers:
             filler.close()

@@ -38,7 +38,7 @@ from feast_redis_hexpire.scripts import WRITE_ROW
 from feast_redis_hexpire.synth import streaming_frame
 from feast_redis_hexpire.topology import LocalCluster, kill
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]  # six nodes per test, failovers
 
 USERS = [f"u{n:04d}" for n in range(1, 21)]
 

@@ -25,7 +25,7 @@ from feast_redis_hexpire.demo.core import Demo
 from feast_redis_hexpire.demo.server import ServerThread
 from feast_redis_hexpire.local_redis import LocalRedis
 
-pytestmark = [pytest.mark.browser, pytest.mark.needs("chromium")]
+pytestmark = [pytest.mark.browser, pytest.mark.needs("chromium"), pytest.mark.timeout(600)]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 STREAM_TTL = 3

@@ -61,6 +61,7 @@ def one_line_error(done: subprocess.CompletedProcess, *words: str) -> None:
         assert word in lines[0], lines[0]
 
 
+@pytest.mark.timeout(600)  # the first test pays for the module's 4000-user build-features
 def test_build_features_writes_the_seed_rows(loaded, r):
     assert r.dbsize() == 4000
     assert_expiry([r.pexpiretime("fs:user:u4000")], LOADS[-1], 900, "u4000")

@@ -21,7 +21,7 @@ from feast_redis_hexpire.scripts import WRITE_ROW
 from feast_redis_hexpire.synth import streaming_frame
 from feast_redis_hexpire.topology import LocalSentinel, kill
 
-pytestmark = pytest.mark.sentinel
+pytestmark = [pytest.mark.sentinel, pytest.mark.timeout(600)]  # five processes per test, failovers
 
 USERS = [f"u{n:04d}" for n in range(1, 21)]
 FEATURES = ["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"]

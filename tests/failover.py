@@ -34,6 +34,11 @@ class Op:
     n: int
     at: float  # monotonic time the call returned
     error: str | None = None
+    started: float = 0.0  # monotonic time the call was made
+
+    def overlaps(self, start: float, end: float) -> bool:
+        """The call was in flight at some moment of [start, end]."""
+        return self.started <= end and self.at >= start
 
 
 @dataclass
@@ -224,12 +229,13 @@ def run(
     recovered = False
     while acked_after < after and time.monotonic() < deadline and not failure:
         error = None
+        began = time.monotonic()
         try:
             calls.push(n)
         except Exception as e:  # recorded: failed writes are part of the report
             error = f"{type(e).__name__}: {e}"
         now = time.monotonic()
-        report.ops.append(Op("write", n, now, error))
+        report.ops.append(Op("write", n, now, error, began))
         if error is None and len(report.writes(True)) >= before:
             ready.set()
         if error is None and replaced.is_set() and now > report.promoted_at:

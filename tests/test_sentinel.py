@@ -103,7 +103,8 @@ def check_failover(tmp_path: Path, sentinel: LocalSentinel, use_async: bool) -> 
     assert sentinel.master_address()[1] == sentinel.replica.port
     # The same FeatureStore (no restart) works again once the sentinels switched masters.
     assert not report.errors_after_recovery()
-    assert any(o.error for o in report.writes()), "writes must fail while there is no master"
+    # A write was in flight while there was no master (failed, or retried past the outage).
+    assert any(o.overlaps(report.killed_at, report.promoted_at) for o in report.writes())
     for n, ago in report.lost:  # the async-replication window: the newest acknowledged writes
         assert ago >= 0, f"w{n:05d} acknowledged after the kill, then lost"
     assert not report.lost_not_a_suffix(), "a write survived an earlier lost one"

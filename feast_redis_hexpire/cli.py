@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from typing import Optional, Sequence
 
@@ -23,20 +22,22 @@ __all__ = ["main"]
 
 
 def _local_redis(args: argparse.Namespace) -> int:
-    from .local_redis import LocalRedis
+    from .local_redis import LocalRedis, exit_on_signals
 
-    server = LocalRedis(args.kind, port=args.port, data_dir=args.data_dir).start()
-    print(f"{args.kind} listening on {server.connection_string}", flush=True)
-    print(f"export REDIS_CONNECTION_STRING={server.connection_string}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        assert server.process is not None
-        server.process.wait()
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    finally:
-        server.stop()
-    return 0
+    with exit_on_signals():  # Ctrl-C, SIGTERM, SIGHUP: stop the server, remove its temp dir
+        server = LocalRedis(args.kind, port=args.port, data_dir=args.data_dir)
+        try:
+            server.start()
+            print(f"{args.kind} listening on {server.connection_string}", flush=True)
+            print(f"export REDIS_CONNECTION_STRING={server.connection_string}", flush=True)
+            assert server.process is not None
+            code = server.process.wait()
+            print(f"{args.kind}-server exited on its own with code {code}", file=sys.stderr, flush=True)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            server.stop()
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -82,8 +83,13 @@ def _init_sample(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo.server import run
+    from .local_redis import exit_on_signals
 
-    return run(args)
+    with exit_on_signals():  # SIGTERM and SIGHUP stop the demo (and its local Redis) like Ctrl-C
+        try:
+            return run(args)
+        except KeyboardInterrupt:  # before the demo's own cleanup was in place: nothing to stop
+            return 0
 
 
 def _build_features(args: argparse.Namespace) -> int:

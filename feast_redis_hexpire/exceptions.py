@@ -9,6 +9,7 @@ __all__ = [
     "FieldTTLError",
     "HexpireError",
     "MissingExtraError",
+    "PortInUseError",
     "ServerUnsupportedError",
     "StoreUnavailableError",
 ]
@@ -44,3 +45,7 @@ class StoreUnavailableError(HexpireError, ConnectionError):
 
 class MissingExtraError(HexpireError, ImportError):
     """A command needs the optional ``[local]`` extra (embedded servers, demo web app)."""
+
+
+class PortInUseError(HexpireError, OSError):
+    """A local server could not start: something else listens on the requested port."""

@@ -26,7 +26,8 @@ from typing import Any, Optional
 import redis
 from redis.crc import key_slot
 
-from .local_redis import LocalRedis, free_port, server_binary, stop_process
+from . import reaper
+from .local_redis import LocalRedis, free_port, server_binary, spawn, stop_process
 
 __all__ = ["LocalCluster", "LocalSentinel", "SLOTS", "kill"]
 
@@ -88,6 +89,7 @@ class LocalCluster:
     ) -> None:
         self.kind = kind
         self.data_dir = Path(tempfile.mkdtemp(prefix=f"hexpire-cluster-{kind}-"))
+        self._dir_token = reaper.watch(path=str(self.data_dir))  # removed if we die before stop()
         args = [
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
@@ -203,6 +205,7 @@ class LocalCluster:
         for node in self.nodes:
             node.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        reaper.forget(self._dir_token)
 
     def __enter__(self) -> LocalCluster:
         return self.start()
@@ -250,7 +253,7 @@ class _SentinelProcess:
 
     def start(self) -> None:
         command = [str(server_binary(self.kind)), str(self.conf), "--sentinel"]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.process = spawn(command)
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
@@ -275,6 +278,7 @@ class LocalSentinel:
         self.kind = kind
         self.master_name = master_name
         self.data_dir = Path(tempfile.mkdtemp(prefix=f"hexpire-sentinel-{kind}-"))
+        self._dir_token = reaper.watch(path=str(self.data_dir))  # removed if we die before stop()
         args = [*_FAST_SYNC, *server_args]  # both servers: either may be the master
         self.master = LocalRedis(kind, data_dir=str(self.data_dir / "master"), args=args)
         self.replica = LocalRedis(
@@ -359,6 +363,7 @@ class LocalSentinel:
         for server in self.servers:
             server.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        reaper.forget(self._dir_token)
 
     def __enter__(self) -> LocalSentinel:
         return self.start()

@@ -8,7 +8,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import apply_repo, field_statuses, online_store_of, user_key
+from conftest import apply_repo, assert_expiry, field_statuses, online_store_of, user_key, write_window
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
@@ -32,13 +32,14 @@ def test_push_and_read_async_across_two_event_loops(store, r):
     store.materialize_incremental(end_date=datetime.now(UTC))
     now = datetime.now(UTC)
     first = asyncio.run(push_and_read(store, ["u0001"], 3, now - timedelta(seconds=10)))
-    second = asyncio.run(push_and_read(store, ["u0001", "u0002"], 8, now))  # a new loop, same store
+    with write_window() as pushed:
+        second = asyncio.run(push_and_read(store, ["u0001", "u0002"], 8, now))  # a new loop, same store
     assert first.to_dict()["tx_count_5m"] == [3, None]
     assert second.to_dict()["tx_count_5m"] == [8, 8, None]
     assert field_statuses(second)["tx_count_5m"] == ["PRESENT", "PRESENT", "NOT_FOUND"]
     assert field_statuses(second)["risk_segment"] == ["PRESENT", "PRESENT", "NOT_FOUND"]
     assert second.to_dict()["risk_segment"][0] == r.hget(KEY, "risk_segment").decode()
-    assert all(0 < t <= 300 for t in r.httl(KEY, *STREAMING_FEATURES, "_ts:user_streaming_features"))
+    assert_expiry(r.hpexpiretime(KEY, *STREAMING_FEATURES, "_ts:user_streaming_features"), pushed, 300, KEY)
     third = asyncio.run(push_and_read(store, ["u0001"], 1, now - timedelta(minutes=1)))  # older: skipped
     assert third.to_dict()["tx_count_5m"] == [8, None]
 
@@ -53,10 +54,11 @@ def test_async_write_keeps_event_order_and_ttls(store, r):
 
     calls: list[int] = []
     rows = [row(2, now), row(1, now - timedelta(seconds=5))]
-    asyncio.run(online.online_write_batch_async(store.config, view, rows, calls.append))
+    with write_window() as written:
+        asyncio.run(online.online_write_batch_async(store.config, view, rows, calls.append))
     assert calls == [2]
     assert r.hget(KEY, "tx_count_5m") == b"2"
-    assert 0 < r.httl(KEY, "tx_count_5m")[0] <= 300
+    assert_expiry(r.hpexpiretime(KEY, "tx_count_5m"), written, 300, KEY)
     [(event_ts, values)] = asyncio.run(online.online_read_async(store.config, view, [user_key("u0001")]))
     assert event_ts == now
     assert values["tx_count_5m"].int64_val == 2
@@ -103,10 +105,12 @@ def test_async_write_chunks_and_refuses_bad_keys(make_repo, r):
     now = datetime.now(UTC)
     rows = [(user_key(f"a{i:02d}"), {"tx_count_5m": Value(int64_val=i)}, now, None) for i in range(50)]
     calls: list[int] = []
-    asyncio.run(online.online_write_batch_async(store.config, view, rows, calls.append))
+    with write_window() as written:
+        asyncio.run(online.online_write_batch_async(store.config, view, rows, calls.append))
     assert calls == [7] * 7 + [1]
     assert len(r.keys("fs:user:a*")) == 50
-    assert all(0 < t <= 300 for t in (r.httl(f"fs:user:a{i:02d}", "tx_count_5m")[0] for i in range(50)))
+    expiries = [r.hpexpiretime(f"fs:user:a{i:02d}", "tx_count_5m")[0] for i in range(50)]
+    assert_expiry(expiries, written, 300, "fs:user:a*")
     r.flushall()
     bad = EntityKey(join_keys=["user_id"], entity_values=[Value(double_val=2.5)])
     with pytest.raises(BadValueError) as info:

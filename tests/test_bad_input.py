@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import apply_repo, feast_objects, write_data, write_repo
+from conftest import apply_repo, assert_expiry, feast_objects, write_data, write_repo, write_window
 from snapshot import seed_neighbours, snapshot
 
 from feast_redis_hexpire.exceptions import BadValueError
@@ -232,8 +232,11 @@ def test_renamed_view_starts_empty_and_old_fields_go(loaded, r):
     assert r.hget("fs:user:u0001", "_ts:user_streaming_features") is None
     got = store.get_online_features(features=V2, entity_rows=[{"user_id": "u0001"}])
     assert got.to_dict()["tx_count_5m"] == [None]
-    store.push("user_events_push", streaming_frame(["u0001"], random.Random(4)))
-    assert 0 < r.httl("fs:user:u0001", "_ts:user_streaming_v2")[0] <= 300
+    with write_window() as pushed:
+        store.push("user_events_push", streaming_frame(["u0001"], random.Random(4)))
+    assert_expiry(
+        r.hpexpiretime("fs:user:u0001", "_ts:user_streaming_v2"), pushed, 300, "_ts:user_streaming_v2"
+    )
     got = store.get_online_features(features=V2, entity_rows=[{"user_id": "u0001"}])
     assert got.to_dict()["tx_count_5m"] == [int(r.hget("fs:user:u0001", "tx_count_5m"))]
     after = _project_state(r)

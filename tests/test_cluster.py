@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,7 +20,16 @@ import failover
 import pandas as pd
 import pytest
 import redis
-from conftest import SERVER_KINDS, apply_repo, feast_objects, write_data, write_repo
+from conftest import (
+    SERVER_KINDS,
+    apply_repo,
+    assert_expiry,
+    feast_objects,
+    old_redis_server,
+    write_data,
+    write_repo,
+    write_window,
+)
 
 from feast_redis_hexpire.config import RedisHexpireOnlineStoreConfig
 from feast_redis_hexpire.connection import make_async_client, make_client
@@ -32,7 +38,7 @@ from feast_redis_hexpire.scripts import WRITE_ROW
 from feast_redis_hexpire.synth import streaming_frame
 from feast_redis_hexpire.topology import LocalCluster, kill
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]  # six nodes per test, failovers
 
 USERS = [f"u{n:04d}" for n in range(1, 21)]
 
@@ -79,16 +85,18 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
     rc.hset("other:user:u0001", mapping={"risk_segment": "low", "_ts:user_batch_features": 1})
     rc.set("fs:user:not-a-hash", "x")
     store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
-    store.materialize_incremental(end_date=datetime.now(UTC))
+    with write_window() as materialized:
+        store.materialize_incremental(end_date=datetime.now(UTC))
 
     keys = [f"fs:user:{u}".encode() for u in USERS]
     owner = cluster.owner_function()
     owners = {owner(k).port for k in keys}
     assert owners == {m.port for m in cluster.masters}, "20 users should land on all 3 masters"
-    assert all(86000 < rc.ttl(k) <= 86400 for k in keys)
+    assert_expiry([rc.pexpiretime(k) for k in keys], materialized, 86400, "keys")
 
-    store.push("user_events_push", streaming_frame(USERS[:10], random.Random(3)))
-    assert all(0 < rc.httl(k, "tx_count_5m")[0] <= 300 for k in keys[:10])
+    with write_window() as pushed:
+        store.push("user_events_push", streaming_frame(USERS[:10], random.Random(3)))
+    assert_expiry([rc.hpexpiretime(k, "tx_count_5m")[0] for k in keys[:10]], pushed, 300, "pushed")
     assert all(rc.httl(k, "risk_segment")[0] == -1 for k in keys)
 
     # One HMGET per entity, each sent straight to the master owning its slot.
@@ -114,9 +122,10 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
         response = await store.get_online_features_async(features=features, entity_rows=rows)
         return response.to_dict()
 
-    result = asyncio.run(async_round())
+    with write_window() as pushed:
+        result = asyncio.run(async_round())
     assert result["tx_count_5m"] == [int(rc.hget(k, "tx_count_5m")) for k in keys]
-    assert all(0 < rc.httl(k, "tx_count_5m")[0] <= 300 for k in keys[10:])
+    assert_expiry([rc.hpexpiretime(k, "tx_count_5m")[0] for k in keys[10:]], pushed, 300, "pushed async")
 
     # A deleted view's fields leave every hash on every shard (update() scans all masters).
     gone = {"user_streaming_features", "fraud_model"}
@@ -250,15 +259,18 @@ def test_master_killed_during_pushes_and_reads(tmp_path, kind, use_async, victim
         assert killed_slots, "some pushed users must live on the killed master"
         report = failover.run(
             store,
-            kill=lambda: kill(victim),
+            kill=lambda _: kill(victim),
             wait_new_master=lambda: fresh.wait_promoted(victim),
             raw=lambda: raw_client(fresh),
             key_of=lambda n: b"fs:user:w%05d" % n,
             use_async=use_async,
+            on_victim=killed_slots.__contains__,
         )
         client = "asyncio client" if use_async else "sync client"
         print("\n" + report.summary(f"cluster {kind}, {client}: SIGKILL master 127.0.0.1:{victim.port}"))
-        during = [o for o in report.writes() if report.killed_at < o.at < report.promoted_at]
+        # Calls in flight while the master was down (a call retrying through the whole outage
+        # counts: the loop is sequential, so "returned during the outage" depends on speed).
+        during = [o for o in report.writes() if o.overlaps(report.killed_at, report.promoted_at)]
         others = [o for o in during if o.n not in killed_slots]
         failed_others = sum(1 for o in others if o.error)
         print(f"  while the master was down: {failed_others} of {len(others)} writes to other shards failed")
@@ -269,29 +281,21 @@ def test_master_killed_during_pushes_and_reads(tmp_path, kind, use_async, victim
         # while that very node is down every call fails until the promotion (documented).
 
         # The same FeatureStore (no restart) works again once the replica is promoted.
-        assert not report.errors_after(report.promoted_at + failover.RECOVERY_GRACE_S)
-        # Writes to the killed master's slots failed while it was down (else the test proved nothing).
-        assert any(o.error for o in report.writes() if o.n in killed_slots)
-        # Any loss is the async-replication window: acked by the killed master just before it died.
+        assert not report.errors_after_recovery()
+        # A write to the killed master's slots was in flight while it was down (else the test proved
+        # nothing); whether it failed or its retries outlasted the outage depends on the machine.
+        assert any(o.n in killed_slots for o in during)
+        # Any loss is the async-replication window: the newest writes the killed master acknowledged.
         for n, ago in report.lost:
             assert n in killed_slots, f"w{n:05d} lost though its master was not killed"
-            assert 0 <= ago <= failover.LOSS_WINDOW_S, f"w{n:05d} acked {ago:.3f}s before the kill, lost"
+            assert ago >= 0, f"w{n:05d} acknowledged after the kill, then lost"
+        assert not report.lost_not_a_suffix(), "a write survived an earlier lost one"
 
 
-def old_redis_server() -> Path | None:
-    """Debian's redis-server 7.0 (no hash-field expiration), if installed."""
-    found = shutil.which("redis-server")
-    if not found:
-        return None
-    version = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
-    match = re.search(r"v=(\d+)\.(\d+)", version)
-    return Path(found) if match and (int(match[1]), int(match[2])) < (7, 4) else None
-
-
+@pytest.mark.needs("old-redis-server")
 def test_cluster_with_one_old_primary_is_refused_naming_it(tmp_path):
     old = old_redis_server()
-    if old is None:
-        pytest.skip("needs a redis-server < 7.4 on PATH (Debian 12's redis-server)")
+    assert old is not None
     mixed = LocalCluster("redis", replicas_per_master=0)
     mixed.nodes[2].binary = old  # e.g. midway through a rolling upgrade
     with mixed:
@@ -315,7 +319,7 @@ def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
         victim, its_replica = fresh.masters[0], fresh.replicas[0]
         owner = fresh.owner_function()
         on_victim = {n for n in range(5000) if owner(b"fs:user:w%05d" % n) is victim}
-        cut, times = failover.cut_then_kill(victim, its_replica)
+        cut, times = failover.cut_then_kill(victim, its_replica, on_master=on_victim.__contains__)
         report = failover.run(
             store,
             kill=cut,
@@ -324,11 +328,13 @@ def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
             key_of=lambda n: b"fs:user:w%05d" % n,
             before=60,
             after=60,
+            on_victim=on_victim.__contains__,
         )
         label = f"cluster redis: replica cut off, then SIGKILL 127.0.0.1:{victim.port}"
         print("\n" + report.summary(label))
-        assert not report.errors_after(report.promoted_at + failover.RECOVERY_GRACE_S)
+        assert not report.errors_after_recovery()
         assert report.lost, "writes acknowledged by the cut-off master must be reported lost"
+        assert not report.lost_not_a_suffix(), "a write survived an earlier lost one"
         for n, ago in report.lost:
             assert n in on_victim
             assert times["cut"] <= report.killed_at - ago <= times["killed"]

@@ -13,6 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_expiry, write_window
+from selenium import webdriver  # the test extra installs selenium
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from feast_redis_hexpire.demo import repo as demo_repo
 from feast_redis_hexpire.demo.app import create_app
@@ -20,14 +25,8 @@ from feast_redis_hexpire.demo.core import Demo
 from feast_redis_hexpire.demo.server import ServerThread
 from feast_redis_hexpire.local_redis import LocalRedis
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+pytestmark = [pytest.mark.browser, pytest.mark.needs("chromium"), pytest.mark.timeout(600)]
 
-pytestmark = pytest.mark.browser
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 STREAM_TTL = 3
 
@@ -51,16 +50,16 @@ def page_url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip("Debian chromium and chromium-driver are not installed")
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and chromedriver  # the needs("chromium") mark fails the test, naming them, if not
     profile = tempfile.mkdtemp(prefix="demo-chromium-")
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  f"--user-data-dir={profile}", "--window-size=1280,1900"):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     driver.set_page_load_timeout(60)
     try:
         yield driver
@@ -115,10 +114,12 @@ def test_page_walkthrough(page_url, browser):
         field = d.find_element(By.ID, element_id)
         field.clear()
         field.send_keys(value)
-    d.find_element(By.ID, "bulk-submit").click()
-    assert "Materialized 20 user(s) with a 600s key TTL" in wait_text(d, "bulk-result", "Materialized")
+    with write_window() as load:
+        d.find_element(By.ID, "bulk-submit").click()
+        assert "Materialized 20 user(s) with a 600s key TTL" in wait_text(d, "bulk-result", "Materialized")
     wait_text(d, "st-users", "20")
-    assert r.dbsize() == 20 and 590 < r.ttl("fs:user:u0001") <= 600
+    assert r.dbsize() == 20
+    assert_expiry([r.pexpiretime("fs:user:u0001")], load, 600, "u0001")
 
     # The worker refreshes u0001's streaming fields; a read shows them with a per-field TTL.
     deadline = time.monotonic() + 60

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from conftest import Window, assert_expiry, write_window
 
 from feast_redis_hexpire.cli import main
 from feast_redis_hexpire.demo import repo as demo_repo
@@ -21,6 +22,7 @@ from feast_redis_hexpire.local_redis import free_port
 from feast_redis_hexpire.synth import batch_rows
 
 CLI = [sys.executable, "-m", "feast_redis_hexpire.cli"]
+LOADS: list[Window] = []  # the time bounds of the `loaded` fixture's build-features run
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +30,10 @@ def loaded(redis_server, tmp_path_factory) -> Path:
     """A demo repo with 4000 users built by the CLI (seed 3, TTL 900 s)."""
     redis_server.client().flushall()
     repo = demo_repo.write_repo(tmp_path_factory.mktemp("cli") / "repo", redis_server.connection_string)
-    done = cli("build-features", "--count", "4000", "--ttl-seconds", "900", "--seed", "3",
-               "--repo", str(repo), "--redis", redis_server.connection_string)  # fmt: skip
+    with write_window() as load:
+        done = cli("build-features", "--count", "4000", "--ttl-seconds", "900", "--seed", "3",
+                   "--repo", str(repo), "--redis", redis_server.connection_string)  # fmt: skip
+    LOADS.append(load)
     assert done.returncode == 0, done.stderr
     assert "Materialized 4000 user(s) with a 900s key TTL" in done.stdout
     assert "4000/4000" in done.stderr and "100%" in done.stderr  # the progress bar of a large load
@@ -57,9 +61,10 @@ def one_line_error(done: subprocess.CompletedProcess, *words: str) -> None:
         assert word in lines[0], lines[0]
 
 
+@pytest.mark.timeout(600)  # the first test pays for the module's 4000-user build-features
 def test_build_features_writes_the_seed_rows(loaded, r):
     assert r.dbsize() == 4000
-    assert 800 < r.ttl("fs:user:u4000") <= 900
+    assert_expiry([r.pexpiretime("fs:user:u4000")], LOADS[-1], 900, "u4000")
     expected = batch_rows(4000, 3).set_index("user_id")
     for user in ("u0001", "u0017", "u4000"):
         stored = r.hgetall(f"fs:user:{user}")

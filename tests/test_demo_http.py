@@ -4,10 +4,10 @@ on a real Redis 8.2 with real Feast underneath."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
+from conftest import Window, assert_expiry, now_ms, wait_for, write_window
 
 from feast_redis_hexpire.demo import repo as demo_repo
 from feast_redis_hexpire.demo.app import MAX_BODY_BYTES, create_app
@@ -97,12 +97,17 @@ def test_state_count_follows_expiry_without_scan(http, r):
 
 
 def test_bulk_load_json_and_form(http, r):
-    body = http.post("/bulk-load", json={"count": 40, "ttl_seconds": 300, "seed": 2}).json()
+    with write_window() as first:
+        body = http.post("/bulk-load", json={"count": 40, "ttl_seconds": 300, "seed": 2}).json()
     assert body["count"] == 40 and body["population"] == 40
-    assert r.dbsize() == 40 and 250 < r.ttl("fs:user:u0040") <= 300
-    body = http.post("/bulk-load", content="count=5&ttl_seconds=100", headers=FORM).json()
-    assert body["ttl_seconds"] == 100 and 50 < r.ttl("fs:user:u0005") <= 100
-    assert 250 < r.ttl("fs:user:u0040") <= 300  # users not in this load keep their TTL
+    assert r.dbsize() == 40
+    assert_expiry([r.pexpiretime("fs:user:u0040")], first, 300, "u0040")
+    u0040 = r.pexpiretime("fs:user:u0040")
+    with write_window() as second:
+        body = http.post("/bulk-load", content="count=5&ttl_seconds=100", headers=FORM).json()
+    assert body["ttl_seconds"] == 100
+    assert_expiry([r.pexpiretime("fs:user:u0005")], second, 100, "u0005")
+    assert r.pexpiretime("fs:user:u0040") == u0040  # users not in this load keep their TTL
     assert http.get("/state").json()["population"] == 40
 
 
@@ -123,10 +128,10 @@ def test_bulk_load_json_and_form(http, r):
 )
 def test_bulk_load_bad_input_is_4xx_and_changes_nothing(http, r, body, field):
     before = snapshot(r)
-    ttls = {k: r.ttl(k) for k in r.keys()}
+    expiries = {k: r.pexpiretime(k) for k in r.keys()}
     error(http.post("/bulk-load", json=body), 422, field)
     assert snapshot(r) == before  # not clamped to 1, TTL 0 did not delete anything
-    assert all(abs(r.ttl(k) - t) <= 1 for k, t in ttls.items())
+    assert {k: r.pexpiretime(k) for k in r.keys()} == expiries  # absolute: exactly unchanged
 
 
 def test_bulk_load_bad_form_input_and_bad_bodies(http, r):
@@ -158,16 +163,16 @@ def test_worker_toggle_flips_and_sets(http, demo):
 
 
 def test_running_worker_pushes_through_feast(http, r, demo):
+    started = now_ms()
     http.post("/worker/toggle", json={"running": True})
-    deadline = time.monotonic() + 30
-    while demo.worker.counters.writes < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for("ten worker writes", lambda: demo.worker.counters.writes >= 10, timeout=60)
     http.post("/worker/toggle", json={"running": False})
     demo.worker.wait_for_idle(10)
     w = http.get("/state").json()["worker"]
     touched = [k for k in r.keys() if r.hexists(k, STREAM_TS)]
     assert w["writes"] >= 10 and w["failed_writes"] == 0 and 0 < len(touched) <= w["writes"]
-    assert 0 < r.httl(touched[0], "tx_count_5m")[0] <= 60
+    # Written between the toggle and now, with the demo's 60 s streaming TTL.
+    assert_expiry(r.hpexpiretime(touched[0], "tx_count_5m"), Window(started, now_ms() + 1), 60, touched[0])
 
 
 # ---- POST /read ----
@@ -263,9 +268,7 @@ def test_reset_waits_for_an_in_flight_tick(http, r, demo):
     demo.worker.users_per_tick = 100
     try:
         http.post("/worker/toggle", json={"running": True})
-        deadline = time.monotonic() + 30
-        while not demo.worker.busy and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for("the worker to be mid-tick", lambda: demo.worker.busy, timeout=60, interval=0.005)
         assert http.post("/reset").status_code == 200
         assert r.keys("fs:user:*") == []
     finally:

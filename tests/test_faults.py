@@ -102,8 +102,9 @@ def test_unresponsive_server_retries_exactly_as_configured(tmp_path, retries):
         assert f"127.0.0.1:{hole.port}" in str(err.value) and "Timeout" in str(err.value)
         # One connection per attempt: the first try plus `retries`, then it gives up.
         assert len(hole.accepted) == retries + 1
-        # Each attempt waited its socket_timeout; backoff is capped, so the total is bounded.
-        assert (retries + 1) * 0.2 <= elapsed < (retries + 1) * (0.2 + 1.0) + 10
+        # Each attempt waited its socket_timeout (a lower bound: a slow machine only adds to it);
+        # the upper bound is the test's timeout, not a guess at the machine's speed.
+        assert (retries + 1) * 0.2 <= elapsed
     finally:
         hole.close()
 
@@ -133,8 +134,9 @@ def test_connect_timeout_is_configurable(tmp_path):
             with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{port}.*Timeout connecting"):
                 apply_repo(repo)
             elapsed = time.monotonic() - started
-            # Bounded by connect timeout x attempts (socket_timeout=30 never came into play).
-            assert (retries + 1) * 0.3 <= elapsed < (retries + 1) * (0.3 + 1.0) + 10
+            # Each attempt waited its connect timeout; socket_timeout=30 never came into play (a
+            # single attempt bounded by it would take 30 s: a bound far above any machine's slowness).
+            assert (retries + 1) * 0.3 <= elapsed < 30
     finally:
         for filler in fillers:
             filler.close()
@@ -154,6 +156,7 @@ def _kill_when(server: LocalRedis, probe: Any, keys: int, done: threading.Event)
         time.sleep(0.002)
 
 
+@pytest.mark.timeout(600)  # 30000 rows, twice, with fsync always
 @pytest.mark.parametrize("kind", SERVER_KINDS)
 def test_killed_mid_materialization_aof_restart_rerun_converges(tmp_path, kind):
     users, pushed = 30000, 50
@@ -229,13 +232,16 @@ def test_restart_keeps_ttls_with_aof(tmp_path):
         store.materialize_incremental(end_date=datetime.now(UTC))
         store.push("user_events_push", streaming_frame(["u0001", "u0002"], random.Random(5)))
         before = {k: server.client().hgetall(k) for k in server.client().keys("fs:*")}
+        streaming = ("tx_count_5m", "_ts:user_streaming_features")
+        key_expiries = {k: server.client().pexpiretime(k) for k in before}
+        field_expiries = server.client().hpexpiretime("fs:user:u0001", *streaming)
     with LocalRedis("redis", port=server.port, data_dir=str(data_dir), args=AOF) as server:
         client = server.client()
         assert {k: client.hgetall(k) for k in client.keys("fs:*")} == before
-        for key in before:
-            assert 0 < client.ttl(key) <= 86400
-        ttls = client.httl("fs:user:u0001", "tx_count_5m", "_ts:user_streaming_features")
-        assert all(0 < t <= 300 for t in ttls)
+        # The absolute expiry times survive the restart exactly (no TTL reset, none lost).
+        assert all(t > 0 for t in key_expiries.values()) and all(t > 0 for t in field_expiries)
+        assert {k: client.pexpiretime(k) for k in before} == key_expiries
+        assert client.hpexpiretime("fs:user:u0001", *streaming) == field_expiries
         assert client.httl("fs:user:u0001", "risk_segment") == [-1]
         result = store.get_online_features(
             features=["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"],

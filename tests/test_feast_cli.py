@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import assert_expiry, write_window
 
 from feast_redis_hexpire.local_redis import free_port
 from feast_redis_hexpire.synth import BATCH_FEATURES, STREAMING_FEATURES
@@ -71,6 +72,7 @@ def _by_name(payload: dict) -> dict[str, dict]:
     return dict(zip(names, payload["results"]))
 
 
+@pytest.mark.timeout(600)  # several `feast` CLI runs and `feast serve` start-up
 def test_cli_apply_materialize_serve_push_and_read(repo, r, stop_at_end):
     feast(repo, "apply")
     assert (repo / "data" / "registry.db").exists()
@@ -80,19 +82,21 @@ def test_cli_apply_materialize_serve_push_and_read(repo, r, stop_at_end):
     stop_at_end.append(process)
 
     now = datetime.now(UTC)
-    feast(repo, "materialize-incremental", now.isoformat())
+    with write_window() as materialized:
+        feast(repo, "materialize-incremental", now.isoformat())
     assert r.dbsize() == 20
     assert r.hget(KEY, "_ts:user_batch_features") is not None
-    assert 86_000 < r.ttl(KEY) <= 86_400
+    assert_expiry([r.pexpiretime(KEY)], materialized, 86_400, KEY)
     batch_values = r.hgetall(KEY)
 
     # Explicit dates over the same rows: nothing changes but every key TTL is re-pinned.
     r.expire(KEY, 60)
     start = (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
     end = (now + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
-    feast(repo, "materialize", start, end)
+    with write_window() as materialized:
+        feast(repo, "materialize", start, end)
     assert r.hgetall(KEY) == batch_values
-    assert 86_000 < r.ttl(KEY)
+    assert_expiry([r.pexpiretime(KEY)], materialized, 86_400, f"{KEY} re-pinned")
 
     client = httpx.Client(base_url=base, timeout=30)
     wait_healthy(client, process, repo)
@@ -110,10 +114,11 @@ def test_cli_apply_materialize_serve_push_and_read(repo, r, stop_at_end):
         },
         "to": "online",
     }
-    response = client.post("/push", json=push)
+    with write_window() as pushed:
+        response = client.post("/push", json=push)
     assert response.status_code == 200, response.text
     assert r.hget(KEY, "last_device_id") == b"ios-9f02"
-    assert all(0 < t <= 300 for t in r.httl(KEY, *STREAMING_FEATURES, "_ts:user_streaming_features"))
+    assert_expiry(r.hpexpiretime(KEY, *STREAMING_FEATURES, "_ts:user_streaming_features"), pushed, 300, KEY)
     assert set(r.httl(KEY, *BATCH_FEATURES)) == {-1}
 
     response = client.post(

@@ -14,7 +14,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import apply_compound_view, apply_repo, field_statuses, hexpire_store
+from conftest import apply_compound_view, apply_repo, field_statuses, hexpire_store, wait_for
 from feast import FeatureService, utils
 from feast.infra.online_stores.online_store import OnlineStore
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnlineFeaturesResponse
@@ -87,8 +87,7 @@ def test_same_answer_as_feast_for_repeated_missing_and_partial_entities(store, r
 def test_same_answer_for_one_entity_and_for_a_view_whose_fields_expired(store, r):
     load(store)
     r.hpexpire("fs:user:u0001", 1, "tx_count_5m", "last_device_id", "_ts:user_streaming_features")
-    while r.hget("fs:user:u0001", "tx_count_5m") is not None:
-        pass  # real expiry, 1 ms
+    wait_for("real expiry (1 ms)", lambda: r.hget("fs:user:u0001", "tx_count_5m") is None, timeout=10)
     for rows in (["u0001"], ["u0001", "u0003"]):
         ours, feast = both(store, FEATURES, {"user_id": rows})
         assert ours == feast

@@ -4,14 +4,14 @@ the read-time freshness check."""
 from __future__ import annotations
 
 import random
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import apply_repo, field_statuses, online_store_of, user_key, user_view
+from conftest import apply_repo, field_statuses, online_store_of, user_key, user_view, wait_for
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.types import Int64, String
 
+from feast_redis_hexpire.exceptions import BadValueError
 from feast_redis_hexpire.synth import STREAMING_FEATURES, streaming_frame
 
 KEY = "fs:user:u0001"
@@ -57,8 +57,7 @@ def test_online_read_returns_none_for_a_missing_entity(store, r):
 def test_view_with_expired_fields_is_not_found_while_the_other_is_present(store, r):
     load(store)
     r.hpexpire(KEY, 1, *STREAMING_FEATURES, "_ts:user_streaming_features")  # real expiry, 1 ms
-    time.sleep(0.05)
-    assert r.hget(KEY, "tx_count_5m") is None
+    wait_for("the streaming fields to expire", lambda: r.hget(KEY, "tx_count_5m") is None, timeout=10)
     statuses = field_statuses(read(store, ["u0001", "u0002"]))
     assert statuses["risk_segment"] == ["PRESENT", "PRESENT"]
     assert statuses["avg_amount_30d"] == ["PRESENT", "PRESENT"]
@@ -135,20 +134,22 @@ def test_a_view_without_ttl_is_never_stale(store, r, ttl):
 
 
 def test_value_stored_under_an_older_feature_type_gives_a_clear_error(store, r):
-    """A feature re-declared String -> Int64 while Redis still holds text: the read must not die
-    with a bare int() error; if it fails, the message names the view, the feature and the key."""
+    """A feature re-declared String -> Int64 while Redis still holds text: the read fails with
+    BadValueError (not a bare int() error, not a silent NOT_FOUND that would hide the stale
+    data), naming the view, the feature, the key, the stored value and the remedy; and the
+    failed read changes nothing in Redis."""
     store.apply([user_view("retyped", {"seg": String})])
     now = datetime.now(UTC)
     row = (user_key("u0001"), {"seg": Value(string_val="low")}, now, None)
     online_store_of(store).online_write_batch(store.config, store.get_feature_view("retyped"), [row], None)
     store.apply([user_view("retyped", {"seg": Int64})])
-    try:
-        response = read(store, ["u0001"], features=["retyped:seg"])
-    except Exception as e:  # noqa: BLE001 -- judged by its message
-        message = str(e)
-        assert "retyped" in message and "seg" in message and KEY in message, message
-    else:
-        assert field_statuses(response)["seg"] in (["PRESENT"], ["NOT_FOUND"])
+    before = r.hgetall(KEY)
+    with pytest.raises(BadValueError) as caught:
+        read(store, ["u0001"], features=["retyped:seg"])
+    message = str(caught.value)
+    for part in ("feature view 'retyped'", "feature 'seg'", KEY, "b'low'", "materialize the view again"):
+        assert part in message, message
+    assert r.hgetall(KEY) == before
 
 
 def test_flagged_staleness_covers_repeated_entities_and_full_names(make_repo, r):

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import ROOT, apply_repo, feast_objects, write_data, write_repo
+from conftest import ROOT, apply_repo, assert_expiry, feast_objects, write_data, write_repo, write_window
 from feast import FeatureStore
-from tls import Stunnel, make_certs, stunnel_binary
+from tls import Stunnel, make_certs
 
 from feast_redis_hexpire.config import RedisHexpireOnlineStoreConfig, redact
 from feast_redis_hexpire.exceptions import HexpireError, StoreUnavailableError
@@ -58,14 +58,15 @@ def full_flow(repo: Path, admin: Any) -> FeatureStore:
     """apply, materialize, push, read, inspect, delete a view, teardown; checks each step."""
     store = apply_repo(repo)
     store.materialize_incremental(end_date=datetime.now(UTC))
-    store.push("user_events_push", streaming_frame(["u0001"], random.Random(7)))
+    with write_window() as pushed:
+        store.push("user_events_push", streaming_frame(["u0001"], random.Random(7)))
     result = store.get_online_features(
         features=["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"],
         entity_rows=[{"user_id": "u0001"}],
     ).to_dict()
     assert result["risk_segment"][0] == admin.hget("fs:user:u0001", "risk_segment").decode()
     assert result["tx_count_5m"][0] == int(admin.hget("fs:user:u0001", "tx_count_5m"))
-    assert 0 < admin.httl("fs:user:u0001", "tx_count_5m")[0] <= 300
+    assert_expiry(admin.hpexpiretime("fs:user:u0001", "tx_count_5m"), pushed, 300, "tx_count_5m")
     assert inspect_entity(store, "user", "u0001").exists
     # The streaming view is deleted on the next apply: its fields leave every hash.
     # (registry objects, as `feast apply` passes them: their join keys are resolved)
@@ -190,7 +191,7 @@ def test_feast_cli_apply_failure_does_not_print_the_password(tmp_path, conn, exp
 
 # ---- TLS: stunnel4 in front of the server, client certificate required ----
 
-needs_stunnel = pytest.mark.skipif(stunnel_binary() is None, reason="stunnel4 is not installed")
+needs_stunnel = pytest.mark.needs("stunnel")  # fails (naming the package) when stunnel is missing
 
 
 @pytest.fixture(scope="module")

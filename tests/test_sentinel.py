@@ -15,13 +15,13 @@ from pathlib import Path
 import failover
 import pytest
 import redis
-from conftest import SERVER_KINDS, apply_repo, write_data, write_repo
+from conftest import SERVER_KINDS, apply_repo, assert_expiry, write_data, write_repo, write_window
 
 from feast_redis_hexpire.scripts import WRITE_ROW
 from feast_redis_hexpire.synth import streaming_frame
 from feast_redis_hexpire.topology import LocalSentinel, kill
 
-pytestmark = pytest.mark.sentinel
+pytestmark = [pytest.mark.sentinel, pytest.mark.timeout(600)]  # five processes per test, failovers
 
 USERS = [f"u{n:04d}" for n in range(1, 21)]
 FEATURES = ["user_batch_features:risk_segment", "user_streaming_features:tx_count_5m"]
@@ -49,13 +49,15 @@ def sentinel_repo(path: Path, sentinel: LocalSentinel) -> Path:
 
 def test_sample_repo_through_sentinels(tmp_path, sentinel):
     store = apply_repo(sentinel_repo(tmp_path / "repo", sentinel))
-    store.materialize_incremental(end_date=datetime.now(UTC))
-    store.push("user_events_push", streaming_frame(USERS[:10], random.Random(3)))
+    with write_window() as materialized:
+        store.materialize_incremental(end_date=datetime.now(UTC))
+    with write_window() as pushed:
+        store.push("user_events_push", streaming_frame(USERS[:10], random.Random(3)))
     keys = [f"fs:user:{u}".encode() for u in USERS]
     with master_client(sentinel) as r:
         assert r.info("replication")["role"] == "master"
-        assert all(86000 < r.ttl(k) <= 86400 for k in keys)
-        assert all(0 < r.httl(k, "tx_count_5m")[0] <= 300 for k in keys[:10])
+        assert_expiry([r.pexpiretime(k) for k in keys], materialized, 86400, "keys")
+        assert_expiry([r.hpexpiretime(k, "tx_count_5m")[0] for k in keys[:10]], pushed, 300, "pushed")
         rows = [{"user_id": u} for u in USERS]
         result = store.get_online_features(features=FEATURES, entity_rows=rows).to_dict()
         assert result["risk_segment"] == [r.hget(k, "risk_segment").decode() for k in keys]
@@ -90,7 +92,7 @@ def check_failover(tmp_path: Path, sentinel: LocalSentinel, use_async: bool) -> 
         assert replica.script_exists(WRITE_ROW.sha) == [False]
     report = failover.run(
         store,
-        kill=lambda: kill(old),
+        kill=lambda _: kill(old),
         wait_new_master=lambda: sentinel.wait_failover(old),
         raw=lambda: master_client(sentinel),
         key_of=lambda n: b"fs:user:w%05d" % n,
@@ -100,10 +102,12 @@ def check_failover(tmp_path: Path, sentinel: LocalSentinel, use_async: bool) -> 
     print("\n" + report.summary(f"sentinel {sentinel.kind}, {client}: SIGKILL master 127.0.0.1:{old.port}"))
     assert sentinel.master_address()[1] == sentinel.replica.port
     # The same FeatureStore (no restart) works again once the sentinels switched masters.
-    assert not report.errors_after(report.promoted_at + failover.RECOVERY_GRACE_S)
-    assert any(o.error for o in report.writes()), "writes must fail while there is no master"
-    for n, ago in report.lost:
-        assert 0 <= ago <= failover.LOSS_WINDOW_S, f"w{n:05d} acked {ago:.3f}s before the kill, lost"
+    assert not report.errors_after_recovery()
+    # A write was in flight while there was no master (failed, or retried past the outage).
+    assert any(o.overlaps(report.killed_at, report.promoted_at) for o in report.writes())
+    for n, ago in report.lost:  # the async-replication window: the newest acknowledged writes
+        assert ago >= 0, f"w{n:05d} acknowledged after the kill, then lost"
+    assert not report.lost_not_a_suffix(), "a write survived an earlier lost one"
 
 
 def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
@@ -123,8 +127,9 @@ def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
         )
         label = f"sentinel redis: replica cut off, then SIGKILL 127.0.0.1:{fresh.master.port}"
         print("\n" + report.summary(label))
-        assert not report.errors_after(report.promoted_at + failover.RECOVERY_GRACE_S)
+        assert not report.errors_after_recovery()
         assert report.lost, "writes acknowledged by the cut-off master must be reported lost"
+        assert not report.lost_not_a_suffix(), "a write survived an earlier lost one"
         for _, ago in report.lost:
             assert times["cut"] <= report.killed_at - ago <= times["killed"]
         in_window = [o for o in report.writes(True) if times["cut"] < o.at < times["killed"]]
@@ -157,7 +162,7 @@ def test_min_replicas_to_write_turns_the_loss_into_errors(tmp_path):
         )
         label = f"sentinel redis, min-replicas-to-write 1: replica cut off, SIGKILL :{fresh.master.port}"
         print("\n" + report.summary(label))
-        refused = [o for o in report.writes(False) if times["cut"] < o.at < times["killed"] + 0.5]
+        refused = [o for o in report.writes(False) if times["cut"] < o.at < times["killed"]]
         assert refused and any("NOREPLICAS" in (o.error or "") for o in refused)
         assert report.lost == []
-        assert not report.errors_after(report.promoted_at + failover.RECOVERY_GRACE_S)
+        assert not report.errors_after_recovery()

@@ -34,12 +34,13 @@ from feast_redis_hexpire.codec import encode_ts
 from feast_redis_hexpire.local_redis import LocalRedis
 from feast_redis_hexpire.synth import BATCH_FEATURES, STREAMING_FEATURES, batch_rows, streaming_row, user_id
 
+SECONDS = float(os.environ.get("HEXPIRE_SOAK_SECONDS", "120"))
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.environ.get("HEXPIRE_SOAK") != "1", reason="soak runs with HEXPIRE_SOAK=1"),
+    pytest.mark.timeout(SECONDS + 600),  # the soak's own length plus setup and the final checks
 ]
 
-SECONDS = float(os.environ.get("HEXPIRE_SOAK_SECONDS", "120"))
 KIND = os.environ.get("HEXPIRE_SOAK_KIND", "redis")
 USERS = 2000  # materialized every cycle
 PUSH_ONLY = 200  # pushed but never materialized: keys held only by field TTLs

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 
 import pytest
-from conftest import online_store_of, user_key
+from conftest import assert_expiry, online_store_of, user_key, write_window
 from feast.protos.feast.types.Value_pb2 import Value
 
 from feast_redis_hexpire.scripts import WRITE_ROW
@@ -21,10 +21,13 @@ def test_script_flushed_between_writes_is_loaded_again_and_no_row_is_lost(store,
     r.script_flush()
     assert r.script_exists(WRITE_ROW.sha) == [False]
     seen = []
-    online.online_write_batch(store.config, view, _rows(50, datetime(2026, 1, 2, tzinfo=UTC)), seen.append)
+    with write_window() as written:
+        online.online_write_batch(
+            store.config, view, _rows(50, datetime(2026, 1, 2, tzinfo=UTC)), seen.append
+        )
     assert seen == [7] * 7 + [1]
     assert [int(r.hget(f"fs:user:u{i:04d}", "tx_count_7d")) for i in range(50)] == list(range(50))
-    assert all(r.ttl(f"fs:user:u{i:04d}") > 86_000 for i in range(50))
+    assert_expiry([r.pexpiretime(f"fs:user:u{i:04d}") for i in range(50)], written, 86_400, "fs:user:u*")
 
 
 def test_rows_of_one_entity_spread_over_batches_keep_event_time_order(store, r):

@@ -9,7 +9,15 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
-from conftest import apply_repo, feast_objects, online_store_of, user_key, user_view
+from conftest import (
+    apply_repo,
+    assert_expiry,
+    feast_objects,
+    online_store_of,
+    user_key,
+    user_view,
+    write_window,
+)
 from feast import Entity, Field, FileSource, StreamFeatureView, ValueType
 from feast.data_format import JsonFormat
 from feast.data_source import KafkaSource
@@ -18,6 +26,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.types import Float64, Int64, String
 
+from feast_redis_hexpire.codec import encode_ts
 from feast_redis_hexpire.exceptions import BadValueError, ConfigError
 from feast_redis_hexpire.synth import BATCH_FEATURES, STREAMING_FEATURES, streaming_frame
 
@@ -63,9 +72,10 @@ def views(store):
 
 
 def test_batch_write_is_hset_plus_key_expire(store, r):
-    materialize(store)
+    with write_window() as window:
+        materialize(store)
     assert r.hlen(KEY) == len(BATCH_FEATURES) + 1
-    assert 86_390 <= r.ttl(KEY) <= 86_400
+    assert_expiry([r.pexpiretime(KEY)], window, 86_400, KEY)
     assert set(r.httl(KEY, *BATCH_FEATURES, TS_BATCH)) == {-1}  # batch fields: no field TTL
     assert r.hget(KEY, "account_age_days").isdigit()
 
@@ -79,23 +89,23 @@ def test_rematerializing_unchanged_rows_repins_the_key_ttl(store, r):
     skipped = online.stats["skipped_not_newer"]
     r.expire(KEY, 100)
     r.expire("fs:user:u0020", 50)
-    materialize(store, end)  # the very same rows again
-    assert r.ttl(KEY) > 86_000
-    assert r.ttl("fs:user:u0020") > 86_000
+    with write_window() as window:
+        materialize(store, end)  # the very same rows again
+    assert_expiry([r.pexpiretime(KEY), r.pexpiretime("fs:user:u0020")], window, 86_400, "re-pinned")
     assert r.hgetall(KEY) == before
     assert online.stats["skipped_not_newer"] - skipped == 20
 
 
 def test_push_sets_field_ttls_on_exactly_the_written_fields(store, r):
     materialize(store)
-    key_ttl = r.ttl(KEY)
-    store.push("user_events_push", streaming_frame(["u0001"], random.Random(3)))
-    ttls = httl(r, KEY, *STREAMING_FEATURES, TS_STREAM)
-    assert all(0 < t <= 300 for t in ttls.values()), ttls
+    key_expiry = r.pexpiretime(KEY)
+    with write_window() as window:
+        store.push("user_events_push", streaming_frame(["u0001"], random.Random(3)))
+    assert_expiry(r.hpexpiretime(KEY, *STREAMING_FEATURES, TS_STREAM), window, 300, "pushed fields")
     assert set(r.httl(KEY, *BATCH_FEATURES, TS_BATCH)) == {-1}
     with_ttl = {f.decode() for f, t in zip(r.hkeys(KEY), r.httl(KEY, *r.hkeys(KEY))) if t > 0}
     assert with_ttl == {*STREAMING_FEATURES, TS_STREAM}
-    assert abs(r.ttl(KEY) - key_ttl) <= 2  # the push leaves the key TTL alone
+    assert r.pexpiretime(KEY) == key_expiry  # the push leaves the key TTL alone
 
 
 def test_partial_streaming_write_sets_ttl_only_on_its_fields(store, r):
@@ -167,11 +177,15 @@ def test_ttl_from_event_shortens_late_events_and_drops_expired_ones(make_repo, r
     store = apply_repo(make_repo(ttl_from="event"))
     online = online_store_of(store)
     now = datetime.now(UTC)
-    store.push("user_events_push", streaming_frame(["u0001"], random.Random(1), now - timedelta(seconds=100)))
-    ttls = r.httl(KEY, *STREAMING_FEATURES, TS_STREAM)
-    assert all(190 <= t <= 200 for t in ttls), ttls
+    late = now - timedelta(seconds=100)
+    store.push("user_events_push", streaming_frame(["u0001"], random.Random(1), late))
+    # The TTL counts from the event: the fields expire exactly 300 s after it (HPEXPIREAT).
+    expected = encode_ts(late) // 1000 + 300_000
+    assert r.hpexpiretime(KEY, *STREAMING_FEATURES, TS_STREAM) == [expected] * (len(STREAMING_FEATURES) + 1)
     store.push("user_events_push", streaming_frame(["u0002"], random.Random(1), now))
-    assert all(290 <= t <= 300 for t in r.httl("fs:user:u0002", *STREAMING_FEATURES))
+    assert r.hpexpiretime("fs:user:u0002", *STREAMING_FEATURES) == [encode_ts(now) // 1000 + 300_000] * len(
+        STREAMING_FEATURES
+    )
     dropped = online.stats["dropped_expired"]
     store.push("user_events_push", streaming_frame(["u0003"], random.Random(1), now - timedelta(seconds=400)))
     assert not r.exists("fs:user:u0003")
@@ -180,8 +194,9 @@ def test_ttl_from_event_shortens_late_events_and_drops_expired_ones(make_repo, r
 
 def test_ttl_from_event_does_not_touch_batch_views(make_repo, r):
     store = apply_repo(make_repo(ttl_from="event"))
-    materialize(store)
-    assert 86_390 <= r.ttl(KEY) <= 86_400
+    with write_window() as window:
+        materialize(store)
+    assert_expiry([r.pexpiretime(KEY)], window, 86_400, KEY)
     assert set(r.httl(KEY, *BATCH_FEATURES)) == {-1}
 
 
@@ -195,21 +210,26 @@ def test_view_tags_override_the_ttls_and_the_mode(store, r):
     store.apply(tagged)
     online = online_store_of(store)
     now = datetime.now(UTC)
-    for name, feature, value in (
-        ("short_key", "sk", Value(int64_val=1)),
-        ("forced_stream", "fs_f", Value(int64_val=2)),
-        ("short_field", "sf", Value(string_val="x")),
-        ("forced_batch", "fb", Value(int64_val=3)),
-    ):
-        view = store.get_feature_view(name)
-        online.online_write_batch(store.config, view, [(user_key(name), {feature: value}, now, None)], None)
-    assert 590 <= r.ttl("fs:user:short_key") <= 600
+    with write_window() as window:
+        for name, feature, value in (
+            ("short_key", "sk", Value(int64_val=1)),
+            ("forced_stream", "fs_f", Value(int64_val=2)),
+            ("short_field", "sf", Value(string_val="x")),
+            ("forced_batch", "fb", Value(int64_val=3)),
+        ):
+            view = store.get_feature_view(name)
+            online.online_write_batch(
+                store.config, view, [(user_key(name), {feature: value}, now, None)], None
+            )
+    assert_expiry([r.pexpiretime("fs:user:short_key")], window, 600, "short_key")
     assert r.httl("fs:user:short_key", "sk") == [-1]
     assert r.ttl("fs:user:forced_stream") == -1  # streaming: no key TTL ...
-    assert 290 <= r.httl("fs:user:forced_stream", "fs_f")[0] <= 300  # ... a field TTL instead
-    assert 25 <= r.httl("fs:user:short_field", "sf")[0] <= 30
+    assert_expiry(
+        r.hpexpiretime("fs:user:forced_stream", "fs_f"), window, 300, "forced_stream"
+    )  # ... a field TTL
+    assert_expiry(r.hpexpiretime("fs:user:short_field", "sf"), window, 30, "short_field")
     assert r.httl("fs:user:forced_batch", "fb") == [-1]
-    assert 86_390 <= r.ttl("fs:user:forced_batch") <= 86_400
+    assert_expiry([r.pexpiretime("fs:user:forced_batch")], window, 86_400, "forced_batch")
 
 
 @pytest.mark.parametrize(
@@ -344,7 +364,7 @@ def test_stream_feature_view_is_streaming_and_does_not_store_its_join_key(store,
         store.config, view, [(user_key("u0001"), values, now, None)], None
     )
     assert {f.decode() for f in r.hkeys(KEY)} == {"clicks_1m", "_ts:user_clicks"}
-    assert all(0 < t <= 300 for t in r.httl(KEY, "clicks_1m", "_ts:user_clicks"))
+    assert all(0 < t <= 300 for t in r.httl(KEY, "clicks_1m", "_ts:user_clicks"))  # no lower bound: no race
     assert r.ttl(KEY) == -1
     got = store.get_online_features(features=["user_clicks:clicks_1m"], entity_rows=[{"user_id": "u0001"}])
     assert got.to_dict()["clicks_1m"] == [9]
@@ -401,11 +421,16 @@ def test_the_latest_batch_write_sets_the_key_ttl_of_the_shared_hash(store, r):
     the seed's BulkLoad (README, "Batch write"), so a shorter key TTL on one view shortens the
     entity's life and a later write of the longer view restores it."""
     store.apply([user_view("short_key", {"sk": Int64}, tags={"hexpire.key_ttl_seconds": "600"})])
-    materialize(store, views=["user_batch_features"])  # 86400 s
-    assert r.ttl(KEY) > 86_000
+    with write_window() as window:
+        materialize(store, views=["user_batch_features"])  # 86400 s
+    assert_expiry([r.pexpiretime(KEY)], window, 86_400, "first batch write")
     now = datetime.now(UTC)
     row = (user_key("u0001"), {"sk": Value(int64_val=1)}, now, None)
-    online_store_of(store).online_write_batch(store.config, store.get_feature_view("short_key"), [row], None)
-    assert 590 < r.ttl(KEY) <= 600
-    materialize(store, views=["user_batch_features"])  # unchanged rows: the TTL is re-pinned
-    assert r.ttl(KEY) > 86_000
+    with write_window() as window:
+        online_store_of(store).online_write_batch(
+            store.config, store.get_feature_view("short_key"), [row], None
+        )
+    assert_expiry([r.pexpiretime(KEY)], window, 600, "the shorter view's write")
+    with write_window() as window:
+        materialize(store, views=["user_batch_features"])  # unchanged rows: the TTL is re-pinned
+    assert_expiry([r.pexpiretime(KEY)], window, 86_400, "re-pinned")

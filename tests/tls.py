@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from feast_redis_hexpire.local_redis import free_port, stop_process
+from feast_redis_hexpire.local_redis import free_port, spawn, stop_process
 
 __all__ = ["Certs", "Stunnel", "make_certs", "stunnel_binary"]
 
@@ -90,11 +90,9 @@ class Stunnel:
     def start(self, timeout: float = 10.0) -> Stunnel:
         binary = stunnel_binary()
         if binary is None:
-            raise FileNotFoundError("stunnel4 is not installed")
-        self.process = subprocess.Popen(
-            [binary, str(self.config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            raise FileNotFoundError("stunnel4 is not installed (Debian package stunnel4)")
+        # spawn: stopped by the reaper too if the test process dies first
+        self.process = spawn([binary, str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:  # wait until stunnel accepts TCP connections
             if self.process.poll() is not None:

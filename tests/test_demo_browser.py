@@ -35,7 +35,7 @@ STREAM_TTL = 3
 @pytest.fixture(scope="module")
 def page_url(tmp_path_factory):
     with LocalRedis("redis") as server:
-        repo = demo_repo.write_repo(
+        repo = demo_repo.write_demo_repo(
             tmp_path_factory.mktemp("browser") / "repo",
             server.connection_string,
             stream_field_ttl_seconds=STREAM_TTL,

@@ -21,7 +21,7 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 @pytest.fixture(scope="module")
 def demo(redis_server, tmp_path_factory):
-    repo = demo_repo.write_repo(
+    repo = demo_repo.write_demo_repo(
         tmp_path_factory.mktemp("demo") / "repo", redis_server.connection_string, stream_field_ttl_seconds=60
     )
     demo = Demo.create(repo, users_per_tick=5, interval=0.2, worker_seed=1)
@@ -318,7 +318,7 @@ def test_asgi_transport_in_process(demo, http):
 
 def test_glob_prefix_is_escaped_and_glob_only_prefix_refused(redis_server, r, tmp_path):
     r.flushall()
-    glob_repo = demo_repo.write_repo(tmp_path / "glob", redis_server.connection_string, key_prefix="fs:u?")
+    glob_repo = demo_repo.write_demo_repo(tmp_path / "glob", redis_server.connection_string, key_prefix="fs:u?")
     glob = Demo.create(glob_repo)
     glob.bulk_load(3, 600)
     assert r.exists("fs:u?user:u0001")
@@ -329,7 +329,7 @@ def test_glob_prefix_is_escaped_and_glob_only_prefix_refused(redis_server, r, tm
     assert result["deleted"] == 3 and result["pattern"] == "fs:u\\?user:*"
     assert sorted(r.keys()) == [b"fs:uXuser:u0001", b"unrelated"]
 
-    star_repo = demo_repo.write_repo(tmp_path / "star", redis_server.connection_string, key_prefix="*:")
+    star_repo = demo_repo.write_demo_repo(tmp_path / "star", redis_server.connection_string, key_prefix="*:")
     star = Demo.create(star_repo)
 
     async def reset() -> httpx.Response:
@@ -343,7 +343,7 @@ def test_glob_prefix_is_escaped_and_glob_only_prefix_refused(redis_server, r, tm
 
 def test_redis_down_is_a_5xx_json_error(tmp_path):
     with LocalRedis("redis") as own:
-        repo = demo_repo.write_repo(tmp_path / "repo", own.connection_string, retries=0, socket_timeout=1)
+        repo = demo_repo.write_demo_repo(tmp_path / "repo", own.connection_string, retries=0, socket_timeout=1)
         demo = Demo.create(repo)
         demo.bulk_load(3, 600)
         app = create_app(demo)

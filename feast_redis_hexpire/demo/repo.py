@@ -2,10 +2,18 @@
 
 The demo never writes into the sample repo itself; its registry, offline parquet files and yaml
 live in a work directory (by default one per HTTP port under the system temp directory).
+
+The demo's own repo (:func:`write_demo_repo`) keeps the connection string, which may hold a
+password, out of the file: the yaml says ``${FEAST_HEXPIRE_DEMO_REDIS}`` (Feast substitutes
+environment variables in feature_store.yaml when it loads it) and the value lives only in this
+process's environment. Every yaml written here is readable by its owner only (0600). The demo's
+registry keeps serving a view while a bulk load materializes it
+(``serve_features_while_materializing``).
 """
 
 from __future__ import annotations
 
+import os
 import runpy
 import shutil
 from pathlib import Path
@@ -35,7 +43,9 @@ __all__ = [
     "batch_source_path",
     "read_population",
     "write_offline_rows",
+    "write_demo_repo",
     "write_repo",
+    "CONNECTION_ENV",
 ]
 
 SAMPLE_REPO = Path(__file__).resolve().parent.parent.parent / "feature_repo"
@@ -44,13 +54,17 @@ JOIN_KEY = "user_id"
 BATCH_VIEW = "user_batch_features"
 STREAMING_VIEW = "user_streaming_features"
 PUSH_SOURCE = "user_events_push"
+CONNECTION_ENV = "FEAST_HEXPIRE_DEMO_REDIS"  # the demo repo's connection string, never in its file
 
 
-def write_repo(path: Path, connection_string: str, **online_store: Any) -> Path:
-    """Copy the sample repo's definitions to ``path`` with ``online_store`` merged into its yaml.
+def write_repo(
+    path: Path, connection_string: str, *, registry: dict[str, Any] | None = None, **online_store: Any
+) -> Path:
+    """Copy the sample repo's definitions to ``path`` with ``online_store`` merged into its yaml
+    (and ``registry`` settings, if given, into its registry section).
 
-    The connection string is written literally (not as ``${REDIS_CONNECTION_STRING}``), so the
-    repo works without environment variables.
+    The connection string is written as given (the tests' repos work without environment
+    variables); the yaml is readable by its owner only. The demo uses :func:`write_demo_repo`.
     """
     if not (SAMPLE_REPO / "features.py").exists():
         raise FileNotFoundError(f"the sample repo is missing: {SAMPLE_REPO}/features.py")
@@ -58,9 +72,28 @@ def write_repo(path: Path, connection_string: str, **online_store: Any) -> Path:
     shutil.copy(SAMPLE_REPO / "features.py", path / "features.py")
     config = yaml.safe_load((SAMPLE_REPO / "feature_store.yaml").read_text())
     config["online_store"].update(connection_string=connection_string, **online_store)
-    (path / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if registry:
+        config["registry"] = {"path": config["registry"], **registry}
+    yml = path / "feature_store.yaml"
+    fd = os.open(yml, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # also when the file existed with wider permissions
+        f.write(yaml.safe_dump(config, sort_keys=False))
     (path / "data").mkdir(exist_ok=True)
     return path
+
+
+def write_demo_repo(path: Path, connection_string: str, **online_store: Any) -> Path:
+    """The demo's repo: the connection string only in this process's environment
+    (``CONNECTION_ENV``; open the store in this process, or export it to use the feast CLI there),
+    and a registry that keeps serving while a bulk load materializes."""
+    os.environ[CONNECTION_ENV] = connection_string
+    return write_repo(
+        path,
+        "${" + CONNECTION_ENV + "}",
+        registry={"serve_features_while_materializing": True},
+        **online_store,
+    )
 
 
 def feast_objects(repo: Path) -> list[Any]:

@@ -136,7 +136,9 @@ def bulk_load(
 
 def default_repo(connection_string: str) -> Path:
     """The demo's default work dir (the one ``feast-hexpire demo`` on port 8087 uses)."""
-    return demo_repo.write_demo_repo(Path(tempfile.gettempdir()) / "feast-hexpire-demo-8087", connection_string)
+    return demo_repo.write_demo_repo(
+        Path(tempfile.gettempdir()) / "feast-hexpire-demo-8087", connection_string
+    )
 
 
 def run_cli(args: Any) -> int:

@@ -1,8 +1,13 @@
 """The demo's state: one FeatureStore, one streaming worker, the known population, counters.
 
 Every operation here is the real Feast path: bulk loads materialize, the worker pushes, reads go
-through ``get_online_features``. Only inspection, the per-field TTLs shown beside a read and the
-user count talk to Redis directly, and none of them scans the keyspace (see :meth:`Demo.state`).
+through ``get_online_features``. Bulk loads, the worker and the reads each use their own
+``FeatureStore`` on the same repo and config: Feast's file registry updates its in-memory copy in
+place while a materialization changes a view's state, and a read or push in another thread that
+looks the view up in the same copy at that moment finds it missing; and every lookup here uses
+the store's loaded registry, never a re-read of a file that a bulk load may be rewriting. Only
+inspection, the per-field TTLs and event times shown beside a read, the user counts and the key
+memory talk to Redis directly, and none of them scans the keyspace (see :meth:`Demo.state`).
 """
 
 from __future__ import annotations
@@ -69,7 +74,9 @@ class Demo:
         interval: float = 1.0,
         worker_seed: int | None = None,
     ) -> None:
-        self.store = store
+        self.store = store  # bulk loads and resets
+        self.reader = _twin(store)  # get_online_features, views, inspect
+        self.pusher = _twin(store)  # the streaming worker's pushes
         self.population: list[str] = demo_repo.read_population(store)
         self._known = set(self.population)
         self._keys: list[bytes] = self._key_list(self.population)
@@ -78,7 +85,9 @@ class Demo:
         self.last_read_ms = 0.0
         self.last_read_kind: str | None = None
         self.batch_ttl_seconds: int | None = store.config.online_store.key_ttl_seconds
-        self.worker = StreamingWorker(store, lambda: self.population, users_per_tick, interval, worker_seed)
+        self.worker = StreamingWorker(
+            self.pusher, lambda: self.population, users_per_tick, interval, worker_seed
+        )
         self.worker.watched = self.population[0] if self.population else None
         self.metrics = Metrics()
         self.sampler = Sampler(self.sample)
@@ -102,7 +111,7 @@ class Demo:
 
     @property
     def online(self) -> Any:
-        return self.store._get_provider().online_store  # type: ignore[attr-defined]
+        return _online(self.store)
 
     @property
     def client(self) -> Any:
@@ -135,8 +144,11 @@ class Demo:
 
     def layouts(self) -> dict[str, ViewLayout]:
         """The demo views' layouts as the store computes them (fields follow its settings)."""
-        config = self.store.config
-        return {name: ViewLayout.of(config, self.store.get_feature_view(name)) for name in VIEWS}
+        config = self.reader.config
+        return {
+            name: ViewLayout.of(config, self.reader.get_feature_view(name, allow_registry_cache=True))
+            for name in VIEWS
+        }
 
     def check_user(self, value: Any, field: str = "user_id") -> str:
         if value is not None and not isinstance(value, str):
@@ -231,7 +243,7 @@ class Demo:
             "key_prefix": self.prefix,
             "batch_ttl_seconds": self.batch_ttl_seconds,
             "streaming_ttl_seconds": self.streaming_ttl_seconds,
-            "store_stats": dict(self.online.stats),
+            "store_stats": dict(self.online.stats + _online(self.pusher).stats),
             "counters": dict(self.counters),
             "last_read_ms": self.last_read_ms,
             "last_read_kind": self.last_read_kind,
@@ -242,9 +254,12 @@ class Demo:
 
     def views(self) -> list[dict[str, Any]]:
         """The repo's feature views as the store sees them: layer and why, TTLs, hash fields."""
-        config = self.store.config
+        config = self.reader.config
         out = []
-        for view in [*self.store.list_feature_views(), *self.store.list_stream_feature_views()]:
+        for view in [
+            *self.reader.list_feature_views(allow_cache=True),
+            *self.reader.list_stream_feature_views(allow_cache=True),
+        ]:
             policy = policy_for(view, config.online_store)
             lay = ViewLayout.of(config, view)
             out.append(
@@ -373,7 +388,7 @@ class Demo:
             raise TimeoutError("streaming worker still busy after 30 s")
         self.store.config.online_store.stream_field_ttl_seconds = ttl
         pushed = time.time()
-        self.store.push(demo_repo.PUSH_SOURCE, streaming_frame([user], self.rng))
+        self.pusher.push(demo_repo.PUSH_SOURCE, streaming_frame([user], self.rng))
         return {
             "user_id": user,
             "streaming_ttl_seconds": ttl,
@@ -410,7 +425,7 @@ class Demo:
         refs = [f"{FEATURES[f]}:{f}" for f in names]
         started = time.perf_counter()
         with self._serving():
-            response = self.store.get_online_features(features=refs, entity_rows=[{"user_id": user}])
+            response = self.reader.get_online_features(features=refs, entity_rows=[{"user_id": user}])
         latency_ms = (time.perf_counter() - started) * 1000
         values = response.to_dict()
         statuses = _statuses(response)
@@ -453,7 +468,7 @@ class Demo:
         refs = [f"{FEATURES[f]}:{f}" for f in names]
         started = time.perf_counter()
         with self._serving():
-            response = self.store.get_online_features(
+            response = self.reader.get_online_features(
                 features=refs, entity_rows=[{"user_id": u} for u in users]
             )
         total_ms = (time.perf_counter() - started) * 1000
@@ -495,7 +510,7 @@ class Demo:
     def inspect(self, user_id: Any) -> dict[str, Any]:
         user = self.check_user(user_id)
         self.counters["inspects"] += 1
-        report = inspect_entity(self.store, demo_repo.ENTITY, user).as_dict()
+        report = inspect_entity(self.reader, demo_repo.ENTITY, user).as_dict()
         report["user_id"] = user
         report["streaming_ttl_seconds"] = self.streaming_ttl_seconds
         report["batch_ttl_seconds"] = self.batch_ttl_seconds
@@ -513,13 +528,14 @@ class Demo:
         live, _ = self.live_users()
         fresh, _ = self.fresh_users()
         memory = self.client.memory_usage(self.key_of(user)) if user is not None else None
-        return self.metrics.add_point(int(self.online.stats.get("written", 0)), fresh, live, memory)
+        written = self.online.stats.get("written", 0) + _online(self.pusher).stats.get("written", 0)
+        return self.metrics.add_point(int(written), fresh, live, memory)
 
     def _probe_read(self, user: str) -> None:
         refs = [f"{FEATURES[f]}:{f}" for f in DEFAULT_READ]
         started = time.perf_counter()
         with self._serving():
-            self.store.get_online_features(features=refs, entity_rows=[{"user_id": user}])
+            self.reader.get_online_features(features=refs, entity_rows=[{"user_id": user}])
         self.metrics.record("single", (time.perf_counter() - started) * 1000)
 
     def reset(self, idle_timeout: float = 30.0) -> dict[str, Any]:
@@ -546,6 +562,19 @@ class Demo:
 
 
 VIEWS = (demo_repo.BATCH_VIEW, demo_repo.STREAMING_VIEW)
+
+
+def _twin(store: FeatureStore) -> FeatureStore:
+    """Another FeatureStore on the same repo and the same config object (settings changed at
+    run time apply to both), with its own registry copy and its own Redis clients. The copy is
+    loaded now, before any bulk load can be rewriting the registry file."""
+    twin = FeatureStore(repo_path=str(store.repo_path), config=store.config)
+    twin.list_feature_views()
+    return twin
+
+
+def _online(store: FeatureStore) -> Any:
+    return store._get_provider().online_store  # type: ignore[attr-defined]
 
 
 def _check_seconds(value: Any, field: str) -> float:

@@ -6,9 +6,13 @@ live in a work directory (by default one per HTTP port under the system temp dir
 The demo's own repo (:func:`write_demo_repo`) keeps the connection string, which may hold a
 password, out of the file: the yaml says ``${FEAST_HEXPIRE_DEMO_REDIS}`` (Feast substitutes
 environment variables in feature_store.yaml when it loads it) and the value lives only in this
-process's environment. Every yaml written here is readable by its owner only (0600). The demo's
-registry keeps serving a view while a bulk load materializes it
-(``serve_features_while_materializing``).
+process's environment. Every yaml written here is readable by its owner only (0600).
+
+Reads go on while a bulk load materializes: each of the demo's FeatureStores keeps the registry it
+loaded at start (``cache_mode: thread`` with ``cache_ttl_seconds: 0``: never re-read; the demo
+applies its views once, at start), so a read never sees the view's transient ``MATERIALIZING``
+state nor a registry file that the load is rewriting in place; and should a store re-read it,
+``serve_features_while_materializing`` keeps the view serving.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ BATCH_VIEW = "user_batch_features"
 STREAMING_VIEW = "user_streaming_features"
 PUSH_SOURCE = "user_events_push"
 CONNECTION_ENV = "FEAST_HEXPIRE_DEMO_REDIS"  # the demo repo's connection string, never in its file
+DEMO_REGISTRY = {"cache_mode": "thread", "cache_ttl_seconds": 0, "serve_features_while_materializing": True}
 
 
 def write_repo(
@@ -91,7 +96,7 @@ def write_demo_repo(path: Path, connection_string: str, **online_store: Any) -> 
     return write_repo(
         path,
         "${" + CONNECTION_ENV + "}",
-        registry={"serve_features_while_materializing": True},
+        registry=DEMO_REGISTRY,
         **online_store,
     )
 

@@ -137,7 +137,7 @@ async function refreshFreshness() {
     $("fr-user").textContent = "no one";
     box.replaceChildren(); $("fr-meta").textContent = "";
     emptyState(empty, state.population === 0
-      ? "<b>No users loaded.</b> Bulk-load users (below) to start; the worker then streams fresh data for the watched user."
+      ? "<b>No users loaded.</b> Bulk-load users (top right) to start; the worker then streams fresh data for the watched user."
       : "No user is watched. Use <i>Pick a user with fresh streaming data</i>.");
     return;
   }
@@ -165,11 +165,11 @@ async function refreshFreshness() {
 
 const COLORS = { batch: "#3b6fd8", stream: "#e07b24", grey: "#98a2b3", green: "#1f9d55" };
 
-function makeChart(id, series, yLabel) {
+function makeChart(id, series, yLabel, log) {
   const el = $(id);
   const opts = {
     width: Math.max(280, el.clientWidth || 400), height: 170,
-    scales: { x: { time: true } },
+    scales: { x: { time: true }, y: log ? { distr: 3 } : {} },
     axes: [{ stroke: "#667085", grid: { stroke: "#eef0f3" } }, { stroke: "#667085", grid: { stroke: "#eef0f3" }, label: yLabel, size: 56 }],
     legend: { live: false },
     series: [{}, ...series.map(([label, color, dash]) => ({ label, stroke: color, width: 2, dash, spanGaps: true, points: { show: false } }))],
@@ -181,7 +181,7 @@ function makeChart(id, series, yLabel) {
 
 function initCharts() {
   makeChart("chart-latency", [["single p50", COLORS.batch], ["single p99", COLORS.batch, [5, 4]],
-    ["batch p50", COLORS.stream], ["batch p99", COLORS.stream, [5, 4]]], "ms");
+    ["batch p50", COLORS.stream], ["batch p99", COLORS.stream, [5, 4]]], "ms (log)", true);
   makeChart("chart-writes", [["rows/s", COLORS.green]], "rows/s");
   makeChart("chart-users", [["in Redis", COLORS.batch], ["fresh streaming", COLORS.stream]], "users");
   makeChart("chart-memory", [["watched hash", COLORS.batch]], "bytes");
@@ -209,7 +209,7 @@ async function loadViews() {
     const card = document.createElement("div"); card.className = "view " + v.mode; card.dataset.view = v.name;
     const ttl = v.mode === "streaming"
       ? `per-field TTL ${fmtSeconds(v.field_ttl_seconds)} (HPEXPIRE on each write)`
-      : `key TTL ${fmtSeconds(v.key_ttl_seconds)} (EXPIRE of the whole key on each write)`;
+      : `key TTL ${fmtSeconds(v.key_ttl_seconds)} (EXPIRE of the whole key on each write; a bulk load here sets its own)`;
     card.innerHTML = `<h3><span class="tag ${v.mode}"></span> <code></code></h3><p class="why"></p><p class="ttl"></p>` +
       `<table><thead><tr><th>Feature</th><th>Redis field</th><th>Type</th></tr></thead><tbody></tbody></table>`;
     card.querySelector(".tag").textContent = v.mode;

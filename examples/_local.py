@@ -1,20 +1,38 @@
-"""Shared by the examples: a Redis to talk to and the sample repo ready to use.
+"""Shared by the examples: a Redis to talk to and a copy of the sample repo ready to use.
 
-Uses ``$REDIS_CONNECTION_STRING`` when set; otherwise starts a local Redis 8.2 for the run.
+Uses ``$REDIS_CONNECTION_STRING`` when set; otherwise starts a local Redis 8.2 for the run. Each
+example works in its own fresh copy of ``feature_repo/`` (``REPO``, under the system temp
+directory, named after the example), so its data and registry never touch ``feature_repo/data``,
+which the README's quick start uses.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from feast_redis_hexpire.local_redis import LocalRedis
 
-REPO = Path(__file__).resolve().parent.parent / "feature_repo"
+SAMPLE_REPO = Path(__file__).resolve().parent.parent / "feature_repo"
+
+
+def example_repo(name: str) -> Path:
+    """A fresh copy of the sample repo's definitions for one example, with its own data dir."""
+    path = Path(tempfile.gettempdir()) / f"feast-hexpire-example-{name}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    for file in ("features.py", "feature_store.yaml", "generate_data.py", "push.py"):
+        shutil.copy(SAMPLE_REPO / file, path / file)
+    return path
+
+
+REPO = example_repo(Path(sys.argv[0]).stem or "example")
 
 
 @contextlib.contextmanager

@@ -124,8 +124,10 @@ def chart_points(driver) -> dict[str, list[int]]:
 
 def fill(driver, element_id: str, value: str) -> None:
     field = driver.find_element(By.ID, element_id)
+    field.click()  # focused: the page's refresh leaves it alone from now on
     field.clear()
     field.send_keys(value)
+    assert field.get_attribute("value") == value
 
 
 DURATION = re.compile(r"^(\d+(\.\d)? s|\d+ m \d+ s|\d+ h \d+ m|\d+ d \d+ h)$")

@@ -224,7 +224,10 @@ async function loadViews() {
 
 // ---- actions ----
 
-for (const id of ["set-ttl", "set-users", "set-tick", "read-user"]) $(id).addEventListener("input", () => { $(id).dataset.edited = "1"; });
+// A field the user touched is not overwritten by the next refresh until it is submitted.
+for (const id of ["set-ttl", "set-users", "set-tick", "read-user"]) {
+  for (const kind of ["focus", "input", "change"]) $(id).addEventListener(kind, () => { $(id).dataset.edited = "1"; });
+}
 
 $("settings-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -340,6 +343,7 @@ $("reset").addEventListener("click", async () => {
   show($("read-latency"), "No users loaded: bulk-load, then read.");
   show($("inspect-key"), "No users loaded: bulk-load, then inspect.");
   show($("batch-result"), "No users loaded: bulk-load, then score.");
+  for (const id of ["scenario-result", "settings-result", "bulk-result"]) show($(id), "");
   await refreshState(); refreshFreshness();
 });
 

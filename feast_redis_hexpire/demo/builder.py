@@ -153,8 +153,9 @@ def run_cli(args: Any) -> int:
         repo = Path(args.repo)
         if not (repo / "feature_store.yaml").exists():
             raise InputError("--repo", f"{repo} has no feature_store.yaml")
-        if connection:
+        if connection:  # for a yaml that names either variable (the sample repo's, the demo's)
             os.environ["REDIS_CONNECTION_STRING"] = connection
+            os.environ[demo_repo.CONNECTION_ENV] = connection
     else:
         repo = default_repo(connection or "localhost:6379")
     store = FeatureStore(repo_path=str(repo))

@@ -1,7 +1,7 @@
 """The README's quick start, run exactly as written (in a copy of the sample repo), and its
 storage-layout example compared with what the quick start shows.
 
-Two lines are handled rather than run: ``pip install -e .`` (the package under test is already
+Two lines are handled rather than run: the ``pip install`` line (the package under test is already
 installed where the tests run) and ``feast-hexpire local-redis &``, started here as a background
 process whose printed address replaces ``PORT`` in the next line, and stopped at the end.
 """
@@ -62,11 +62,14 @@ def layout_example() -> dict[str, str]:
 
 def test_quick_start_as_written(tmp_path):
     lines = [command(x) for x in block_after("## Quick start", "```sh\n")]
-    assert lines[0] == "pip install -e ." and lines[1] == "feast-hexpire local-redis &"
-    assert lines[2] == "export REDIS_CONNECTION_STRING=127.0.0.1:PORT" and lines[3] == "cd feature_repo"
-    shutil.copytree(
-        ROOT / "feature_repo", tmp_path / "feature_repo", ignore=shutil.ignore_patterns("data", ".feast")
-    )
+    # Installing is not repeated here; the local Redis runs in the background as the block says.
+    assert lines[0].startswith("pip install") and lines[1] == "feast-hexpire local-redis &"
+    assert lines[2] == "export REDIS_CONNECTION_STRING=127.0.0.1:PORT"
+    assert any(x.startswith("python push.py") for x in lines), "the quick start pushes a streaming event"
+    # A quick start that works in the checkout's sample repo runs in a copy of it.
+    if (ROOT / "feature_repo").is_dir():
+        ignore = shutil.ignore_patterns("data", ".feast", "__pycache__")
+        shutil.copytree(ROOT / "feature_repo", tmp_path / "feature_repo", ignore=ignore)
     server, address = start_local_redis()
     try:
         host, port = address.split(":")

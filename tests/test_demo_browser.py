@@ -145,7 +145,8 @@ def test_page_walkthrough(page_url, browser):
     assert text(d, "st-users") == "0" and text(d, "st-watched") == "none"
     WebDriverWait(d, 10, 0.1).until(lambda d: "No users loaded" in text(d, "fr-empty"))
     views = {v.get_attribute("data-view"): v.text for v in d.find_elements(By.CSS_SELECTOR, "#views .view")}
-    assert "streaming because its source user_events_push is a PushSource" in views["user_streaming_features"]
+    stream = views["user_streaming_features"]
+    assert "streaming because its source 'user_events_push' is a PushSource" in stream
     assert "batch because no stream source" in views["user_batch_features"]
     assert "tx_count_5m" in views["user_streaming_features"] and "country_iso" in views["user_batch_features"]
     shot(d, "1-empty")

@@ -667,7 +667,7 @@ def test_batch_read_summary(http, demo):
 def test_views_panel_follows_the_store(http, demo):
     views = {v["name"]: v for v in http.get("/views").json()["views"]}
     batch, stream = views["user_batch_features"], views["user_streaming_features"]
-    assert batch["mode"] == "batch" and "batch by default" in batch["why"]
+    assert batch["mode"] == "batch" and "no stream source" in batch["why"]
     assert (
         stream["mode"] == "streaming"
         and "PushSource" in stream["why"]

@@ -590,7 +590,8 @@ def _check_seconds(value: Any, field: str) -> float:
 
 
 def _why(view: Any) -> str:
-    """Why the store treats ``view`` as batch or streaming (the rule policy.is_streaming applies)."""
+    """Why the store treats ``view`` as batch or streaming (the rule policy.is_streaming applies;
+    the same words as ``policy.mode_reason`` where that exists)."""
     tag = (view.tags or {}).get(TAG_MODE)
     if tag is not None:
         return f"tag {TAG_MODE}={tag}"
@@ -598,8 +599,8 @@ def _why(view: Any) -> str:
         return "a StreamFeatureView"
     source = getattr(view, "stream_source", None)
     if source is not None and is_streaming(view):
-        return f"its source {source.name} is a {type(source).__name__}"
-    return "no stream source and no tag: batch by default"
+        return f"its source {source.name!r} is a {type(source).__name__}"
+    return f"no stream source and no {TAG_MODE} tag"
 
 
 def _micros(raw: Any) -> int | None:

@@ -9,8 +9,14 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-install: $(PY)
+# Reinstall only when the package's metadata changes (an editable install picks up code changes).
+STAMP := $(VENV)/.install-stamp
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PIP) install -q -e ".[local]"
+	touch $@
 
 install-test: $(PY) system-deps
 	$(PIP) install -q -e ".[local,test]"

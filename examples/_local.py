@@ -1,12 +1,15 @@
-"""Shared by the examples: a Redis to talk to and the sample repo ready to use.
+"""Shared by the examples: a Redis to talk to and a copy of the sample repo ready to use.
 
-Uses ``$REDIS_CONNECTION_STRING`` when set; otherwise starts a local Redis 8.2 for the run.
+Uses ``$REDIS_CONNECTION_STRING`` when set; otherwise starts a local Redis 8.2 for the run. Each
+example works in its own fresh copy of the sample repo (``REPO``, under the system temp
+directory, named after the example), so its data and registry never touch a repo of yours.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,8 +19,16 @@ from typing import Iterator
 from feast_redis_hexpire.demo.repo import init_sample
 from feast_redis_hexpire.local_redis import LocalRedis
 
-# A fresh copy of the sample repo per run (`feast-hexpire init-sample DIR` does the same).
-REPO = init_sample(Path(tempfile.mkdtemp(prefix="feast-hexpire-example-")) / "repo")
+
+def example_repo(name: str) -> Path:
+    """A fresh copy of the sample repo for one example, with its own data dir
+    (`feast-hexpire init-sample DIR` makes the same copy)."""
+    path = Path(tempfile.gettempdir()) / f"feast-hexpire-example-{name}"
+    shutil.rmtree(path, ignore_errors=True)
+    return init_sample(path)
+
+
+REPO = example_repo(Path(sys.argv[0]).stem or "example")
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """The two TTL layers, watched for real with short TTLs: streaming fields expire one by one while
 the batch fields stay, then the whole entity disappears at the key TTL.
 
-    python examples/expiry.py            # about 10 seconds
+    python examples/expiry.py    # 6.5 s of expiry after Feast's start-up, apply and materialize
+                                 # (measured 135 s in all on a busy 2-core machine)
 """
 
 from __future__ import annotations

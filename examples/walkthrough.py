@@ -1,7 +1,8 @@
 """The seed's walkthrough through Feast: bulk load, streaming push, mixed read, batch scoring,
 and the redis-cli checks, all on the sample repo.
 
-    python examples/walkthrough.py            # starts a local Redis unless $REDIS_CONNECTION_STRING is set
+    python examples/walkthrough.py    # starts a local Redis unless $REDIS_CONNECTION_STRING is set
+                                      # (measured 216 s on a busy 2-core machine)
 """
 
 from __future__ import annotations

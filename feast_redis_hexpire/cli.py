@@ -1,8 +1,8 @@
 """``feast-hexpire``: run a local server, inspect an entity's hash.
 
 feast-hexpire local-redis [--kind redis|valkey] [--port N]
-feast-hexpire inspect user u0001 [--repo feature_repo] [--json]
-feast-hexpire layout [--repo feature_repo] [--json]
+feast-hexpire inspect user u0001 [--repo DIR] [--json]
+feast-hexpire layout [--repo DIR] [--json]
 feast-hexpire settings
 feast-hexpire init-sample DIR
 feast-hexpire demo [--port 8087] [--redis host:port] [--no-reset]
@@ -135,12 +135,12 @@ def parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="show one entity's hash with key and field TTLs")
     inspect.add_argument("entity", help="entity name, e.g. user")
     inspect.add_argument("id", help="entity id, e.g. u0001")
-    inspect.add_argument("--repo", default=os.environ.get("FEAST_REPO", "feature_repo"))
+    inspect.add_argument("--repo", default=os.environ.get("FEAST_REPO", "."))
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(run=_inspect)
 
     views = commands.add_parser("layout", help="per view: mode, key pattern, TTLs and each feature's field")
-    views.add_argument("--repo", default=os.environ.get("FEAST_REPO", "feature_repo"))
+    views.add_argument("--repo", default=os.environ.get("FEAST_REPO", "."))
     views.add_argument("--json", action="store_true", help="print JSON instead of text")
     views.set_defaults(run=_layout)
 

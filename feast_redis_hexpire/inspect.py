@@ -73,7 +73,7 @@ class EntityReport:
 
 def entity_key(store: FeatureStore, entity: str, entity_id: str) -> EntityKeyProto:
     """The EntityKeyProto Feast would build for ``entity_id`` (typed by the entity's value type)."""
-    spec = store.get_entity(entity)
+    spec = store.get_entity(entity, allow_registry_cache=True)
     value = ValueProto()
     if spec.value_type in (ValueType.INT64, ValueType.INT32):
         setattr(value, "int64_val" if spec.value_type == ValueType.INT64 else "int32_val", int(entity_id))
@@ -93,8 +93,8 @@ def inspect_entity(store: FeatureStore, entity: str, entity_id: str) -> EntityRe
     """One round trip of HGETALL, PTTL, OBJECT ENCODING and HPTTL for the entity's hash."""
     config = store.config
     online = hexpire_store(store)
-    views = [v for v in store.list_feature_views() if entity in (v.entities or [])]
-    views += [v for v in store.list_stream_feature_views() if entity in (v.entities or [])]
+    views = [v for v in store.list_feature_views(allow_cache=True) if entity in (v.entities or [])]
+    views += [v for v in store.list_stream_feature_views(allow_cache=True) if entity in (v.entities or [])]
     ek = entity_key(store, entity, entity_id)
     client = online.client(config)
     layouts = [ViewLayout.of(config, v, client) for v in views]  # fields as naming.py resolves them

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from conftest import Window, assert_expiry, write_window
 from feast_redis_hexpire.cli import main
 from feast_redis_hexpire.demo import repo as demo_repo
 from feast_redis_hexpire.demo.server import bind
-from feast_redis_hexpire.local_redis import free_port
+from feast_redis_hexpire.local_redis import LocalRedis, free_port
 from feast_redis_hexpire.synth import batch_rows
 
 CLI = [sys.executable, "-m", "feast_redis_hexpire.cli"]
@@ -177,3 +178,29 @@ def test_one_command_starts_everything_and_ctrl_c_stops_it(tmp_path):
         redis.Redis(port=int(local), socket_connect_timeout=1).ping()  # the local Redis is gone
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/state", timeout=5)
+
+
+def test_demo_keeps_the_password_out_of_its_files(tmp_path):
+    """The connection string (password included) reaches Feast through the environment; the
+    demo's feature_store.yaml names the variable, is readable by its owner only, and no file the
+    demo writes holds the password, during the run or after it."""
+    secret = "s3cret-" + os.urandom(6).hex()
+    with LocalRedis("redis") as server:
+        server.client().config_set("requirepass", secret)
+        work = tmp_path / "work"
+        connection = f"{server.connection_string},password={secret}"
+        process, url, lines = start_demo("--port", str(free_port()), "--users", "5", "--work-dir", str(work),
+                                         "--redis", connection)  # fmt: skip
+        try:
+            assert httpx.get(url + "/state", timeout=30).json()["users"] == 5
+            yml = work / "feature_store.yaml"
+            assert "${FEAST_HEXPIRE_DEMO_REDIS}" in yml.read_text()
+            assert stat.S_IMODE(yml.stat().st_mode) == 0o600
+            during = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
+        finally:
+            process.send_signal(signal.SIGINT)
+            out, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, out
+    assert during and not [p for p, data in during.items() if secret.encode() in data]
+    assert not [p for p in work.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert secret not in "".join(lines) + out

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ..synth import batch_rows, user_id
 from . import repo as demo_repo
-from .errors import InputError
+from .errors import InputError, quote
 
 __all__ = ["BulkLoadResult", "bulk_load", "check_count", "check_ttl", "key_ttl", "MAX_COUNT", "MAX_TTL"]
 
@@ -55,7 +55,7 @@ class BulkLoadResult:
 
 def _as_int(field: str, value: Any) -> int:
     if isinstance(value, bool):
-        raise InputError(field, f"must be an integer, got {value!r}")
+        raise InputError(field, f"must be an integer, got {quote(value)}")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -63,7 +63,7 @@ def _as_int(field: str, value: Any) -> int:
     try:
         return int(str(value).strip())
     except ValueError:
-        raise InputError(field, f"must be an integer, got {value!r}") from None
+        raise InputError(field, f"must be an integer, got {quote(value)}") from None
 
 
 def check_count(value: Any, field: str = "count", maximum: int = MAX_COUNT) -> int:
@@ -136,7 +136,9 @@ def bulk_load(
 
 def default_repo(connection_string: str) -> Path:
     """The demo's default work dir (the one ``feast-hexpire demo`` on port 8087 uses)."""
-    return demo_repo.write_repo(Path(tempfile.gettempdir()) / "feast-hexpire-demo-8087", connection_string)
+    return demo_repo.write_demo_repo(
+        Path(tempfile.gettempdir()) / "feast-hexpire-demo-8087", connection_string
+    )
 
 
 def run_cli(args: Any) -> int:
@@ -151,8 +153,9 @@ def run_cli(args: Any) -> int:
         repo = Path(args.repo)
         if not (repo / "feature_store.yaml").exists():
             raise InputError("--repo", f"{repo} has no feature_store.yaml")
-        if connection:
+        if connection:  # for a yaml that names either variable (the sample repo's, the demo's)
             os.environ["REDIS_CONNECTION_STRING"] = connection
+            os.environ[demo_repo.CONNECTION_ENV] = connection
     else:
         repo = default_repo(connection or "localhost:6379")
     store = FeatureStore(repo_path=str(repo))

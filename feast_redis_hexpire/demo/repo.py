@@ -4,10 +4,22 @@ and TTLs filled in.
 Nothing writes into the sample repo itself: ``init_sample`` copies it for a user
 (``feast-hexpire init-sample DIR``), and the demo's registry, offline parquet files and yaml live
 in a work directory (by default one per HTTP port under the system temp directory).
+
+The demo's own repo (:func:`write_demo_repo`) keeps the connection string, which may hold a
+password, out of the file: the yaml says ``${FEAST_HEXPIRE_DEMO_REDIS}`` (Feast substitutes
+environment variables in feature_store.yaml when it loads it) and the value lives only in this
+process's environment. Every yaml written here is readable by its owner only (0600).
+
+Reads go on while a bulk load materializes: each of the demo's FeatureStores keeps the registry it
+loaded at start (``cache_mode: thread`` with ``cache_ttl_seconds: 0``: never re-read; the demo
+applies its views once, at start), so a read never sees the view's transient ``MATERIALIZING``
+state nor a registry file that the load is rewriting in place; and should a store re-read it,
+``serve_features_while_materializing`` keeps the view serving.
 """
 
 from __future__ import annotations
 
+import os
 import runpy
 import shutil
 from pathlib import Path
@@ -38,17 +50,21 @@ __all__ = [
     "batch_source_path",
     "read_population",
     "write_offline_rows",
+    "write_demo_repo",
     "write_repo",
+    "CONNECTION_ENV",
 ]
 
 # Shipped inside the package (package data), so wheel installs have it too.
 SAMPLE_REPO = Path(__file__).resolve().parent.parent / "sample_repo"
-SAMPLE_FILES = ("feature_store.yaml", "features.py", "generate_data.py")
+SAMPLE_FILES = ("feature_store.yaml", "features.py", "generate_data.py", "push.py")
 ENTITY = "user"
 JOIN_KEY = "user_id"
 BATCH_VIEW = "user_batch_features"
 STREAMING_VIEW = "user_streaming_features"
 PUSH_SOURCE = "user_events_push"
+CONNECTION_ENV = "FEAST_HEXPIRE_DEMO_REDIS"  # the demo repo's connection string, never in its file
+DEMO_REGISTRY = {"cache_mode": "thread", "cache_ttl_seconds": 0, "serve_features_while_materializing": True}
 
 
 def _sample_file(name: str) -> Path:
@@ -71,20 +87,42 @@ def init_sample(path: Path) -> Path:
     return path
 
 
-def write_repo(path: Path, connection_string: str, **online_store: Any) -> Path:
-    """Copy the sample repo's definitions to ``path`` with ``online_store`` merged into its yaml.
+def write_repo(
+    path: Path, connection_string: str, *, registry: dict[str, Any] | None = None, **online_store: Any
+) -> Path:
+    """Copy the sample repo's definitions to ``path`` with ``online_store`` merged into its yaml
+    (and ``registry`` settings, if given, into its registry section).
 
-    The connection string is written literally (not as ``${REDIS_CONNECTION_STRING}``), so the
-    repo works without environment variables.
+    The connection string is written as given (the tests' repos work without environment
+    variables); the yaml is readable by its owner only. The demo uses :func:`write_demo_repo`.
     """
     features, yaml_file = _sample_file("features.py"), _sample_file("feature_store.yaml")
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy(features, path / "features.py")
     config = yaml.safe_load(yaml_file.read_text())
     config["online_store"].update(connection_string=connection_string, **online_store)
-    (path / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if registry:
+        config["registry"] = {"path": config["registry"], **registry}
+    yml = path / "feature_store.yaml"
+    fd = os.open(yml, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # also when the file existed with wider permissions
+        f.write(yaml.safe_dump(config, sort_keys=False))
     (path / "data").mkdir(exist_ok=True)
     return path
+
+
+def write_demo_repo(path: Path, connection_string: str, **online_store: Any) -> Path:
+    """The demo's repo: the connection string only in this process's environment
+    (``CONNECTION_ENV``; open the store in this process, or export it to use the feast CLI there),
+    and a registry that keeps serving while a bulk load materializes."""
+    os.environ[CONNECTION_ENV] = connection_string
+    return write_repo(
+        path,
+        "${" + CONNECTION_ENV + "}",
+        registry=DEMO_REGISTRY,
+        **online_store,
+    )
 
 
 def feast_objects(repo: Path) -> list[Any]:

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"Started a local {args.kind} server at {local.connection_string}", flush=True)
         connection = args.redis or local.connection_string  # type: ignore[union-attr]
         work = Path(args.work_dir or Path(tempfile.gettempdir()) / f"feast-hexpire-demo-{args.port}")
-        repo = demo_repo.write_repo(
+        repo = demo_repo.write_demo_repo(
             work,
             connection,
             key_prefix=args.key_prefix,
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"Materialized {loaded['count']} user(s) in {loaded['seconds']}s.", flush=True)
         if args.paused:
             demo.worker.pause()
-        demo.worker.start()
+        demo.start()
         url = f"http://{args.host}:{args.port}"
         print(f"Feast repo: {repo}", flush=True)
         print(
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         pass
     finally:
         if demo is not None:
-            demo.worker.stop()
+            demo.stop()
         sock.close()
         if local is not None:
             local.stop()

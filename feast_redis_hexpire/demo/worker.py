@@ -11,6 +11,9 @@ pushes; a key that expires in the microseconds between check and push gets a str
 whose fields all carry their TTL, so it disappears on its own and is never picked again (the
 check fails for it from then on).
 
+The watched user (the one the page shows, ``watched``) is one of every tick's users while it is
+in the population, so the page's user always has fresh streaming data while the worker runs.
+
 Ticks run on absolute deadlines ``start + k * interval``, so the period does not drift by the
 tick's own duration; a tick that overruns skips the deadlines it missed (counted) instead of
 bursting to catch up.
@@ -81,6 +84,8 @@ class StreamingWorker:
         self._busy = False
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._reschedule = False
+        self.watched: str | None = None  # always one of a tick's users while it is known
         self._keys = demo_repo.key_builder(store)
         self._batch_ts = layout.ts_field(demo_repo.BATCH_VIEW)
 
@@ -109,6 +114,17 @@ class StreamingWorker:
             self._paused = False
             self._cond.notify_all()
 
+    def set_rate(self, users_per_tick: int, interval: float) -> None:
+        """Change the rate; the schedule restarts from now on the new interval."""
+        if users_per_tick < 1:
+            raise ValueError(f"users_per_tick must be >= 1, got {users_per_tick}")
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0, got {interval}")
+        with self._cond:
+            self.users_per_tick, self.interval = users_per_tick, interval
+            self._reschedule = True
+            self._cond.notify_all()
+
     def wait_for_idle(self, timeout: float | None = None) -> bool:
         """Wait until no tick is running; False if one still runs after ``timeout`` seconds."""
         with self._cond:
@@ -128,6 +144,7 @@ class StreamingWorker:
                 "busy": self._busy,
                 "users_per_tick": self.users_per_tick,
                 "interval_seconds": self.interval,
+                "watched": self.watched,
                 **self.counters.__dict__,
             }
 
@@ -139,10 +156,17 @@ class StreamingWorker:
         while True:
             deadline = start + k * self.interval
             with self._cond:
-                # Wake at the absolute deadline (or on stop); pausing leaves the schedule alone.
-                self._cond.wait_for(lambda: self._stopping, max(0.0, deadline - time.monotonic()))
+                # Wake at the absolute deadline (or on stop or a new rate); pausing leaves the
+                # schedule alone.
+                self._cond.wait_for(
+                    lambda: self._stopping or self._reschedule, max(0.0, deadline - time.monotonic())
+                )
                 if self._stopping:
                     return
+                if self._reschedule:
+                    self._reschedule = False
+                    start, k = time.monotonic(), 1
+                    continue
                 run = not self._paused
                 self._busy = run
             if run:
@@ -165,12 +189,18 @@ class StreamingWorker:
                 pipe.hexists(self._keys.key(demo_repo.user_entity_key(user)), self._batch_ts)
             return [bool(x) for x in pipe.execute()]
 
+    def pick(self, population: list[str]) -> list[str]:
+        """``users_per_tick`` distinct users at random, the watched user first when it is known."""
+        watched = self.watched if self.watched in population else None
+        others = [u for u in population if u != watched] if watched else population
+        n = min(self.users_per_tick - (1 if watched else 0), len(others))
+        return ([watched] if watched else []) + self.rng.sample(others, n)
+
     def tick(self) -> None:
         """One tick: pick users, skip those whose hash is gone, push one row per user."""
         started = time.perf_counter()
         try:
-            population = list(self.population())
-            chosen = self.rng.sample(population, min(self.users_per_tick, len(population)))
+            chosen = self.pick(list(self.population()))
             alive = self._alive(chosen) if chosen else []
         except Exception as e:  # noqa: BLE001 - counted and shown, the worker keeps its schedule
             with self._cond:

@@ -30,7 +30,7 @@ from feast.protos.feast.serving.ServingService_pb2 import GetOnlineFeaturesRespo
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.value_type import ValueType
 
-__all__ = ["PlanCache", "PreparedRead", "ReadPlan", "feast_has_plan_helpers"]
+__all__ = ["PlanCache", "PreparedRead", "ReadPlan", "feast_has_plan_helpers", "registry_state"]
 
 _resolve: Callable[..., tuple] | None = getattr(utils, "_get_cached_request_context", None)
 _to_protos: Callable[..., list] | None = None
@@ -148,7 +148,7 @@ def _features_key(features: Any) -> tuple:
     return tuple(features)
 
 
-def _registry_state(registry: Any) -> tuple[Any, bool]:
+def registry_state(registry: Any) -> tuple[Any, bool]:
     """(the registry cache's version, whether its cache is still valid)."""
     is_valid = getattr(registry, "is_cache_valid", None)
     return getattr(registry, "cached_registry_proto_created", None), bool(
@@ -174,7 +174,7 @@ class PlanCache:
         if isinstance(features, FeatureService) and getattr(features, "precompute_online", False):
             return None
         key = (project, _features_key(features), full_feature_names)
-        registry_ts, valid = _registry_state(registry)
+        registry_ts, valid = registry_state(registry)
         plan = self._plans.get(key)
         if (
             plan is not None

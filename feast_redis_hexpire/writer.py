@@ -36,6 +36,7 @@ from feast.value_type import ValueType
 
 from .exceptions import BadValueError, ConfigError
 from .online_store import RedisHexpireOnlineStore, hexpire_store
+from .read_plan import registry_state
 
 __all__ = ["StreamWriter"]
 
@@ -122,22 +123,23 @@ class StreamWriter:
         self._registry_ts: Any = None
 
     def _current(self) -> _ViewSchema:
-        """The view's schema, looked up again after the registry was refreshed."""
-        registry = self._feature_store.registry
-        stamp = getattr(registry, "cached_registry_proto_created", None)
-        if self._schema is None or stamp is None or stamp != self._registry_ts:
+        """The view's schema, looked up again when the registry's cache was refreshed or
+        expired (the lookup refreshes it, as a read would)."""
+        stamp, valid = registry_state(self._feature_store.registry)
+        if self._schema is None or not valid or stamp is None or stamp != self._registry_ts:
             self._schema = _ViewSchema(self._lookup())
-            self._registry_ts = stamp
+            self._registry_ts = getattr(self._feature_store.registry, "cached_registry_proto_created", None)
         return self._schema
 
     def _lookup(self) -> Any:
         store = self._feature_store
-        for get in (store.get_stream_feature_view, store.get_feature_view):
+        registry, project = store.registry, store.project
+        for get in (registry.get_stream_feature_view, registry.get_feature_view):
             try:
-                return get(self._name)
+                return get(self._name, project, allow_cache=True)
             except Exception:  # noqa: BLE001 - Feast raises a different error per kind
                 continue
-        raise ConfigError(f"no feature view {self._name!r} in project {store.project!r}")
+        raise ConfigError(f"no feature view {self._name!r} in project {project!r}")
 
     @property
     def view(self) -> Any:
@@ -146,7 +148,10 @@ class StreamWriter:
 
     def rows_of(self, rows: Iterable[Mapping[str, Any]]) -> list[Row]:
         """Rows as the store's write path takes them; every row is checked before any is written."""
-        schema = self._current()
+        return self._rows(self._current(), rows)
+
+    @staticmethod
+    def _rows(schema: _ViewSchema, rows: Iterable[Mapping[str, Any]]) -> list[Row]:
         return [schema.row(number, data) for number, data in enumerate(rows)]
 
     def write(self, row: Mapping[str, Any]) -> int:
@@ -154,9 +159,10 @@ class StreamWriter:
         return self.write_rows((row,))
 
     def write_rows(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        data = self.rows_of(rows)
+        schema = self._current()
+        data = self._rows(schema, rows)
         if data:
-            self._online.online_write_batch(self._feature_store.config, self.view, data, None)
+            self._online.online_write_batch(self._feature_store.config, schema.view, data, None)
         return len(data)
 
     def write_table(self, table: Any) -> int:
@@ -167,9 +173,10 @@ class StreamWriter:
         return await self.write_rows_async((row,))
 
     async def write_rows_async(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        data = self.rows_of(rows)
+        schema = self._current()
+        data = self._rows(schema, rows)
         if data:
-            await self._online.online_write_batch_async(self._feature_store.config, self.view, data, None)
+            await self._online.online_write_batch_async(self._feature_store.config, schema.view, data, None)
         return len(data)
 
     async def write_table_async(self, table: Any) -> int:

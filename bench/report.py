@@ -165,6 +165,8 @@ def run_table(res: Result, users: int) -> list[str]:
     ]
     for metric, mine, base, desc, unit, kind, target in ROWS:
         p, b, raw = res.get(metric, mine), res.get(metric, base), res.get(metric, "raw")
+        if p is None and b is None and raw is None:
+            continue  # a phase this run skipped (--phases)
         ratio = p / b if p is not None and b else None
         tgt, met = _verdict(ratio, kind, target)
         if met == "**no**":
@@ -180,6 +182,8 @@ def run_table(res: Result, users: int) -> list[str]:
     ]
     for metric, mine, base, base_desc, desc, unit, kind, target in BASELINES:
         p, b = res.get(metric, mine), res.get(metric, base)
+        if p is None and b is None:
+            continue
         ratio = p / b if p is not None and b else None
         tgt, met = _verdict(ratio, kind, target)
         if met == "**no**":

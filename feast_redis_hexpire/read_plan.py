@@ -30,7 +30,7 @@ from feast.protos.feast.serving.ServingService_pb2 import GetOnlineFeaturesRespo
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.value_type import ValueType
 
-__all__ = ["PlanCache", "PreparedRead", "ReadPlan", "feast_has_plan_helpers", "registry_state"]
+__all__ = ["PlanCache", "PreparedRead", "ReadPlan", "registry_state"]
 
 _resolve: Callable[..., tuple] | None = getattr(utils, "_get_cached_request_context", None)
 _to_protos: Callable[..., list] | None = None
@@ -52,11 +52,6 @@ _FAST_PROTO: dict[ValueType, tuple[type, Callable[[Any], ValueProto]]] = {
     ValueType.INT64: (int, lambda v: ValueProto(int64_val=v)),
     ValueType.INT32: (int, lambda v: ValueProto(int32_val=v)),
 }
-
-
-def feast_has_plan_helpers() -> bool:
-    """Whether the installed Feast has what the plan builds on (else Feast's method serves)."""
-    return _resolve is not None and _to_protos is not None
 
 
 def _proto_column(value_type: ValueType, values: list[Any]) -> list[ValueProto]:
@@ -185,6 +180,9 @@ class PlanCache:
         ):
             return plan
         # Feast's resolution (it refreshes an expired registry cache first).
+        context = _resolve(registry, project, features, full_feature_names)
+        if not isinstance(context, tuple) or len(context) != 9:
+            return None  # a Feast release whose helper answers differently: Feast's own method
         (
             feature_refs,
             on_demand_views,
@@ -195,7 +193,7 @@ class PlanCache:
             result_names,
             needed_request_data,
             entityless,
-        ) = _resolve(registry, project, features, full_feature_names)
+        ) = context
         if on_demand_views or needed_request_data or entityless:
             return None
         grouped_refs = [(view, list(names)) for view, names in grouped_refs]

@@ -305,18 +305,22 @@ WHY = {
     'for both stores and dominates; compare the "store\'s part" rows.',
     "gof1_p50": "A 1-entity call is mostly fixed per-call Python work: Feast's FeatureStore and "
     "provider wrappers and OnlineResponse, redis-py's connection checkout, and the store's own "
-    "key building, decoding and response filling (about 30 protobuf messages for 5 features); "
-    "the cached read plan removes Feast's request resolution and entity conversion, the rest is "
-    "what is left to cut (see `python bench/profile_paths.py`).",
-    "gof100_p50": "Decoding 500 values into ValueProtos and filling Feast's response, on top of "
-    "100 HMGETs; see the profile notes.",
-    "gof1_p50/raw": "Raw redis-py returns a list of bytes; get_online_features also runs Feast's "
-    "wrappers and builds a protobuf response with typed values, statuses and timestamps, in "
-    "Python. On a loaded machine the round trip, which both share, shrinks in proportion less "
-    "than the Python work grows.",
-    "gof100_p50/raw": "As for 1 entity: the same HMGETs, plus decoding and the protobuf response.",
-    "direct1/push": "The writer's call is one row's conversion plus one round trip; what is left is "
-    "the round trip and the server's script.",
+    "key building, decoding and response filling (about 30 protobuf messages for 5 features). "
+    "The cached read plan removes Feast's request resolution and entity conversion (compare the "
+    "previous-path row); the response is still built message by message, not serialized once.",
+    "gof100_p50": "Building 100 keys, decoding 500 values into ValueProtos and filling Feast's "
+    "response message by message, on top of 100 HMGETs; the built-in store's own share of this "
+    "read is what is left to beat, not Redis (the raw row shows the round trip).",
+    "gof1_p50/raw": "Raw redis-py's one HMGET is about 0.05 ms of client CPU and returns a list of "
+    "bytes; get_online_features spends about 0.2-0.3 ms of Python per call (client CPU rows) on "
+    "Feast's wrappers, keys, typed values and the protobuf response. On a loaded 2-core machine a "
+    "call that needs more CPU also waits longer for it, so the wall ratio is larger than the CPU "
+    "ratio. Reaching 1.5x needs the response serialized in one piece and a reply reader that "
+    "skips redis-py's per-reply layers, which the issue's prototype measured on a quiet machine.",
+    "gof100_p50/raw": "The same HMGETs plus building keys, decoding values and the protobuf "
+    "response in Python (client CPU rows).",
+    "direct1/push": "The writer's call is one row's conversion plus one round trip; on a loaded "
+    "machine the round trip's wait for the CPU dominates it, while push's own work is CPU-bound.",
     "mem_batch": "Hash fields are the readable feature names (85 bytes of names for the six batch "
     "features, plus the 23-byte `_ts:user_batch_features`) where Feast's store uses 4-byte mmh3 "
     "hashes; the plugin's shorter keys (`hx:user:u012345` vs a 39-byte serialized entity key) and "

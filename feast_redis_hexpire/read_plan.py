@@ -134,7 +134,7 @@ class PreparedRead:
             utils._drop_unneeded_columns(self.response, set(keep) | set(self.join_key_values))
         if self.plan.feature_types is None:
             return OnlineResponse(self.response)
-        return OnlineResponse(self.response, feature_types=self.plan.feature_types)
+        return OnlineResponse(self.response, feature_types=dict(self.plan.feature_types))  # the caller's own
 
 
 def _features_key(features: Any) -> tuple:

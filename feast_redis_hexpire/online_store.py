@@ -3,8 +3,9 @@
 Writes run :data:`scripts.WRITE_ROW` once per row: one round trip per ``write_batch_size`` rows
 (:func:`scripts.run_batches`), with the event-time check and both TTLs decided atomically on
 the server. Reads send one HMGET per entity, covering every requested view, in one round trip
-(``reads.py``) and fill Feast's response from the raw replies (``response.py``). Where each
-view's values live is ``views.py``.
+(``reads.py``) and fill Feast's response from the raw replies (``response.py``);
+``get_online_features`` reuses Feast's resolution of a request through a cached read plan
+(``read_plan.py``). Where each view's values live is ``views.py``.
 """
 
 from __future__ import annotations

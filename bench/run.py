@@ -464,7 +464,8 @@ def main() -> None:
     params["rounds"] = 1 if args.quick else 2
     repeat = args.repeat or (1 if args.quick else 2)
     info = machine_info()
-    command = "python bench/run.py " + " ".join(sys.argv[1:])
+    shown = [a for a in sys.argv[1:] if a != "--out" and a != str(args.out)]  # no local paths
+    command = "python bench/run.py " + " ".join(shown)
     runs = []
     for n in range(1, repeat + 1):
         runs.append(one_run(args, params, n))

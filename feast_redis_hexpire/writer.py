@@ -92,9 +92,16 @@ class _ViewSchema:
             ts = _timestamp(data[column])
             ids = []
             for column, convert in self.join_keys:
-                ids.append(convert(data[column]))
+                value = data[column]
+                if value is None:
+                    raise ValueError("a join key may not be null")
+                if type(value) not in (str, int, bytes):  # Feast's converter accepts more, e.g. lists
+                    raise TypeError(
+                        f"a join key is a string, an integer or bytes, got {type(value).__name__}"
+                    )
+                ids.append(convert(value))
                 if ids[-1].WhichOneof("val") is None:
-                    raise ValueError(f"a join key may not be null (got {data[column]!r})")
+                    raise ValueError(f"a join key may not be null (got {value!r})")
             values = {}
             for column, convert in self.features:
                 values[column] = convert(data[column])

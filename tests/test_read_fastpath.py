@@ -18,7 +18,11 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 from conftest import apply_compound_view, apply_repo, field_statuses, hexpire_store
-from feast import FeatureService, FeatureStore, FeatureView, Field, RequestSource, utils
+from feast import FeatureService, utils
+from feast.data_source import RequestSource
+from feast.feature_store import FeatureStore
+from feast.feature_view import FeatureView
+from feast.field import Field
 from feast.infra.online_stores.online_store import OnlineStore
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnlineFeaturesResponse

@@ -1,5 +1,5 @@
 """cProfile of the plugin's hot paths: a batch write, get_online_features for 1 and 100 entities,
-and the store's own read of 100 entities.
+the store's own read of 100 entities and the direct streaming writer.
 
     python bench/profile_paths.py [--users 20000] [--top 25] [--store plugin|builtin]
 """
@@ -25,13 +25,16 @@ from run import BATCH_READ, entity_batches, flush, load_both  # noqa: E402
 from workload import (  # noqa: E402
     BUILTIN_STORE,
     PLUGIN_STORE,
+    STREAM_VIEW,
     batch_proto_rows,
     feature_refs,
     make_bench,
     now_utc,
+    push_frames,
 )
 
 from feast_redis_hexpire.local_redis import LocalRedis  # noqa: E402
+from feast_redis_hexpire.writer import StreamWriter  # noqa: E402
 
 
 def profile(title: str, fn: Callable[[], object], repeat: int, top: int) -> None:
@@ -90,6 +93,12 @@ def main() -> None:
             300,
             args.top,
         )
+        if b.label == "plugin":  # the direct streaming writer, 1 row per call
+            writer = StreamWriter(b.store, STREAM_VIEW)
+            later = now_utc() + timedelta(hours=3)
+            frames = push_frames(args.users, 1, 501, later, seed=3)
+            rows = iter([f.to_dict("records")[0] for f in frames])
+            profile("plugin StreamWriter.write, 1 row", lambda: writer.write(next(rows)), 500, args.top)
         r.close()
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
 
-THROUGHPUT = {"materialize", "convert", "write_batch", "write_stream", "push1", "push100"}
+THROUGHPUT = {"materialize", "convert", "write_batch", "write_stream", "push1", "push100", "direct1"}
 
 
 class Result:
@@ -92,10 +92,10 @@ ROWS = [
         0,
     ),
     ("push100_store", "plugin", "builtin", "same, 100 rows", "rows/s", "", 0),
-    ("gof1_p50", "plugin", "builtin", "get_online_features, 1 entity, p50", "ms", "<=", 0.9),
+    ("gof1_p50", "plugin", "builtin", "get_online_features, 1 entity, p50", "ms", "<=", 0.45),
     ("gof1_p99", "plugin", "builtin", "get_online_features, 1 entity, p99", "ms", "", 0),
     ("gof1_cpu", "plugin", "builtin", "get_online_features, 1 entity, client CPU/call", "ms", "", 0),
-    ("gof100_p50", "plugin", "builtin", "get_online_features, 100 entities, p50", "ms", "<=", 0.9),
+    ("gof100_p50", "plugin", "builtin", "get_online_features, 100 entities, p50", "ms", "<=", 0.2),
     ("gof100_p99", "plugin", "builtin", "get_online_features, 100 entities, p99", "ms", "", 0),
     (
         "gof100_cpu",
@@ -110,6 +110,25 @@ ROWS = [
     ("mem_key", "plugin", "builtin", "MEMORY USAGE of one key (median of 200), batch only", "bytes", "", 0),
     ("mem_both", "plugin", "builtin", "memory per entity, + 5 streaming features", "bytes", "", 0),
 ]
+
+# The plugin against other baselines than the built-in store, measured in the same run:
+# (metric, plugin label, baseline label, baseline, description, unit, target kind, target ratio)
+BASELINES = [
+    ("gof1_p50", "plugin", "raw", "raw redis-py: one HMGET, same key and 7 fields",
+     "get_online_features, 1 entity, p50", "ms", "<=", 1.5),
+    ("gof100_p50", "plugin", "raw", "raw redis-py: pipeline of 100 HMGETs, same keys and fields",
+     "get_online_features, 100 entities, p50", "ms", "<=", 1.5),
+    ("gof1_cpu", "plugin", "raw", "raw redis-py, as above", "same, 1 entity, client CPU/call", "ms", "", 0),
+    ("gof100_cpu", "plugin", "raw", "raw redis-py, as above", "same, 100 entities, client CPU/call",
+     "ms", "", 0),
+    ("gof1_p50", "plugin", "generic", "the previous path: Feast's get_online_features + the store's "
+     "per-view hook", "get_online_features, 1 entity, p50", "ms", "", 0),
+    ("gof100_p50", "plugin", "generic", "the previous path, as above",
+     "get_online_features, 100 entities, p50", "ms", "", 0),
+    ("direct1", "plugin", "push", "FeatureStore.push of 1 row into the same view and store",
+     "StreamWriter.write, 1 row per call", "calls/s", ">=", 20),
+    ("direct1_cpu", "plugin", "push", "FeatureStore.push, as above", "same, client CPU/call", "ms", "", 0),
+]  # fmt: skip
 
 # Reads against raw redis-py: (plugin call, raw call, description, target ratio)
 READS = [
@@ -146,6 +165,8 @@ def run_table(res: Result, users: int) -> list[str]:
     ]
     for metric, mine, base, desc, unit, kind, target in ROWS:
         p, b, raw = res.get(metric, mine), res.get(metric, base), res.get(metric, "raw")
+        if p is None and b is None and raw is None:
+            continue  # a phase this run skipped (--phases)
         ratio = p / b if p is not None and b else None
         tgt, met = _verdict(ratio, kind, target)
         if met == "**no**":
@@ -153,6 +174,22 @@ def run_table(res: Result, users: int) -> list[str]:
         ratio_txt = f"{ratio:.2f}x" if ratio is not None else "-"
         desc = desc.format(users=f"{users:,}")
         cells = [desc, unit, _fmt(p, unit), _fmt(b, unit), _fmt(raw, unit), ratio_txt, tgt, met]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| measure | unit | plugin | baseline | baseline value | plugin / baseline | target | met |",
+        "|---|---|---:|---|---:|---:|---|---|",
+    ]
+    for metric, mine, base, base_desc, desc, unit, kind, target in BASELINES:
+        p, b = res.get(metric, mine), res.get(metric, base)
+        if p is None and b is None:
+            continue
+        ratio = p / b if p is not None and b else None
+        tgt, met = _verdict(ratio, kind, target)
+        if met == "**no**":
+            res.missed[f"{metric}/{base}"] = ratio  # type: ignore[assignment]
+        ratio_txt = f"{ratio:.2f}x" if ratio is not None else "-"
+        cells = [desc, unit, _fmt(p, unit), base_desc, _fmt(b, unit), ratio_txt, tgt, met]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -224,6 +261,13 @@ def render(
         "first call of a block re-warms Feast's process-wide feature-ref cache, which a call through "
         "another registry clears, and is not counted), GC paused while sampling; both stores' "
         "answers are checked equal first.",
+        "- Previous path and raw reads: in the same interleaved blocks, the plugin's previous read "
+        "path (Feast's own `OnlineStore.get_online_features`, which calls the store's per-view hook) "
+        "and raw redis-py, one HMGET or a pipeline of 100 HMGETs of the same keys and 7 fields.",
+        f"- Direct writer: {params.get('direct', 0)} 1-row calls of `StreamWriter.write` and of "
+        "`FeatureStore.push` into the same streaming view of the plugin's store, alternating in blocks "
+        "of 20 calls (the first of a block not counted); event times follow the calls, so no row is "
+        "skipped as not newer.",
         "- Store reads: each store's `_read_features_per_fv` (what get_online_features calls, including "
         "Feast's response filling) and the plugin's `online_read`, against raw pipelined HMGETs of the same "
         f"keys and fields; {params['read']} interleaved calls each.",
@@ -259,13 +303,24 @@ WHY = {
     "can make a 1-row push 1.5x faster.",
     "push100": "As for 1 row: Feast's DataFrame -> Arrow -> proto conversion per push is the same "
     'for both stores and dominates; compare the "store\'s part" rows.',
-    "gof1_p50": "A 1-entity call is 0.2-0.3 ms of mostly fixed per-call work both stores share "
-    "(Feast's entity preparation and response filling, one redis-py round trip); the plugin "
-    "saves one HMGET (one per entity instead of one per view), 5-10% of the call. Its own "
-    "per-call overhead (view layouts rebuilt on every call, datetime round trips for event "
-    "times) is what is left to cut; see `python bench/profile_paths.py`.",
-    "gof100_p50": "Decoding 500 values into ValueProtos and Feast's response filling "
-    "(datetime -> Timestamp per row) dominate; see the profile notes.",
+    "gof1_p50": "A 1-entity call is mostly fixed per-call Python work: Feast's FeatureStore and "
+    "provider wrappers and OnlineResponse, redis-py's connection checkout, and the store's own "
+    "key building, decoding and response filling (about 30 protobuf messages for 5 features). "
+    "The cached read plan removes Feast's request resolution and entity conversion (compare the "
+    "previous-path row); the response is still built message by message, not serialized once.",
+    "gof100_p50": "Building 100 keys, decoding 500 values into ValueProtos and filling Feast's "
+    "response message by message, on top of 100 HMGETs; the built-in store's own share of this "
+    "read is what is left to beat, not Redis (the raw row shows the round trip).",
+    "gof1_p50/raw": "Raw redis-py's one HMGET is about 0.05 ms of client CPU and returns a list of "
+    "bytes; get_online_features spends about 0.2-0.3 ms of Python per call (client CPU rows) on "
+    "Feast's wrappers, keys, typed values and the protobuf response. On a loaded 2-core machine a "
+    "call that needs more CPU also waits longer for it, so the wall ratio is larger than the CPU "
+    "ratio. Reaching 1.5x needs the response serialized in one piece and a reply reader that "
+    "skips redis-py's per-reply layers, which the issue's prototype measured on a quiet machine.",
+    "gof100_p50/raw": "The same HMGETs plus building keys, decoding values and the protobuf "
+    "response in Python (client CPU rows).",
+    "direct1/push": "The writer's call is one row's conversion plus one round trip; on a loaded "
+    "machine the round trip's wait for the CPU dominates it, while push's own work is CPU-bound.",
     "mem_batch": "Hash fields are the readable feature names (85 bytes of names for the six batch "
     "features, plus the 23-byte `_ts:user_batch_features`) where Feast's store uses 4-byte mmh3 "
     "hashes; the plugin's shorter keys (`hx:user:u012345` vs a 39-byte serialized entity key) and "
@@ -300,6 +355,9 @@ def _label(metric: str) -> str:
     for row in ROWS:
         if row[0] == metric:
             return row[3].replace(" {users}", "")
+    for name, _, base, _, desc, *_ in BASELINES:
+        if f"{name}/{base}" == metric:
+            return f"{desc}, vs {base}"
     for mine, _, desc, _ in READS:
         if mine == metric:
             return desc

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from feast import utils
+from feast.infra.online_stores.online_store import OnlineStore
 from feast.protos.feast.serving.ServingService_pb2 import GetOnlineFeaturesResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,14 +51,24 @@ from workload import (  # noqa: E402
 
 from feast_redis_hexpire import codec  # noqa: E402
 from feast_redis_hexpire.local_redis import LocalRedis  # noqa: E402
-from feast_redis_hexpire.synth import user_id  # noqa: E402
+from feast_redis_hexpire.synth import streaming_frame, user_id  # noqa: E402
+from feast_redis_hexpire.writer import StreamWriter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH_READ = ["risk_segment", "tx_count_7d", "avg_amount_30d"]
 STREAM_READ = ["tx_count_5m", "failed_logins_15m"]
 
-FULL = {"users": 100_000, "gof1": 3000, "gof100": 600, "push1": 2000, "push100": 200, "read": 1000}
-QUICK = {"users": 10_000, "gof1": 300, "gof100": 60, "push1": 200, "push100": 20, "read": 100}
+FULL = {
+    "users": 100_000,
+    "gof1": 3000,
+    "gof100": 600,
+    "push1": 2000,
+    "push100": 200,
+    "read": 1000,
+    "direct": 1000,
+}
+QUICK = {"users": 10_000, "gof1": 300, "gof100": 60, "push1": 200, "push100": 20, "read": 100, "direct": 200}
+PHASES = ("write", "push", "direct", "gof", "read")
 
 
 def log(msg: str) -> None:
@@ -228,8 +239,13 @@ def check_same_answers(benches: list[Bench], rows: list[dict]) -> None:
         raise AssertionError(f"missing values in the read: {answers[0]}")
 
 
-def gof_phase(benches: list[Bench], users: int, iters: dict[str, int], res: Result) -> None:
+def gof_phase(r: Any, benches: list[Bench], users: int, iters: dict[str, int], res: Result) -> None:
+    """get_online_features of both stores, the plugin's previous path (Feast's generic
+    get_online_features calling the store's per-view hook) and raw redis-py HMGET(s) of the same
+    keys and fields (one HMGET, or a pipeline of 100), interleaved in one run."""
     refs = feature_refs()
+    plugin = benches[0]
+    fields = [f"_ts:{BATCH_VIEW}", *BATCH_READ, f"_ts:{plugin.stream_view.name}", *STREAM_READ]
     for size, n in ((1, iters["gof1"]), (100, iters["gof100"])):
         batches = entity_batches(users, size, 500, seed=size)
         check_same_answers(benches, batches[0])
@@ -239,12 +255,99 @@ def gof_phase(benches: list[Bench], users: int, iters: dict[str, int], res: Resu
             calls[b.label] = lambda b=b, cycle=cycle: b.store.get_online_features(
                 features=refs, entity_rows=next(cycle)
             )
+        generic_cycle = itertools.cycle(batches)
+        calls["generic"] = _generic_call(plugin, refs, generic_cycle)
+        key_batches = itertools.cycle(
+            [
+                [
+                    plugin.online.key_for(plugin.config, plugin.batch_view, _key(row["user_id"]))
+                    for row in rows
+                ]
+                for rows in batches
+            ]
+        )
+        calls["raw"] = _raw_hmgets(r, key_batches, fields)
         samples, cpu = interleaved(calls, n, warmup=max(20, n // 10))
         for label, s in samples.items():
             res.add(f"gof{size}_cpu", label, cpu[label])
             res.add(f"gof{size}_p50", label, percentile(s, 50))
             res.add(f"gof{size}_p99", label, percentile(s, 99))
         log(f"gOF {size}: " + ", ".join(f"{k} p50 {percentile(v, 50):.3f} ms" for k, v in samples.items()))
+
+
+def _generic_call(plugin: Bench, refs: list[str], rows: Any) -> Callable[[], object]:
+    online, config, registry = plugin.online, plugin.config, plugin.store.registry
+    return lambda: OnlineStore.get_online_features(online, config, refs, next(rows), registry, config.project)
+
+
+def _raw_hmgets(r: Any, key_batches: Any, fields: list[str]) -> Callable[[], object]:
+    """One HMGET (one key) or a redis-py pipeline of HMGETs: the floor of a read."""
+
+    def call() -> object:
+        keys = next(key_batches)
+        if len(keys) == 1:
+            return r.hmget(keys[0], fields)
+        with r.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, fields)
+            return pipe.execute()
+
+    return call
+
+
+def _key(user: str) -> Any:
+    return utils._get_entity_key_protos([{"user_id": _v(user)}])[0]
+
+
+# ---- the direct streaming writer ----
+
+
+def direct_writer_phase(benches: list[Bench], users: int, n: int, res: Result, block: int = 20) -> None:
+    """1-row calls of StreamWriter.write against 1-row FeatureStore.push into the same view of
+    the same store, alternating in blocks (the first call of a block not counted)."""
+    plugin = benches[0]
+    writer = StreamWriter(plugin.store, plugin.stream_view.name)
+    rng = random.Random(21)
+    start = now_utc() + timedelta(hours=2)
+    calls = itertools.count()
+
+    def next_frame() -> Any:  # event times follow the calls, so no write is skipped as not newer
+        when = start + timedelta(milliseconds=next(calls))
+        return streaming_frame([user_id(rng.randint(1, users))], rng, when)
+
+    for _ in range(5):
+        plugin.store.push(PUSH_SOURCE, next_frame())
+    spent = {"plugin": 0.0, "push": 0.0}
+    cpu = {"plugin": 0.0, "push": 0.0}
+    done = {"plugin": 0, "push": 0}
+    stats = plugin.online.stats
+    written = stats["written"]
+    gc.disable()  # as in timing.interleaved: a collection of push's garbage lands on whoever runs
+    for rnd, first in enumerate(range(0, n, block)):
+        # Each round's inputs are made before it runs (in call order, so event times increase):
+        # building DataFrames between timed calls would charge the next call for the CPU used.
+        order = ("plugin", "push") if rnd % 2 == 0 else ("push", "plugin")
+        size = min(first + block, n) - first
+        inputs = {label: [next_frame() for _ in range(size)] for label in order}
+        rows = [f.to_dict("records")[0] for f in inputs["plugin"]]
+        gc.collect()
+        for label in order:
+            for i in range(size):
+                if label == "plugin":
+                    t, c = timed_cpu(lambda row=rows[i]: writer.write(row))
+                else:
+                    t, c = timed_cpu(lambda frame=inputs["push"][i]: plugin.store.push(PUSH_SOURCE, frame))
+                if i:
+                    spent[label] += t
+                    cpu[label] += c
+                    done[label] += 1
+    gc.enable()
+    assert stats["written"] - written == 2 * n, "a direct write or a push was skipped"
+    for label in spent:
+        res.add("direct1", label, done[label] / spent[label])
+        res.add("direct1_cpu", label, cpu[label] / done[label] * 1000)
+    rates = {label: done[label] / spent[label] for label in spent}
+    log(f"direct writer: {rates['plugin']:,.0f} calls/s, push {rates['push']:,.0f} calls/s")
 
 
 def read_phase(r: Any, benches: list[Bench], users: int, n: int, res: Result) -> None:
@@ -325,12 +428,19 @@ def one_run(args: argparse.Namespace, params: dict[str, int], run_no: int) -> Re
             make_bench("builtin", root, "builtin", conn, BUILTIN_STORE, users, event_time),
         ]
         log(f"run {run_no}: {users:,} users on {res.server}")
-        write_phase(r, benches, users, params["rounds"], res)
+        phases = args.phases
+        if "write" in phases:
+            write_phase(r, benches, users, params["rounds"], res)
         flush(r)
-        push_phase(benches, users, params["push1"], params["push100"], res)
+        if "push" in phases:
+            push_phase(benches, users, params["push1"], params["push100"], res)
+        if "direct" in phases:
+            direct_writer_phase(benches, users, params["direct"], res)
         load_both(r, benches, users)
-        gof_phase(benches, users, params, res)
-        read_phase(r, benches, users, params["read"], res)
+        if "gof" in phases:
+            gof_phase(r, benches, users, params, res)
+        if "read" in phases:
+            read_phase(r, benches, users, params["read"], res)
         r.close()
     return res
 
@@ -343,6 +453,10 @@ def main() -> None:
     parser.add_argument("--server", choices=("redis", "valkey"), default="redis")
     parser.add_argument("--users", type=int, help="entities to write (default 100k, 10k with --quick)")
     parser.add_argument("--repeat", type=int, help="independent full runs (default 2, 1 with --quick)")
+    parser.add_argument(
+        "--phases", type=lambda t: t.split(","), default=list(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (default: all)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown report to write")
     args = parser.parse_args()
     params = dict(QUICK if args.quick else FULL)
@@ -350,7 +464,8 @@ def main() -> None:
     params["rounds"] = 1 if args.quick else 2
     repeat = args.repeat or (1 if args.quick else 2)
     info = machine_info()
-    command = "python bench/run.py " + " ".join(sys.argv[1:])
+    shown = [a for a in sys.argv[1:] if a != "--out" and a != str(args.out)]  # no local paths
+    command = "python bench/run.py " + " ".join(shown)
     runs = []
     for n in range(1, repeat + 1):
         runs.append(one_run(args, params, n))

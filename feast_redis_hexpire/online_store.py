@@ -3,13 +3,15 @@
 Writes run :data:`scripts.WRITE_ROW` once per row: one round trip per ``write_batch_size`` rows
 (:func:`scripts.run_batches`), with the event-time check and both TTLs decided atomically on
 the server. Reads send one HMGET per entity, covering every requested view, in one round trip
-(``reads.py``) and fill Feast's response from the raw replies (``response.py``). Where each
-view's values live is ``views.py``.
+(``reads.py``) and fill Feast's response from the raw replies (``response.py``);
+``get_online_features`` reuses Feast's resolution of a request through a cached read plan
+(``read_plan.py``). Where each view's values live is ``views.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 from collections import Counter
@@ -39,6 +41,7 @@ from .exceptions import (
 )
 from .naming import apply_claims, release_views
 from .policy import policy_for
+from .read_plan import PlanCache, PreparedRead
 from .reads import (
     ViewRead,
     decode_columns,
@@ -67,6 +70,10 @@ ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
 # One view of a get_online_features read: (view, distinct keys, requested features,
 # response rows of each key (None: key i is row i), number of response rows).
 _ViewRequest = tuple[Any, list[bytes], list[str], list[list[int]] | None, int]
+# Feast releases before version metadata have no such argument on get_online_features.
+_BASE_TAKES_META = (
+    "include_feature_view_version_metadata" in inspect.signature(OnlineStore.get_online_features).parameters
+)
 
 
 class RedisHexpireOnlineStore(OnlineStore):
@@ -78,6 +85,9 @@ class RedisHexpireOnlineStore(OnlineStore):
         self._lock = threading.Lock()
         # Rows written, skipped as not newer than the stored row, dropped as already expired.
         self.stats: Counter[str] = Counter()
+        self._read_plans = PlanCache(
+            getattr(self, "_check_versioned_read_support", None), getattr(self, "_build_feature_types", None)
+        )
 
     @property
     def async_supported(self) -> SupportedAsyncMethods:
@@ -369,6 +379,76 @@ class RedisHexpireOnlineStore(OnlineStore):
             config, requests, reads, commands, replies, online_features_response, full_feature_names,
             include_feature_view_version_metadata,
         )  # fmt: skip
+
+    # ---- get_online_features: Feast's resolution cached in a read plan (read_plan.py) ----
+
+    def _prepared(
+        self, features: Any, entity_rows: Any, registry: Any, project: str, full_feature_names: bool
+    ) -> PreparedRead | None:
+        plan = self._read_plans.plan_for(registry, project, features, full_feature_names)
+        return plan.prepare(entity_rows) if plan is not None else None
+
+    def _planned_read(
+        self, config: RepoConfig, prepared: PreparedRead
+    ) -> tuple[list[_ViewRequest], list, list[ViewRead]]:
+        plan = prepared.plan
+        requests = self._feature_requests(
+            config, plan.grouped_refs, prepared.join_key_values, plan.entity_name_to_join_key
+        )
+        commands, reads = plan_reads(config, [(t, k, r) for t, k, r, _, _ in requests], plan.memo)
+        return requests, commands, reads
+
+    def get_online_features(
+        self,
+        config: RepoConfig,
+        features: Any,
+        entity_rows: Any,
+        registry: Any,
+        project: str,
+        full_feature_names: bool = False,
+        include_feature_view_version_metadata: bool = False,
+    ) -> Any:
+        """Feast's get_online_features with its request resolution cached per registry
+        version (read_plan.py); requests the plan does not cover take Feast's own method."""
+        prepared = self._prepared(features, entity_rows, registry, project, full_feature_names)
+        if prepared is None:
+            meta = {"include_feature_view_version_metadata": include_feature_view_version_metadata}
+            return super().get_online_features(
+                config, features, entity_rows, registry, project, full_feature_names,
+                **(meta if _BASE_TAKES_META else {}),
+            )  # fmt: skip
+        requests, commands, reads = self._planned_read(config, prepared)
+        replies = self._hmget(config, commands) if commands else []
+        self._populate(
+            config, requests, reads, commands, replies, prepared.response, full_feature_names,
+            include_feature_view_version_metadata,
+        )  # fmt: skip
+        return prepared.finish()
+
+    async def get_online_features_async(
+        self,
+        config: RepoConfig,
+        features: Any,
+        entity_rows: Any,
+        registry: Any,
+        project: str,
+        full_feature_names: bool = False,
+        include_feature_view_version_metadata: bool = False,
+    ) -> Any:
+        prepared = self._prepared(features, entity_rows, registry, project, full_feature_names)
+        if prepared is None:
+            meta = {"include_feature_view_version_metadata": include_feature_view_version_metadata}
+            return await super().get_online_features_async(
+                config, features, entity_rows, registry, project, full_feature_names,
+                **(meta if _BASE_TAKES_META else {}),
+            )  # fmt: skip
+        requests, commands, reads = self._planned_read(config, prepared)
+        replies = await self._hmget_async(config, commands) if commands else []
+        self._populate(
+            config, requests, reads, commands, replies, prepared.response, full_feature_names,
+            include_feature_view_version_metadata,
+        )  # fmt: skip
+        return prepared.finish()
 
     # ---- feast apply / feast teardown ----
 

@@ -45,17 +45,29 @@ class ViewRead:
 
 
 def plan_reads(
-    config: RepoConfig, requests: Sequence[tuple[Any, Sequence[bytes], list[str] | None]]
+    config: RepoConfig,
+    requests: Sequence[tuple[Any, Sequence[bytes], list[str] | None]],
+    memo: dict | None = None,
 ) -> tuple[list[tuple[bytes, list[str]]], list[ViewRead]]:
     """HMGET commands (one per distinct key) for several (view, keys, features) requests,
-    and where each view's values sit in their replies."""
+    and where each view's values sit in their replies. ``memo`` (a read plan's) keeps the field
+    lists between calls, keyed by the views' layouts, so a changed layout is planned anew."""
     reads = []
+    layouts = []
     members: dict[bytes, list[int]] = {}  # key -> the requests reading it
     for request_no, (table, keys, requested) in enumerate(requests):
         view = ViewLayout.of(config, table)
-        names = [f for f in (requested or view.fields) if f in view.fields]
-        fields = [view.ts_field] + [view.fields[f][0] for f in names]
-        reads.append(ViewRead(table, view, names, fields, [], []))
+        layouts.append(view)
+        vkey = ("view", request_no, id(view))
+        known = memo.get(vkey) if memo is not None else None
+        if known is None or known[0] is not view:
+            names = [f for f in (requested or view.fields) if f in view.fields]
+            known = (view, names, [view.ts_field] + [view.fields[f][0] for f in names])
+            if memo is not None:
+                if len(memo) > 256:  # layouts keep changing (settings changed at run time)
+                    memo.clear()
+                memo[vkey] = known
+        reads.append(ViewRead(table, view, known[1], known[2], [], []))
         for key in keys:
             members.setdefault(key, []).append(request_no)
     # Keys read by the same requests share one field list: work per combination, not per key.
@@ -63,10 +75,18 @@ def plan_reads(
     commands: list[tuple[bytes, list[str]]] = []
     where: dict[bytes, tuple[int, dict[int, list[int]]]] = {}
     for key, request_nos in members.items():
-        combo = combos.get(tuple(request_nos))
+        nos = tuple(request_nos)
+        combo = combos.get(nos)
         if combo is None:
-            combo = combine_fields([reads[n].fields for n in request_nos], request_nos)
-            combos[tuple(request_nos)] = combo
+            ckey = ("combo", nos, tuple(id(layouts[n]) for n in nos))
+            cached = memo.get(ckey) if memo is not None else None
+            if cached is not None and all(a is layouts[n] for a, n in zip(cached[0], nos)):
+                combo = cached[1]
+            else:
+                combo = combine_fields([reads[n].fields for n in request_nos], request_nos)
+                if memo is not None:
+                    memo[ckey] = (tuple(layouts[n] for n in nos), combo)
+            combos[nos] = combo
         where[key] = (len(commands), combo[1])
         commands.append((key, combo[0]))
     for request_no, (read, (_, keys, _)) in enumerate(zip(reads, requests)):

@@ -1,0 +1,223 @@
+"""The cached read plan behind ``get_online_features``: Feast's per-request work done once.
+
+Feast's ``OnlineStore.get_online_features`` resolves the requested features against the
+registry, converts every entity value to a protobuf, builds a response template and then reads.
+For a one-entity read that preparation costs as much as the Redis round trip. A
+:class:`ReadPlan` keeps what the resolution gives (views, requested features, join keys, their
+value types, output names, feature types) per (registry, project, features or feature service,
+full_feature_names), valid while the registry's cache is: it is rebuilt when the registry
+refreshes (``cached_registry_proto_created`` changes, as Feast's own resolution cache) or its
+cache TTL runs out. Where each view's values live stays :meth:`ViewLayout.of`'s answer, asked on
+every read, so a changed setting or view is never served from a stale plan.
+
+Requests the plan does not cover go through Feast's own method unchanged (:func:`plan_for`
+returns None, :meth:`ReadPlan.prepare` returns None): on-demand views and request data,
+precomputed feature services, entity-less views, entity names instead of join keys, and a Feast
+release without the resolution helper this module uses.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from feast import utils
+from feast.feature_service import FeatureService
+from feast.protos.feast.serving.ServingService_pb2 import GetOnlineFeaturesResponse
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.value_type import ValueType
+
+__all__ = ["PlanCache", "PreparedRead", "ReadPlan", "registry_state"]
+
+_resolve: Callable[..., tuple] | None = getattr(utils, "_get_cached_request_context", None)
+_to_protos: Callable[..., list] | None = None
+try:
+    from feast.type_map import python_values_to_proto_values as _to_protos
+except ImportError:  # pragma: no cover - every supported Feast has it
+    _to_protos = None
+
+_metrics: Any = None
+try:  # Feast's online-read duration metric (its flags object is replaced when metrics start)
+    import feast.metrics as _metrics
+except ImportError:  # pragma: no cover - older Feast
+    pass
+
+# Join-key value types whose Python values become protos without Feast's generic dispatch; only
+# exact str / int objects take this way, anything else goes through Feast's converter.
+_FAST_PROTO: dict[ValueType, tuple[type, Callable[[Any], ValueProto]]] = {
+    ValueType.STRING: (str, lambda v: ValueProto(string_val=v)),
+    ValueType.INT64: (int, lambda v: ValueProto(int64_val=v)),
+    ValueType.INT32: (int, lambda v: ValueProto(int32_val=v)),
+}
+
+
+def _proto_column(value_type: ValueType, values: list[Any]) -> list[ValueProto]:
+    """What Feast's ``python_values_to_proto_values(values, value_type)`` returns."""
+    fast = _FAST_PROTO.get(value_type)
+    if fast is not None:
+        kind, make = fast
+        if all(type(v) is kind for v in values):
+            return [make(v) for v in values]
+    assert _to_protos is not None
+    return _to_protos(values, value_type)
+
+
+@dataclass
+class ReadPlan:
+    """What Feast's request resolution gives for one (features, full_feature_names) request."""
+
+    registry: Any
+    registry_ts: Any
+    grouped_refs: list[tuple[Any, list[str]]]
+    entity_name_to_join_key: dict[str, str]
+    join_key_types: dict[str, ValueType]
+    join_keys: frozenset[str]
+    result_names: frozenset[str]
+    feature_types: dict[str, ValueType] | None
+    output_names: list[str]  # the feature vectors' names, in response order
+    memo: dict = field(default_factory=dict)  # plan_reads' field lists, per view layouts
+
+    def prepare(self, entity_rows: Any) -> PreparedRead | None:
+        """Feast's ``_prepare_entities_to_read_from_online_store`` for this plan: the join-key
+        columns as protos and the response holding them. None: a request Feast must serve."""
+        if isinstance(entity_rows, list):  # as Feast's get_online_features
+            columnar: dict[str, list[Any]] = {k: [] for k in entity_rows[0].keys()}
+            for entity_row in entity_rows:
+                for key, value in entity_row.items():
+                    try:
+                        columnar[key].append(value)
+                    except KeyError as e:
+                        raise ValueError("All entity_rows must have the same keys.") from e
+            entity_rows = columnar
+        join_key_values: dict[str, list[ValueProto]] = {}
+        lengths: dict[str, list] = {}
+        for name, column in entity_rows.items():
+            values = list(column) if isinstance(column, Sequence) else list(column.val)
+            if name in self.join_keys:
+                join_key_values[name] = lengths[name] = _proto_column(
+                    self.join_key_types.get(name, ValueType.UNKNOWN), values
+                )
+            elif name in self.entity_name_to_join_key:
+                return None  # an entity name instead of its join key (deprecated): Feast's way
+            else:  # not read, but Feast converts and counts it: so must we, errors included
+                lengths[name] = _proto_column(ValueType.UNKNOWN, values)
+        utils._validate_entity_values(lengths)
+        response = GetOnlineFeaturesResponse(results=[])
+        utils._populate_result_rows_from_columnar(online_features_response=response, data=join_key_values)
+        return PreparedRead(self, join_key_values, response)
+
+
+@dataclass
+class PreparedRead:
+    """One request under a plan: the join-key columns and the response they start."""
+
+    plan: ReadPlan
+    join_key_values: dict[str, list[ValueProto]]
+    response: GetOnlineFeaturesResponse
+    started: float = field(default_factory=time.monotonic)
+
+    def finish(self) -> Any:
+        """The OnlineResponse, after the store filled in the feature vectors, as Feast ends
+        ``get_online_features`` (read metric, unneeded columns dropped, feature types)."""
+        from feast.online_response import OnlineResponse
+
+        if getattr(getattr(_metrics, "_config", None), "online_features", False):
+            try:  # as Feast: metrics never fail a read
+                _metrics.track_online_store_read(time.monotonic() - self.started)
+            except Exception:  # noqa: BLE001
+                pass
+        keep = self.plan.result_names
+        if any(n not in keep for n in self.plan.output_names):
+            utils._drop_unneeded_columns(self.response, set(keep) | set(self.join_key_values))
+        if self.plan.feature_types is None:
+            return OnlineResponse(self.response)
+        return OnlineResponse(self.response, feature_types=dict(self.plan.feature_types))  # the caller's own
+
+
+def _features_key(features: Any) -> tuple:
+    if isinstance(features, FeatureService):
+        return ("__fs__", features.name)  # Feast's resolution cache keys a service by name too
+    return tuple(features)
+
+
+def registry_state(registry: Any) -> tuple[Any, bool]:
+    """(the registry cache's version, whether its cache is still valid)."""
+    is_valid = getattr(registry, "is_cache_valid", None)
+    return getattr(registry, "cached_registry_proto_created", None), bool(
+        is_valid() if callable(is_valid) else False
+    )
+
+
+class PlanCache:
+    """Read plans of one store, per (registry, project, features, full_feature_names)."""
+
+    def __init__(self, check_versioned: Callable[[list], None] | None, feature_types: Any) -> None:
+        self._plans: dict[tuple, ReadPlan] = {}
+        self._lock = threading.Lock()
+        self._check_versioned = check_versioned
+        self._feature_types = feature_types
+
+    def plan_for(
+        self, registry: Any, project: str, features: Any, full_feature_names: bool
+    ) -> ReadPlan | None:
+        """The plan of a request, or None where Feast's own method must serve it."""
+        if _resolve is None or _to_protos is None:
+            return None
+        if isinstance(features, FeatureService) and getattr(features, "precompute_online", False):
+            return None
+        key = (project, _features_key(features), full_feature_names)
+        registry_ts, valid = registry_state(registry)
+        plan = self._plans.get(key)
+        if (
+            plan is not None
+            and valid
+            and registry_ts is not None
+            and plan.registry is registry
+            and plan.registry_ts == registry_ts
+        ):
+            return plan
+        # Feast's resolution (it refreshes an expired registry cache first).
+        context = _resolve(registry, project, features, full_feature_names)
+        if not isinstance(context, tuple) or len(context) != 9:
+            return None  # a Feast release whose helper answers differently: Feast's own method
+        (
+            feature_refs,
+            on_demand_views,
+            entity_name_to_join_key,
+            join_key_types,
+            join_keys,
+            grouped_refs,
+            result_names,
+            needed_request_data,
+            entityless,
+        ) = context
+        if on_demand_views or needed_request_data or entityless:
+            return None
+        grouped_refs = [(view, list(names)) for view, names in grouped_refs]
+        if self._check_versioned is not None:
+            self._check_versioned(grouped_refs)  # as Feast: refuses version-pinned refs
+        output_names = [
+            f"{view.projection.name_to_use()}__{name}" if full_feature_names else name
+            for view, names in grouped_refs
+            for name in names
+        ]
+        plan = ReadPlan(
+            registry=registry,
+            registry_ts=getattr(registry, "cached_registry_proto_created", None),
+            grouped_refs=grouped_refs,
+            entity_name_to_join_key=dict(entity_name_to_join_key),
+            join_key_types=dict(join_key_types),
+            join_keys=frozenset(join_keys),
+            result_names=frozenset(result_names),
+            feature_types=self._feature_types(grouped_refs) if self._feature_types else None,
+            output_names=output_names,
+        )
+        if plan.registry_ts is not None:
+            with self._lock:
+                if len(self._plans) > 1000:  # many distinct feature lists: start over
+                    self._plans.clear()
+                self._plans[key] = plan
+        return plan

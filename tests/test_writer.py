@@ -1,0 +1,87 @@
+"""The direct streaming writer: rows of a view through the store's own write path, as a push."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pytest
+from conftest import online_store_of
+
+from feast_redis_hexpire.exceptions import BadValueError, ConfigError
+from feast_redis_hexpire.synth import STREAMING_FEATURES, streaming_frame
+from feast_redis_hexpire.writer import StreamWriter
+
+VIEW = "user_streaming_features"
+TTL_MS = 300_000
+FIELDS = [*STREAMING_FEATURES, f"_ts:{VIEW}"]
+
+
+def row_of(user: str, seed: int, when: datetime) -> dict:
+    return streaming_frame([user], random.Random(seed), when).to_dict("records")[0]
+
+
+def test_a_written_row_is_stored_exactly_as_a_push_of_it(store, r):
+    writer = StreamWriter(store, VIEW)
+    now = datetime.now(UTC).replace(microsecond=0)
+    frame = streaming_frame(["u0001"], random.Random(3), now)
+    store.push("user_events_push", frame)
+    row = {**frame.to_dict("records")[0], "user_id": "u0002"}
+    t0 = int(time.time() * 1000)
+    assert writer.write(row) == 1
+    t1 = int(time.time() * 1000)
+    pushed, written = r.hgetall("fs:user:u0001"), r.hgetall("fs:user:u0002")
+    assert written == pushed and set(written) == {f.encode() for f in FIELDS}
+    for when in r.hpexpiretime("fs:user:u0002", *FIELDS):
+        assert t0 + TTL_MS <= when <= t1 + TTL_MS
+    assert r.pexpiretime("fs:user:u0002") == -1  # streaming fields only: no key TTL
+    read = store.get_online_features(
+        features=[f"{VIEW}:tx_count_5m"], entity_rows=[{"user_id": "u0002"}]
+    ).to_dict()
+    assert read["tx_count_5m"] == [row["tx_count_5m"]]
+
+
+def test_event_time_order_tables_and_async(store, r):
+    writer = StreamWriter(store, VIEW)
+    stats = online_store_of(store).stats
+    now = datetime.now(UTC)
+    newer, older = row_of("u0001", 1, now), row_of("u0001", 2, now - timedelta(seconds=5))
+    writer.write_rows([newer, older])
+    assert stats["skipped_not_newer"] == 1
+    assert r.hget("fs:user:u0001", "tx_count_5m") == str(newer["tx_count_5m"]).encode()
+    frame = streaming_frame(["u0003", "u0004"], random.Random(4), now)
+    assert writer.write_table(pa.Table.from_pandas(frame, preserve_index=False)) == 2
+    assert writer.write_table(streaming_frame(["u0005"], random.Random(5), now)) == 1  # a DataFrame
+    assert asyncio.run(writer.write_async(row_of("u0006", 6, now))) == 1
+    assert asyncio.run(writer.write_table_async(streaming_frame(["u0007"], random.Random(7), now))) == 1
+    for user in ("u0003", "u0004", "u0005", "u0006", "u0007"):
+        assert all(t > 0 for t in r.hpexpiretime(f"fs:user:{user}", *FIELDS)), user
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda row: row.pop("tx_count_5m"), r"row 1: missing \['tx_count_5m'\]"),
+        (lambda row: row.update(tx_count_5mm=1), r"row 1: unknown \['tx_count_5mm'\]"),
+        (lambda row: row.update(tx_count_5m="three"), "row 1, column 'tx_count_5m'"),
+        (lambda row: row.update(event_timestamp="yesterday"), "row 1, column 'event_timestamp'"),
+        (lambda row: row.update(user_id=None), "row 1, column 'user_id': a join key may not be null"),
+        (lambda row: row.update(user_id=[1]), "row 1, column 'user_id'"),
+    ],
+)
+def test_a_bad_row_names_row_and_column_and_nothing_is_written(store, r, change, message):
+    writer = StreamWriter(store, VIEW)
+    now = datetime.now(UTC)
+    good, bad = row_of("u0001", 1, now), row_of("u0002", 2, now)
+    change(bad)
+    with pytest.raises(BadValueError, match=message):
+        writer.write_rows([good, bad])
+    assert r.dbsize() == 0
+
+
+def test_an_unknown_view_is_a_clear_error(store, r):
+    with pytest.raises(ConfigError, match="no feature view 'nope'"):
+        StreamWriter(store, "nope").write(row_of("u0001", 1, datetime.now(UTC)))

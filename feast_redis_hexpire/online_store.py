@@ -28,7 +28,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 from . import codec, layout
 from .config import RedisHexpireOnlineStoreConfig
 from .connection import IO_ERRORS, address, make_async_client, make_client, require_hfe
-from .constants import TS_FIELD_PREFIX
+from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
 from .exceptions import (
     BadValueError,
     ConfigError,
@@ -49,6 +49,7 @@ from .reads import (
 from .response import ViewResult, append_view
 from .scripts import (
     DELETE_VIEW_FIELDS,
+    FIELD_TTL_ERROR,
     UNLINK_IF_OURS,
     WRITE_ROW,
     run_batches,
@@ -145,6 +146,8 @@ class RedisHexpireOnlineStore(OnlineStore):
         )
         skip = "1" if cfg.skip_dedup else "0"
         by_event = policy.streaming and cfg.ttl_from == "event"
+        if by_event:
+            _check_event_expiry(view.name, data, policy.field_ttl_ms)
         fields, encoding = view.fields, view.encoding
 
         def encode(start: int, chunk: Sequence[Row]) -> list:
@@ -178,8 +181,12 @@ class RedisHexpireOnlineStore(OnlineStore):
     def _failure(self, config: RepoConfig, table: Any, start: int, total: int, err: Exception) -> Exception:
         where = address(config.online_store)
         if isinstance(err, ResponseError):
-            if "HPEXPIRE returned" in str(err):
-                return FieldTTLError(f"feature view {table.name!r}: {err}")
+            if str(err).startswith(FIELD_TTL_ERROR):
+                return FieldTTLError(
+                    f"feature view {table.name!r}: a row's field TTL could not be set at {where}: "
+                    f"{str(err)[len(FIELD_TTL_ERROR) + 1 :]}; rows of this batch without such an "
+                    f"error were written"
+                )
             if isinstance(err, NoPermissionError):  # every row of the batch was refused alike
                 return StoreUnavailableError(
                     f"feature view {table.name!r}: the Redis user at {where} may not write: {err}; "
@@ -407,17 +414,40 @@ class RedisHexpireOnlineStore(OnlineStore):
             yield batch
 
     @staticmethod
-    def _segment(table: Any) -> str:
-        return layout.entity_segment(
-            list(getattr(table, "entities", None) or ()), list(getattr(table, "join_keys", None) or ())
-        )
+    def _segment(config: RepoConfig, table: Any, join_keys_of: dict[str, str]) -> str:
+        """The ``<entity>`` key segment of ``table``. A view object from Python code (e.g.
+        ``FeatureStore.apply(objects_to_delete=[view])``) has no join keys before Feast infers
+        them; a view of several entities then takes them from ``join_keys_of`` (entity name ->
+        join key), completed from the registry's entities when a name is missing."""
+        names = list(getattr(table, "entities", None) or ())
+        join_keys = list(getattr(table, "join_keys", None) or ())
+        if len(names) > 1 and not join_keys:
+            if any(n not in join_keys_of for n in names):
+                join_keys_of.update(
+                    {
+                        e.name: e.join_key
+                        for e in _registered(config, "list_entities")
+                        if e.name not in join_keys_of
+                    }
+                )
+            for name in names:
+                if name not in join_keys_of:
+                    logger.warning(
+                        "entity %s of feature view %s is not registered; its name is taken as join key",
+                        name,
+                        table.name,
+                    )
+            join_keys = [join_keys_of.get(n, n) for n in names]
+        return layout.entity_segment(names, join_keys)
 
-    def delete_view_fields(self, config: RepoConfig, table: Any) -> int:
-        """Remove one view's fields from every hash of its entity; returns fields removed."""
+    def delete_view_fields(self, config: RepoConfig, table: Any, entities: Sequence[Entity] = ()) -> int:
+        """Remove one view's fields from every hash of its entity; returns fields removed.
+        ``entities``: Entity objects that may be the view's (for a view without join keys yet)."""
         client = self.client(config)
         view = ViewLayout.of(config, table)
         argv = [view.ts_field] + [f for f, _ in view.fields.values()]
-        pattern = layout.scan_pattern(config.online_store.prefix_for(config.project), self._segment(table))
+        segment = self._segment(config, table, {e.name: e.join_key for e in entities})
+        pattern = layout.scan_pattern(config.online_store.prefix_for(config.project), segment)
         removed = 0
         for keys in self._scan(client, pattern):
             removed += sum(run_pipelined(client, DELETE_VIEW_FIELDS, [(k, argv) for k in keys]))
@@ -445,13 +475,15 @@ class RedisHexpireOnlineStore(OnlineStore):
             raise StoreUnavailableError(f"cannot reach Redis at {address(config.online_store)}: {e}") from e
         if config.online_store.full_scan_for_deletion:
             for table in tables_to_delete:
-                self.delete_view_fields(config, table)
+                self.delete_view_fields(config, table, [*entities_to_keep, *entities_to_delete])
 
     def teardown(self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]) -> None:
-        unlinked = self.remove_project_keys(config, tables)
+        unlinked = self.remove_project_keys(config, tables, entities)
         logger.info("teardown unlinked %d key(s) of project %s", unlinked, config.project)
 
-    def remove_project_keys(self, config: RepoConfig, tables: Sequence[Any]) -> int:
+    def remove_project_keys(
+        self, config: RepoConfig, tables: Sequence[Any], entities: Sequence[Entity] = ()
+    ) -> int:
         """Unlink the hashes of these views: SCAN ``<escaped prefix><entity>:*`` per entity, then
         UNLINK only hashes holding one of their ``_ts`` fields (another project's fields in a
         shared hash stay). Never FLUSHDB. Returns the number of keys unlinked."""
@@ -463,7 +495,8 @@ class RedisHexpireOnlineStore(OnlineStore):
         argv = [len(layouts), *(v.ts_field for v in layouts)]
         argv += [field for v in layouts for field, _ in v.fields.values()]
         unlinked = 0
-        for segment in sorted({self._segment(t) for t in tables}):
+        join_keys_of = {e.name: e.join_key for e in entities}
+        for segment in sorted({self._segment(config, t, join_keys_of) for t in tables}):
             for keys in self._scan(client, layout.scan_pattern(prefix, segment)):
                 unlinked += sum(run_pipelined(client, UNLINK_IF_OURS, [(k, argv) for k in keys]))
         return unlinked
@@ -471,6 +504,18 @@ class RedisHexpireOnlineStore(OnlineStore):
     def key_for(self, config: RepoConfig, table: Any, entity_key: EntityKeyProto) -> bytes:
         """The hash key of one entity of ``table`` (for inspection and tests)."""
         return ViewLayout.of(config, table).keys.key(entity_key)
+
+
+def _check_event_expiry(view: str, data: Sequence[Row], field_ttl_ms: int) -> None:
+    """With ``ttl_from: event``, refuse a batch holding a row whose fields would expire after the
+    latest time Redis accepts (an event far in the future), before anything is written."""
+    for i, row in enumerate(data):
+        if codec.encode_ts(row[2]) // 1000 + field_ttl_ms > MAX_FIELD_EXPIRE_AT_MS:
+            raise BadValueError(
+                f"feature view {view!r}: row {i} has event time {row[2]}; counted from it, its field "
+                f"TTL would end after {MAX_FIELD_EXPIRE_AT_MS} ms since the epoch, the latest Redis "
+                f"accepts; nothing was written"
+            )
 
 
 def hexpire_store(feature_store: Any) -> RedisHexpireOnlineStore:
@@ -484,12 +529,18 @@ def hexpire_store(feature_store: Any) -> RedisHexpireOnlineStore:
 def _registered_views(config: RepoConfig) -> list[Any]:
     """Views already in the registry: a partial apply (``FeatureStore.apply``) passes only the
     views it changes, and a new view must not collide with one applied earlier."""
+    return _registered(config, "list_feature_views", "list_stream_feature_views")
+
+
+def _registered(config: RepoConfig, *methods: str) -> list[Any]:
+    """The objects ``FeatureStore.<method>()`` lists for each method, from the repo's registry;
+    [] when there is none yet (first apply) or it cannot be read."""
     from feast import FeatureStore
 
     try:
         repo_path = str(config.repo_path) if config.repo_path else None
-        registered = FeatureStore(repo_path=repo_path, config=config)
-        return [*registered.list_feature_views(), *registered.list_stream_feature_views()]
+        registry = FeatureStore(repo_path=repo_path, config=config)
+        return [obj for method in methods for obj in getattr(registry, method)()]
     except Exception as e:  # no registry yet (first apply) or unreadable: check what we have
-        logger.debug("field collision check without the registry: %s", e)
+        logger.debug("registry not read (%s): %s", ", ".join(methods), e)
         return []

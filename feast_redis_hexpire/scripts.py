@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from string import Template
 from typing import Any
 
 import redis
@@ -17,8 +18,17 @@ from redis.cluster import ClusterPipeline
 from redis.exceptions import NoScriptError, RedisClusterException
 
 from .connection import read_replies, send_commands
+from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
 
-__all__ = ["DELETE_VIEW_FIELDS", "UNLINK_IF_OURS", "WRITE_ROW", "Script", "run_batches", "run_pipelined"]
+__all__ = [
+    "DELETE_VIEW_FIELDS",
+    "FIELD_TTL_ERROR",
+    "UNLINK_IF_OURS",
+    "WRITE_ROW",
+    "Script",
+    "run_batches",
+    "run_pipelined",
+]
 
 
 @dataclass(frozen=True)
@@ -31,36 +41,96 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.lua.encode()).hexdigest())
 
 
+# Lua helper shared by the scripts: HDEL ``list[first..]`` from ``key`` in slices, because Lua's
+# unpack() fails with "too many results to unpack" beyond about 8,000 values. ``call`` is
+# redis.call or redis.pcall. Returns the number of fields removed.
+_HDEL_SLICED = """
+local function hdel_sliced(call, key, list, first)
+  local removed = 0
+  for i = first, #list, 1000 do
+    local n = call('HDEL', key, unpack(list, i, math.min(i + 999, #list)))
+    if type(n) == 'number' then removed = removed + n end
+  end
+  return removed
+end
+"""
+
+# Error code of a streaming row whose field TTLs could not be set (the row is not left behind).
+FIELD_TTL_ERROR = "FIELDTTL"
+
 # Write one row of one feature view into its entity hash.
 # KEYS[1]   the entity hash
 # ARGV[1]   the view's timestamp field, "_ts:<view>"
 # ARGV[2]   the row's event time, integer microseconds since the epoch
-# ARGV[3]   key TTL in ms (batch view), "0" for none
-# ARGV[4]   field TTL in ms (streaming view), "0" for a batch view
+# ARGV[3]   batch view: key TTL in ms to re-pin, or "-1" to remove the key TTL (PERSIST);
+#           "0" for a streaming view (the key TTL is left alone)
+# ARGV[4]   field TTL in ms counted from now (streaming view), "0" for a batch view
 # ARGV[5]   absolute field expiry in unix ms when TTLs count from the event time, else "0"
 # ARGV[6]   "1" to skip the event-time check (skip_dedup)
 # ARGV[7..] field, value pairs of the row
 # Returns 1 written, 0 not newer than the stored row (nothing written, key TTL re-pinned),
-# -1 already expired by its event time (nothing written). The HSET and the HPEXPIRE run in one
-# script, so no streaming field ever exists without its TTL. The key TTL is set by the latest
-# batch write, as in the seed's BulkLoad. Long rows go in slices: Lua's unpack() is limited.
+# -1 already expired by its event time (nothing written), or an error reply.
+#
+# No streaming field is ever left without its TTL, on any error path:
+# - everything that can refuse a field TTL is tried before the HSET: the expiry is checked
+#   against MAX_FIELD_EXPIRE_AT_MS, and HPEXPIREAT is probed on the field "_ts:" (the bare
+#   TS_FIELD_PREFIX), which no feature or view can have (a no-op answering -2), so an unknown
+#   command (a server without hash-field expiration), an ACL refusal or an invalid expire time
+#   fails the row before anything is written: the hash is exactly as before;
+# - the TTL commands after the HSET run under pcall; if one still fails or does not answer 1 for
+#   every field, the row is rolled back by deleting the fields it wrote and the view's "_ts"
+#   field, and an error is returned. Deleting is the rollback: the values the row overwrote are
+#   gone with it (restoring them would cost a read of every field and its TTL on every write), and
+#   a missing field reads NOT_FOUND, while a streaming field without TTL would be served forever.
+# The view's "_ts" field expires at the later of the row's expiry and its stored expiry, so it
+# never expires before a field of an earlier row of the view that is still there (a row may be
+# older, with skip_dedup and ttl_from: event, or have a shorter TTL after a setting changed): a
+# value is never read without its event time.
 WRITE_ROW = Script(
     "write_row",
-    """
+    _HDEL_SLICED
+    + Template("""
 local key, ts_field = KEYS[1], ARGV[1]
 local key_ttl, field_ttl, expire_at = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local SLICE = 2000
+local SLICE, MAX_AT = 2000, $max_at
+local function pin_key()
+  if key_ttl > 0 then
+    redis.call('PEXPIRE', key, key_ttl)
+  elseif key_ttl < 0 then
+    redis.call('PERSIST', key)
+  end
+end
 if ARGV[6] ~= '1' then
   local stored = redis.call('HGET', key, ts_field)
   if stored and tonumber(stored) >= tonumber(ARGV[2]) then
-    if key_ttl > 0 then redis.call('PEXPIRE', key, key_ttl) end
+    pin_key()
     return 0
   end
 end
-if expire_at > 0 then
+local streaming = field_ttl > 0 or expire_at > 0
+local at, ts_at
+if streaming then
   local now = redis.call('TIME')
-  if expire_at <= tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then
+  now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  if expire_at == 0 then
+    expire_at = now + field_ttl
+  elseif expire_at <= now then
     return -1
+  end
+  at = string.format('%.0f', expire_at)
+  if expire_at > MAX_AT then
+    return redis.error_reply('$code field expiry ' .. at .. ' ms is after ' .. MAX_AT ..
+      ' ms, the latest Redis accepts; nothing of the row was written to ' .. key)
+  end
+  local probe = redis.pcall('HPEXPIREAT', key, at, 'FIELDS', 1, '$probe')
+  if type(probe) == 'table' and probe.err then
+    return redis.error_reply('$code HPEXPIREAT failed: ' .. probe.err ..
+      '; nothing of the row was written to ' .. key)
+  end
+  ts_at = at
+  local stored_at = redis.call('HPEXPIRETIME', key, 'FIELDS', 1, ts_field)
+  if type(stored_at) == 'table' and tonumber(stored_at[1]) and tonumber(stored_at[1]) > expire_at then
+    ts_at = string.format('%.0f', tonumber(stored_at[1]))
   end
 end
 if #ARGV <= SLICE then
@@ -69,31 +139,35 @@ else
   redis.call('HSET', key, ts_field, ARGV[2])
   for i = 7, #ARGV, SLICE do redis.call('HSET', key, unpack(ARGV, i, math.min(i + SLICE - 1, #ARGV))) end
 end
-if key_ttl > 0 then redis.call('PEXPIRE', key, key_ttl) end
-if field_ttl == 0 and expire_at == 0 then return 1 end
+pin_key()
+if not streaming then return 1 end
 local fields = {ts_field}
 for i = 7, #ARGV, 2 do fields[#fields + 1] = ARGV[i] end
-local half = SLICE / 2
-for i = 1, #fields, half do
-  local last = math.min(i + half - 1, #fields)
-  local codes
-  if expire_at > 0 then
-    codes = redis.call('HPEXPIREAT', key, expire_at, 'FIELDS', last - i + 1, unpack(fields, i, last))
-  else
-    codes = redis.call('HPEXPIRE', key, field_ttl, 'FIELDS', last - i + 1, unpack(fields, i, last))
-  end
-  for j = 1, #codes do
+local function undo(reason)
+  hdel_sliced(redis.pcall, key, fields, 1)
+  return redis.error_reply('$code ' .. reason .. '; the row was removed from ' .. key ..
+    ', not left without a TTL')
+end
+local function expire(when, first, last)
+  local codes = redis.pcall('HPEXPIREAT', key, when, 'FIELDS', last - first + 1, unpack(fields, first, last))
+  if type(codes) ~= 'table' then return 'HPEXPIREAT answered ' .. tostring(codes) end
+  if codes.err then return 'HPEXPIREAT failed: ' .. codes.err end
+  for j = 1, last - first + 1 do
     if codes[j] ~= 1 then
-      for k = 1, #fields, half do
-        redis.call('HDEL', key, unpack(fields, k, math.min(k + half - 1, #fields)))
-      end
-      return redis.error_reply('HPEXPIRE returned ' .. tostring(codes[j]) .. ' for field ' ..
-        fields[i + j - 1] .. ' of ' .. key .. ' instead of 1; the row was removed, not left without a TTL')
+      return 'HPEXPIREAT returned ' .. tostring(codes[j]) .. ' for field ' .. fields[first + j - 1] ..
+        ' instead of 1'
     end
   end
+  return nil
 end
+local problem = expire(ts_at, 1, 1)
+for i = 2, #fields, SLICE / 2 do
+  if problem then break end
+  problem = expire(at, i, math.min(i + SLICE / 2 - 1, #fields))
+end
+if problem then return undo(problem) end
 return 1
-""",
+""").substitute(max_at=MAX_FIELD_EXPIRE_AT_MS, code=FIELD_TTL_ERROR, probe=TS_FIELD_PREFIX),
 )
 
 # Remove a deleted view's fields from one hash, only if the hash holds that view's timestamp.
@@ -102,10 +176,11 @@ return 1
 # Returns the number of fields removed; a key of another type under the pattern is left alone.
 DELETE_VIEW_FIELDS = Script(
     "delete_view_fields",
-    """
+    _HDEL_SLICED
+    + """
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  return redis.call('HDEL', KEYS[1], unpack(ARGV))
+  return hdel_sliced(redis.call, KEYS[1], ARGV, 1)
 end
 return 0
 """,
@@ -121,7 +196,8 @@ return 0
 # Returns 1 when the key was unlinked, 0 when it was left (or only this project's fields removed).
 UNLINK_IF_OURS = Script(
     "unlink_if_ours",
-    """
+    _HDEL_SLICED
+    + """
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
 local n, ours, found = tonumber(ARGV[1]), {}, false
 for i = 2, n + 1 do
@@ -131,7 +207,7 @@ end
 if not found then return 0 end
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(field, 1, 4) == '_ts:' and not ours[field] then
-    redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
+    hdel_sliced(redis.call, KEYS[1], ARGV, 2)
     return 0
   end
 end

@@ -160,6 +160,12 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
     write_batch_size: int = Field(
         2000, description="Rows per pipelined round trip on writes (bounds client memory)."
     )
+    write_rows_per_call: int = Field(
+        100,
+        description="Rows per write-script call (in a cluster: of one hash slot). More rows per "
+        "call cost the server less CPU per row but block other clients longer per call; see "
+        "BENCHMARKS.md for the measurement behind the default.",
+    )
     socket_timeout: float | None = Field(
         5.0, description="Seconds to wait for a reply before the command fails."
     )
@@ -186,7 +192,7 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
     def _ttl(cls, value: int | None, info: Any) -> int | None:
         return None if value is None else check_ttl_seconds(info.field_name, value)
 
-    @field_validator("write_batch_size")
+    @field_validator("write_batch_size", "write_rows_per_call")
     @classmethod
     def _positive_int(cls, value: int, info: Any) -> int:
         _positive(info.field_name, value)

@@ -1,10 +1,11 @@
 """The Feast online store: one hash per entity, key EXPIRE for batch views, HPEXPIRE for streaming.
 
-Writes run :data:`scripts.WRITE_ROW` once per row: one round trip per ``write_batch_size`` rows
-(:func:`scripts.run_batches`), with the event-time check and both TTLs decided atomically on
-the server. Reads send one HMGET per entity, covering every requested view, in one round trip
-(``reads.py``) and fill Feast's response from the raw replies (``response.py``). Where each
-view's values live is ``views.py``.
+Writes run :data:`scripts.WRITE_ROWS` once per ``write_rows_per_call`` rows (of one hash slot in
+a cluster), one round trip per ``write_batch_size`` rows (:func:`scripts.run_batches`), with the
+event-time check and both TTLs decided atomically on the server, row by row. Reads send one
+HMGET per entity, covering every requested view, in one round trip (``reads.py``) and fill
+Feast's response from the raw replies (``response.py``). Where each view's values live is
+``views.py``.
 """
 
 from __future__ import annotations
@@ -12,22 +13,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import redis
+import redis.asyncio as aredis
 from feast import Entity, FeatureView, RepoConfig
 from feast.infra.online_stores.online_store import OnlineStore
 from feast.infra.supported_async_methods import SupportedAsyncMethods
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from redis.crc import key_slot
 from redis.exceptions import NoPermissionError, ResponseError
 
 from . import codec, layout
 from .config import RedisHexpireOnlineStoreConfig
-from .connection import IO_ERRORS, address, make_async_client, make_client, require_hfe
+from .connection import IO_ERRORS, address, has_hsetex, make_async_client, make_client, require_hfe
 from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
 from .exceptions import (
     BadValueError,
@@ -51,7 +54,8 @@ from .scripts import (
     DELETE_VIEW_FIELDS,
     FIELD_TTL_ERROR,
     UNLINK_IF_OURS,
-    WRITE_ROW,
+    WRITE_ROWS,
+    Call,
     run_batches,
     run_pipelined,
     run_pipelined_async,
@@ -76,6 +80,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         self._clients: dict[tuple, Any] = {}
         self._async_clients: dict[tuple, Any] = {}  # (event loop, settings) -> client
         self._lock = threading.Lock()
+        self._hsetex_known: dict[tuple, bool] = {}  # connection settings -> server has HSETEX
         # Rows written, skipped as not newer than the stored row, dropped as already expired.
         self.stats: Counter[str] = Counter()
 
@@ -127,12 +132,22 @@ class RedisHexpireOnlineStore(OnlineStore):
 
     # ---- writes ----
 
+    def _hsetex(self, config: RepoConfig) -> bool:
+        """Whether the server has HSETEX, asked once per connection settings."""
+        settings = self._settings(config.online_store)
+        known = self._hsetex_known.get(settings)
+        if known is None:
+            known = self._hsetex_known[settings] = has_hsetex(self.client(config), config.online_store)
+        return known
+
     def _write_calls(
-        self, config: RepoConfig, table: Any, data: Sequence[Row]
-    ) -> tuple[str, Callable[[int, Sequence[Row]], list]]:
-        """The view's mode ("batch"/"streaming") and a function that encodes the chunk of
-        ``data`` starting at a row into WRITE_ROW calls. Every row's key is built first, so a
-        bad entity key fails before anything is written."""
+        self, config: RepoConfig, table: Any, data: Sequence[Row], by_slot: bool
+    ) -> tuple[str, list[bytes], Callable[[int, Sequence[Row]], tuple[list[Call], list[list[int]]]]]:
+        """The view's mode ("batch"/"streaming"), every row's key, and a function that encodes
+        the chunk of ``data`` starting at a row into WRITE_ROWS calls of up to
+        ``write_rows_per_call`` rows each (of one hash slot when ``by_slot``), with the row
+        numbers of each call. Every row's key is built first, so a bad entity key fails before
+        anything is written."""
         cfg: RedisHexpireOnlineStoreConfig = config.online_store
         view = ViewLayout.of(config, table)
         policy = policy_for(table, cfg)
@@ -140,32 +155,67 @@ class RedisHexpireOnlineStore(OnlineStore):
             keys = view.keys.keys(row[0] for row in data)
         except ValueError as e:
             raise BadValueError(f"feature view {view.name!r}: {e}; nothing was written") from e
-        head = (
-            str(policy.key_ttl_ms),
-            str(policy.field_ttl_ms) if cfg.ttl_from == "write" else "0",
-        )
-        skip = "1" if cfg.skip_dedup else "0"
         by_event = policy.streaming and cfg.ttl_from == "event"
         if by_event:
             _check_event_expiry(view.name, data, policy.field_ttl_ms)
+        head = [
+            view.ts_field,
+            str(policy.key_ttl_ms),
+            str(policy.field_ttl_ms) if not by_event else "0",
+            "1" if cfg.skip_dedup else "0",
+            "1" if policy.streaming and self._hsetex(config) else "0",
+        ]
+        per_call = cfg.write_rows_per_call
         fields, encoding = view.fields, view.encoding
 
-        def encode(start: int, chunk: Sequence[Row]) -> list:
-            calls = []
-            for offset, (_, values, event_ts, _) in enumerate(chunk):
-                ts_us = codec.encode_ts(event_ts)
-                expire_at = ts_us // 1000 + policy.field_ttl_ms if by_event else 0
-                argv: list[Any] = [view.ts_field, ts_us, *head, expire_at, skip]
-                for feature, value in values.items():
-                    spec = fields.get(feature)
-                    if spec is None:
-                        continue  # a join key listed among a stream view's features
-                    argv.append(spec[0])
-                    argv.append(codec.encode_value(value, spec[1], encoding))
-                calls.append((keys[start + offset], argv))
-            return calls
+        def encode(start: int, chunk: Sequence[Row]) -> tuple[list[Call], list[list[int]]]:
+            groups: dict[int, list[int]] = {}
+            for offset in range(len(chunk)):
+                slot = key_slot(keys[start + offset]) if by_slot else 0
+                groups.setdefault(slot, []).append(start + offset)
+            calls: list[Call] = []
+            rows_of_calls: list[list[int]] = []
+            for rows in groups.values():
+                for first in range(0, len(rows), per_call):
+                    part = rows[first : first + per_call]
+                    argv: list[Any] = list(head)
+                    for i in part:
+                        _, values, event_ts, _ = data[i]
+                        ts_us = codec.encode_ts(event_ts)
+                        pairs: list[Any] = []
+                        for feature, value in values.items():
+                            spec = fields.get(feature)
+                            if spec is None:
+                                continue  # a join key listed among a stream view's features
+                            pairs.append(spec[0])
+                            pairs.append(codec.encode_value(value, spec[1], encoding))
+                        expire_at = ts_us // 1000 + policy.field_ttl_ms if by_event else 0
+                        argv += (ts_us, expire_at, len(pairs) // 2, *pairs)
+                    calls.append(([keys[i] for i in part], argv))
+                    rows_of_calls.append(part)
+            return calls, rows_of_calls
 
-        return policy.mode, encode
+        return policy.mode, keys, encode
+
+    def _collect(
+        self,
+        table: Any,
+        mode: str,
+        rows_of_calls: list[list[int]],
+        replies: list,
+        failed: list[tuple[int, str]],
+    ) -> int:
+        """Count the per-row results of one batch, add failed rows to ``failed``; returns the
+        number of rows of the batch."""
+        results: list[int] = []
+        for rows, reply in zip(rows_of_calls, replies):
+            for row, result in zip(rows, reply):
+                if isinstance(result, int):
+                    results.append(result)
+                else:
+                    failed.append((row, result.decode() if isinstance(result, bytes) else str(result)))
+        self._tally(table.name, mode, results)
+        return sum(len(rows) for rows in rows_of_calls)
 
     def _tally(self, view: str, policy_mode: str, results: list) -> None:
         counts = Counter({1: "written", 0: "skipped_not_newer", -1: "dropped_expired"}[r] for r in results)
@@ -178,22 +228,33 @@ class RedisHexpireOnlineStore(OnlineStore):
                 counts["dropped_expired"],
             )
 
+    @staticmethod
+    def _row_failures(
+        config: RepoConfig, table: Any, keys: list[bytes], failed: list[tuple[int, str]], total: int
+    ) -> Exception:
+        """One error naming every row the server refused (the other rows were written)."""
+        count = f"{len(failed)} of {total} row(s)"
+        shown = "; ".join(
+            f"row {row} ({keys[row].decode(errors='replace')}): {message}" for row, message in failed[:5]
+        )
+        more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+        text = (
+            f"feature view {table.name!r}: the server at {address(config.online_store)} refused "
+            f"{count}, which were not written (the other rows were): {shown}{more}"
+        )
+        if all(message.startswith(FIELD_TTL_ERROR) for _, message in failed):
+            return FieldTTLError(text.replace(f"{FIELD_TTL_ERROR} ", ""))
+        return HexpireError(text)
+
     def _failure(self, config: RepoConfig, table: Any, start: int, total: int, err: Exception) -> Exception:
         where = address(config.online_store)
+        if isinstance(err, NoPermissionError):  # every row of the batch was refused alike
+            return StoreUnavailableError(
+                f"feature view {table.name!r}: the Redis user at {where} may not write: {err}; "
+                f"nothing of rows {start}..{total - 1} was written (see docs/ACL.md)"
+            )
         if isinstance(err, ResponseError):
-            if str(err).startswith(FIELD_TTL_ERROR):
-                return FieldTTLError(
-                    f"feature view {table.name!r}: a row's field TTL could not be set at {where}: "
-                    f"{str(err)[len(FIELD_TTL_ERROR) + 1 :]}; rows of this batch without such an "
-                    f"error were written"
-                )
-            if isinstance(err, NoPermissionError):  # every row of the batch was refused alike
-                return StoreUnavailableError(
-                    f"feature view {table.name!r}: the Redis user at {where} may not write: {err}; "
-                    f"nothing of rows {start}..{total - 1} was written (see docs/ACL.md)"
-                )
-            # e.g. WRONGTYPE: a key of the same name that is not a hash; the other rows were written.
-            return HexpireError(f"feature view {table.name!r}: the server at {where} refused a row: {err}")
+            return HexpireError(f"feature view {table.name!r}: the server at {where} refused a write: {err}")
         done = f"rows 0..{start - 1} were written" if start else "no row is confirmed written"
         return StoreUnavailableError(
             f"writing feature view {table.name!r} to {where} failed: {err}; rows {start}..{total - 1} "
@@ -210,19 +271,30 @@ class RedisHexpireOnlineStore(OnlineStore):
     ) -> None:
         if not data:
             return
-        mode, encode = self._write_calls(config, table, data)
         client = self.client(config)
+        mode, keys, encode = self._write_calls(config, table, data, isinstance(client, redis.RedisCluster))
         size = config.online_store.write_batch_size
         starts = range(0, len(data), size)
-        batches = run_batches(client, WRITE_ROW, (encode(i, data[i : i + size]) for i in starts))
+        plans: deque[list[list[int]]] = deque()  # rows of each call of the batches sent
+
+        def batches() -> Iterator[list[Call]]:
+            for start in starts:
+                calls, rows_of_calls = encode(start, data[start : start + size])
+                plans.append(rows_of_calls)
+                yield calls
+
+        replies = run_batches(client, WRITE_ROWS, batches())
+        failed: list[tuple[int, str]] = []
         for start in starts:  # one batch per start, replies in order
             try:
-                results = next(batches)
+                batch = next(replies)
             except (ResponseError, *IO_ERRORS) as e:
                 raise self._failure(config, table, start, len(data), e) from e
-            self._tally(table.name, mode, results)
+            done = self._collect(table, mode, plans.popleft(), batch, failed)
             if progress:
-                progress(len(results))
+                progress(done)
+        if failed:
+            raise self._row_failures(config, table, keys, failed, len(data))
 
     async def online_write_batch_async(
         self,
@@ -233,18 +305,22 @@ class RedisHexpireOnlineStore(OnlineStore):
     ) -> None:
         if not data:
             return
-        mode, encode = self._write_calls(config, table, data)
         client = self.async_client(config)
+        by_slot = isinstance(client, aredis.RedisCluster)
+        mode, keys, encode = self._write_calls(config, table, data, by_slot)
         size = config.online_store.write_batch_size
+        failed: list[tuple[int, str]] = []
         for start in range(0, len(data), size):
-            chunk = data[start : start + size]
+            calls, rows_of_calls = encode(start, data[start : start + size])
             try:
-                results = await run_pipelined_async(client, WRITE_ROW, encode(start, chunk))
+                batch = await run_pipelined_async(client, WRITE_ROWS, calls)
             except (ResponseError, *IO_ERRORS) as e:
                 raise self._failure(config, table, start, len(data), e) from e
-            self._tally(table.name, mode, results)
+            done = self._collect(table, mode, rows_of_calls, batch, failed)
             if progress:
-                progress(len(chunk))
+                progress(done)
+        if failed:
+            raise self._row_failures(config, table, keys, failed, len(data))
 
     # ---- reads: every view, every entity, one HMGET per entity, one round trip ----
 
@@ -450,7 +526,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         pattern = layout.scan_pattern(config.online_store.prefix_for(config.project), segment)
         removed = 0
         for keys in self._scan(client, pattern):
-            removed += sum(run_pipelined(client, DELETE_VIEW_FIELDS, [(k, argv) for k in keys]))
+            removed += sum(run_pipelined(client, DELETE_VIEW_FIELDS, [((k,), argv) for k in keys]))
         logger.info("removed %d field(s) of deleted feature view %s", removed, view.name)
         return removed
 
@@ -498,7 +574,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         join_keys_of = {e.name: e.join_key for e in entities}
         for segment in sorted({self._segment(config, t, join_keys_of) for t in tables}):
             for keys in self._scan(client, layout.scan_pattern(prefix, segment)):
-                unlinked += sum(run_pipelined(client, UNLINK_IF_OURS, [(k, argv) for k in keys]))
+                unlinked += sum(run_pipelined(client, UNLINK_IF_OURS, [((k,), argv) for k in keys]))
         return unlinked
 
     def key_for(self, config: RepoConfig, table: Any, entity_key: EntityKeyProto) -> bytes:

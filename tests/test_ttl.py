@@ -15,12 +15,11 @@ import pytest
 from conftest import apply_repo, field_statuses, online_store_of, user_key
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.repo_config import FeastConfigError
-from redis.exceptions import ResponseError
 from test_security import documented_acl
 
 from feast_redis_hexpire.constants import MAX_TTL_SECONDS
 from feast_redis_hexpire.exceptions import BadValueError, ConfigError, FieldTTLError
-from feast_redis_hexpire.scripts import FIELD_TTL_ERROR, WRITE_ROW
+from feast_redis_hexpire.scripts import FIELD_TTL_ERROR, WRITE_ROWS
 from feast_redis_hexpire.synth import BATCH_FEATURES, STREAMING_FEATURES, streaming_frame
 
 KEY = "fs:user:u0001"
@@ -148,21 +147,27 @@ def _hash_state(r, key):
     return values, dict(zip(values, expiries)), r.pexpiretime(key)
 
 
+@pytest.mark.parametrize("hsetex", ["1", "0"], ids=["hsetex", "hset+hpexpireat"])
 @pytest.mark.parametrize("field_ttl_ms", [HUGE_TTL * 1000, 2**62], ids=["300e9s", "2^62ms"])
-def test_write_script_refuses_an_expiry_past_the_limit_and_leaves_the_hash_as_it_was(store, r, field_ttl_ms):
-    """The script itself (whatever a client sends): an expiry past what Redis accepts fails the
-    row before anything is written, on both servers, also over older values with TTLs."""
+def test_write_script_refuses_an_expiry_past_the_limit_and_leaves_the_hash_as_it_was(
+    store, r, field_ttl_ms, hsetex
+):
+    """The script itself (whatever a client sends), on both of its paths (HSETEX, and HSET +
+    HPEXPIREAT for Redis 7.4): an expiry past what Redis accepts fails the row before anything
+    is written, on both servers, also over older values with TTLs; the other row is written."""
     online = online_store_of(store)
     stream = store.get_feature_view("user_streaming_features")
     online.online_write_batch(store.config, stream, stream_rows("u0001", n=1), None)
     before = _hash_state(r, KEY)
     ts_us = int(time.time() * 1_000_000) + 1_000_000
-    with pytest.raises(ResponseError) as info:
-        r.eval(
-            WRITE_ROW.lua, 1, KEY, TS_STREAM, ts_us, 0, field_ttl_ms, 0, 0, "tx_count_5m", "7", "new_f", "x"
-        )
-    assert str(info.value).startswith(FIELD_TTL_ERROR) and "nothing of the row was written" in str(info.value)
+    head = [TS_STREAM, 0, field_ttl_ms, 0, hsetex]
+    bad_row = [ts_us, 0, 2, "tx_count_5m", "7", "new_f", "x"]
+    good_row = [ts_us, int(time.time() * 1000) + 60_000, 1, "tx_count_5m", "8"]  # by event time
+    got = r.eval(WRITE_ROWS.lua, 2, KEY, "fs:user:u0002", *head, *bad_row, *good_row)
+    assert got[0].startswith(FIELD_TTL_ERROR.encode()) and b"nothing of the row was written" in got[0]
+    assert got[1] == 1
     assert _hash_state(r, KEY) == before
+    assert r.hget("fs:user:u0002", "tx_count_5m") == b"8" and r.httl("fs:user:u0002", "tx_count_5m")[0] > 0
 
 
 def test_event_time_whose_field_expiry_is_past_the_limit_is_refused_before_writing(make_repo, r):
@@ -178,14 +183,16 @@ def test_event_time_whose_field_expiry_is_past_the_limit_is_refused_before_writi
 
 
 def test_acl_refusing_field_ttls_writes_nothing_of_the_row(store, r, server):
-    """A user allowed HSET but not HPEXPIREAT: the row fails before the HSET, the hash (older
-    streaming values with their TTLs) stays exactly as it was."""
+    """A user allowed HSET but none of the commands that set a field TTL (HSETEX, HPEXPIRE,
+    HPEXPIREAT): the row fails before anything is written, the hash (older streaming values
+    with their TTLs) stays exactly as it was."""
     online = online_store_of(store)
     stream = store.get_feature_view("user_streaming_features")
     online.online_write_batch(store.config, stream, stream_rows("u0001", n=1), None)
     before = _hash_state(r, KEY)
     user = f"nottl-{uuid.uuid4().hex[:8]}"
-    r.execute_command(*[t for t in documented_acl(user, "pw") if t not in ("+hpexpire", "+hpexpireat")])
+    refused = ("+hpexpire", "+hpexpireat", "+hsetex")
+    r.execute_command(*[t for t in documented_acl(user, "pw") if t not in refused])
     try:
         cfg = store.config.online_store
         cfg.connection_string = f"{server.connection_string},username={user},password=pw"
@@ -194,7 +201,8 @@ def test_acl_refusing_field_ttls_writes_nothing_of_the_row(store, r, server):
             online.online_write_batch(
                 store.config, stream, stream_rows("u0001", "u0002", when=later, n=2), None
             )
-        assert "hpexpireat" in str(info.value) and "nothing of the row was written" in str(info.value)
+        assert "no permissions to run the 'hsetex' command" in str(info.value)
+        assert "nothing of the row was written" in str(info.value) and "2 of 2 row(s)" in str(info.value)
     finally:
         r.execute_command("ACL", "DELUSER", user)
     assert _hash_state(r, KEY) == before

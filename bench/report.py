@@ -8,6 +8,7 @@ import statistics
 from collections import defaultdict
 from datetime import UTC, datetime
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 THROUGHPUT = {"materialize", "convert", "write_batch", "write_stream", "push1", "push100", "direct1"}
@@ -370,3 +371,25 @@ def _store_line() -> str:
 
 def _short_refs() -> list[str]:
     return ["risk_segment", "tx_count_7d", "avg_amount_30d", "tx_count_5m", "failed_logins_15m"]
+
+
+# BENCHMARKS.md holds one section bench/write_cpu.py writes; bench/run.py rewrites the rest of the
+# file and keeps that section.
+WRITE_CPU_START = "<!-- bench/write_cpu.py: start -->"
+WRITE_CPU_END = "<!-- bench/write_cpu.py: end -->"
+
+
+def write_cpu_section(path: Path) -> str:
+    """The bench/write_cpu.py section of ``path`` (markers included), or ""."""
+    text = path.read_text() if path.exists() else ""
+    if WRITE_CPU_START not in text or WRITE_CPU_END not in text:
+        return ""
+    return text[text.index(WRITE_CPU_START) : text.index(WRITE_CPU_END) + len(WRITE_CPU_END)] + "\n"
+
+
+def replace_write_cpu_section(path: Path, body: str) -> None:
+    """Put ``body`` between the markers in ``path``, replacing what was there (or appending)."""
+    text = path.read_text() if path.exists() else ""
+    old = write_cpu_section(path)
+    new = f"{WRITE_CPU_START}\n{body.rstrip()}\n{WRITE_CPU_END}\n"
+    path.write_text(text.replace(old, new) if old else text.rstrip() + "\n\n" + new)

@@ -14,9 +14,15 @@ from typing import Any, Literal
 from feast.repo_config import FeastConfigBaseModel
 from pydantic import Field, StrictStr, ValidationError, field_validator, model_validator
 
-from .constants import DEFAULT_FIELD_TTL_SECONDS, DEFAULT_KEY_TTL_SECONDS
+from .constants import DEFAULT_FIELD_TTL_SECONDS, DEFAULT_KEY_TTL_SECONDS, MAX_TTL_SECONDS
 
-__all__ = ["RedisHexpireOnlineStoreConfig", "RedisType", "parse_connection_string", "redact"]
+__all__ = [
+    "RedisHexpireOnlineStoreConfig",
+    "RedisType",
+    "check_ttl_seconds",
+    "parse_connection_string",
+    "redact",
+]
 
 STORE_TYPES = (
     "feast_redis_hexpire.RedisHexpireOnlineStore",
@@ -86,6 +92,16 @@ def _positive(name: str, value: float | None) -> float | None:
     return value
 
 
+def check_ttl_seconds(name: str, value: int) -> int:
+    """``value`` if it is a TTL both servers accept, else ValueError naming ``name``."""
+    if value <= 0 or value > MAX_TTL_SECONDS:
+        raise ValueError(
+            f"{name} must be between 1 and {MAX_TTL_SECONDS} seconds (about 317 years: Redis 8.2 "
+            f"refuses a field expiry after 2^46-1 ms since the epoch), got {value}"
+        )
+    return value
+
+
 class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
     """Online store config: Feast's ``type: redis`` settings plus the two TTL layers."""
 
@@ -107,13 +123,14 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
     key_ttl_seconds: int | None = Field(
         DEFAULT_KEY_TTL_SECONDS,
         description="Key-level EXPIRE that every batch-view write re-pins (seed: one daily "
-        "cycle). `null` leaves keys without a key TTL. View tag `hexpire.key_ttl_seconds` "
-        "overrides it.",
+        "cycle), 1 to 10000000000. `null`: batch writes leave keys without a key TTL and remove "
+        "one set earlier (PERSIST), also for rows skipped as not newer. View tag "
+        "`hexpire.key_ttl_seconds` overrides it.",
     )
     stream_field_ttl_seconds: int = Field(
         DEFAULT_FIELD_TTL_SECONDS,
-        description="Per-field TTL (HPEXPIRE) of every field a streaming-view write sets. View "
-        "tag `hexpire.field_ttl_seconds` overrides it.",
+        description="Per-field TTL (HPEXPIRE) of every field a streaming-view write sets, 1 to "
+        "10000000000. View tag `hexpire.field_ttl_seconds` overrides it.",
     )
     ttl_from: Literal["write", "event"] = Field(
         "write",
@@ -146,6 +163,12 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
     write_batch_size: int = Field(
         2000, description="Rows per pipelined round trip on writes (bounds client memory)."
     )
+    write_rows_per_call: int = Field(
+        100,
+        description="Rows per write-script call (in a cluster: of one hash slot). More rows per "
+        "call cost the server less CPU per row but block other clients longer per call; see "
+        "BENCHMARKS.md for the measurement behind the default.",
+    )
     socket_timeout: float | None = Field(
         5.0, description="Seconds to wait for a reply before the command fails."
     )
@@ -167,13 +190,12 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
         "always use redis-py (`glide` logs a warning).",
     )
 
-    @field_validator("key_ttl_seconds")
+    @field_validator("key_ttl_seconds", "stream_field_ttl_seconds")
     @classmethod
-    def _key_ttl(cls, value: int | None) -> int | None:
-        _positive("key_ttl_seconds", value)
-        return value
+    def _ttl(cls, value: int | None, info: Any) -> int | None:
+        return None if value is None else check_ttl_seconds(info.field_name, value)
 
-    @field_validator("stream_field_ttl_seconds", "write_batch_size")
+    @field_validator("write_batch_size", "write_rows_per_call")
     @classmethod
     def _positive_int(cls, value: int, info: Any) -> int:
         _positive(info.field_name, value)

@@ -19,7 +19,14 @@ from redis.retry import Retry as SyncRetry
 from .config import RedisHexpireOnlineStoreConfig, RedisType, parse_connection_string
 from .exceptions import ConfigError, ServerUnsupportedError, StoreUnavailableError
 
-__all__ = ["address", "make_async_client", "make_client", "require_hfe", "server_version"]
+__all__ = [
+    "address",
+    "has_hsetex",
+    "make_async_client",
+    "make_client",
+    "require_hfe",
+    "server_version",
+]
 
 SyncClient = Union[redis.Redis, redis.RedisCluster]
 AsyncClient = Union[aredis.Redis, aredis.RedisCluster]
@@ -157,6 +164,26 @@ def _servers(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> list[tup
     return [(address(cfg), client)]
 
 
+def _knows(server: redis.Redis, command: bytes) -> bool:
+    """Whether the server knows ``command`` (COMMAND INFO)."""
+    # bytes command name: skips redis-py's COMMAND reply parser, which crashes on the [nil] an
+    # old server returns for an unknown command
+    reply = server.execute_command(b"COMMAND", b"INFO", command)
+    if isinstance(reply, dict):  # RESP3 / cluster shape
+        reply = list(reply.values())
+    return bool(reply) and reply[0] is not None
+
+
+def has_hsetex(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> bool:
+    """Whether the server (every cluster primary) has HSETEX (Redis >= 8.0, Valkey >= 9.0; not
+    Redis 7.4). False when it cannot tell (e.g. an ACL without COMMAND INFO): the write script
+    then takes the HSET + HPEXPIREAT path, which every server with hash-field expiration has."""
+    try:
+        return all(_knows(server, b"HSETEX") for _, server in _servers(client, cfg))
+    except (ResponseError, *IO_ERRORS):
+        return False
+
+
 def require_hfe(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> str:
     """Raise unless the server (every cluster primary) has hash-field expiration; returns
     "Redis 8.2.3" or the like."""
@@ -164,17 +191,13 @@ def require_hfe(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> str:
     for where, server in _servers(client, cfg):
         try:
             name, version = server_version(server)
-            # bytes command name: skips redis-py's COMMAND reply parser, which crashes on the
-            # [nil] an old server returns for an unknown command
-            reply = server.execute_command(b"COMMAND", b"INFO", b"HPEXPIRE")
+            known = _knows(server, b"HPEXPIRE")
         except NoPermissionError as e:  # an ACL user without the plugin's commands
             raise StoreUnavailableError(
                 f"Redis at {where} refused a command the plugin needs: {e}; grant the user "
                 f"the least-privilege ACL in docs/ACL.md"
             ) from e
-        if isinstance(reply, dict):  # RESP3 / cluster shape
-            reply = list(reply.values())
-        if not reply or reply[0] is None:
+        if not known:
             raise ServerUnsupportedError(
                 f"{name} {version} at {where} has no HEXPIRE (hash-field expiration); "
                 f"need Redis >= 7.4 or Valkey >= 9.0"

@@ -16,6 +16,16 @@ PROTO_MARKER = b"\x00P"
 TAG_MODE = "hexpire.mode"  # "batch" or "streaming"
 TAG_KEY_TTL = "hexpire.key_ttl_seconds"  # batch views: key-level TTL
 TAG_FIELD_TTL = "hexpire.field_ttl_seconds"  # streaming views: per-field TTL
+KNOWN_TAGS = (TAG_MODE, TAG_KEY_TTL, TAG_FIELD_TTL)  # any other "hexpire." tag is refused
+TAG_PREFIX = "hexpire."
+
+# The latest absolute expiry, in unix ms, both servers accept for a hash field: Redis 8.2 refuses
+# HPEXPIRE/HPEXPIREAT beyond 2^46 - 1 ms (year 4199) with "invalid expire time"; Valkey 9.1 takes
+# anything up to 2^63 - 1. Every TTL setting and tag is bounded by MAX_TTL_SECONDS so that
+# "now + TTL" stays below it for centuries (and key TTLs, which both servers take up to ~2^63 ms,
+# are held to the same bound: one rule for every TTL).
+MAX_FIELD_EXPIRE_AT_MS = 2**46 - 1
+MAX_TTL_SECONDS = 10_000_000_000  # about 317 years
 
 # Defaults from the seed: a daily batch cycle and a five-minute streaming freshness window.
 DEFAULT_KEY_TTL_SECONDS = 24 * 60 * 60

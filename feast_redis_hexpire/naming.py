@@ -180,7 +180,7 @@ def release(config: RepoConfig, client: Any, owner: str, names: Sequence[str]) -
     if not names:
         return 0
     key = owners_key(config.online_store.prefix_for(config.project))
-    return int(run_pipelined(client, RELEASE_FIELDS, [(key.encode(), [owner, *names])])[0])
+    return int(run_pipelined(client, RELEASE_FIELDS, [([key.encode()], [owner, *names])])[0])
 
 
 def release_views(config: RepoConfig, client: Any, views: Sequence[ViewNames]) -> int:

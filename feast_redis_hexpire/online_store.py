@@ -1,11 +1,12 @@
 """The Feast online store: one hash per entity, key EXPIRE for batch views, HPEXPIRE for streaming.
 
-Writes run :data:`scripts.WRITE_ROW` once per row: one round trip per ``write_batch_size`` rows
-(:func:`scripts.run_batches`), with the event-time check and both TTLs decided atomically on
-the server. Reads send one HMGET per entity, covering every requested view, in one round trip
-(``reads.py``) and fill Feast's response from the raw replies (``response.py``);
-``get_online_features`` reuses Feast's resolution of a request through a cached read plan
-(``read_plan.py``). Where each view's values live is ``views.py``.
+Writes run :data:`scripts.WRITE_ROWS` once per ``write_rows_per_call`` rows (of one hash slot in
+a cluster), one round trip per ``write_batch_size`` rows (:func:`scripts.run_batches`), with the
+event-time check and both TTLs decided atomically on the server, row by row. Reads send one
+HMGET per entity, covering every requested view, in one round trip (``reads.py``) and fill
+Feast's response from the raw replies (``response.py``); ``get_online_features`` reuses Feast's
+resolution of a request through a cached read plan (``read_plan.py``). Where each view's values
+live is ``views.py``.
 """
 
 from __future__ import annotations
@@ -14,23 +15,25 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import redis
+import redis.asyncio as aredis
 from feast import Entity, FeatureView, RepoConfig
 from feast.infra.online_stores.online_store import OnlineStore
 from feast.infra.supported_async_methods import SupportedAsyncMethods
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from redis.crc import key_slot
 from redis.exceptions import NoPermissionError, ResponseError
 
 from . import codec, layout
 from .config import RedisHexpireOnlineStoreConfig
-from .connection import IO_ERRORS, address, make_async_client, make_client, require_hfe
-from .constants import TS_FIELD_PREFIX
+from .connection import IO_ERRORS, address, has_hsetex, make_async_client, make_client, require_hfe
+from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
 from .exceptions import (
     BadValueError,
     ConfigError,
@@ -53,8 +56,10 @@ from .reads import (
 from .response import ViewResult, append_view
 from .scripts import (
     DELETE_VIEW_FIELDS,
+    FIELD_TTL_ERROR,
     UNLINK_IF_OURS,
-    WRITE_ROW,
+    WRITE_ROWS,
+    Call,
     run_batches,
     run_pipelined,
     run_pipelined_async,
@@ -83,6 +88,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         self._clients: dict[tuple, Any] = {}
         self._async_clients: dict[tuple, Any] = {}  # (event loop, settings) -> client
         self._lock = threading.Lock()
+        self._hsetex_known: dict[tuple, bool] = {}  # connection settings -> server has HSETEX
         # Rows written, skipped as not newer than the stored row, dropped as already expired.
         self.stats: Counter[str] = Counter()
         self._read_plans = PlanCache(
@@ -137,12 +143,22 @@ class RedisHexpireOnlineStore(OnlineStore):
 
     # ---- writes ----
 
+    def _hsetex(self, config: RepoConfig) -> bool:
+        """Whether the server has HSETEX, asked once per connection settings."""
+        settings = self._settings(config.online_store)
+        known = self._hsetex_known.get(settings)
+        if known is None:
+            known = self._hsetex_known[settings] = has_hsetex(self.client(config), config.online_store)
+        return known
+
     def _write_calls(
-        self, config: RepoConfig, table: Any, data: Sequence[Row]
-    ) -> tuple[str, Callable[[int, Sequence[Row]], list]]:
-        """The view's mode ("batch"/"streaming") and a function that encodes the chunk of
-        ``data`` starting at a row into WRITE_ROW calls. Every row's key is built first, so a
-        bad entity key fails before anything is written."""
+        self, config: RepoConfig, table: Any, data: Sequence[Row], by_slot: bool
+    ) -> tuple[str, list[bytes], Callable[[int, Sequence[Row]], tuple[list[Call], list[list[int]]]]]:
+        """The view's mode ("batch"/"streaming"), every row's key, and a function that encodes
+        the chunk of ``data`` starting at a row into WRITE_ROWS calls of up to
+        ``write_rows_per_call`` rows each (of one hash slot when ``by_slot``), with the row
+        numbers of each call. Every row's key is built first, so a bad entity key fails before
+        anything is written."""
         cfg: RedisHexpireOnlineStoreConfig = config.online_store
         view = ViewLayout.of(config, table, self.client(config))
         policy = policy_for(table, cfg)
@@ -150,30 +166,67 @@ class RedisHexpireOnlineStore(OnlineStore):
             keys = view.keys.keys(row[0] for row in data)
         except ValueError as e:
             raise BadValueError(f"feature view {view.name!r}: {e}; nothing was written") from e
-        head = (
-            str(policy.key_ttl_ms),
-            str(policy.field_ttl_ms) if cfg.ttl_from == "write" else "0",
-        )
-        skip = "1" if cfg.skip_dedup else "0"
         by_event = policy.streaming and cfg.ttl_from == "event"
+        if by_event:
+            _check_event_expiry(view.name, data, policy.field_ttl_ms)
+        head = [
+            view.ts_field,
+            str(policy.key_ttl_ms),
+            str(policy.field_ttl_ms) if not by_event else "0",
+            "1" if cfg.skip_dedup else "0",
+            "1" if policy.streaming and self._hsetex(config) else "0",
+        ]
+        per_call = cfg.write_rows_per_call
         fields, encoding = view.fields, view.encoding
 
-        def encode(start: int, chunk: Sequence[Row]) -> list:
-            calls = []
-            for offset, (_, values, event_ts, _) in enumerate(chunk):
-                ts_us = codec.encode_ts(event_ts)
-                expire_at = ts_us // 1000 + policy.field_ttl_ms if by_event else 0
-                argv: list[Any] = [view.ts_field, ts_us, *head, expire_at, skip]
-                for feature, value in values.items():
-                    spec = fields.get(feature)
-                    if spec is None:
-                        continue  # a join key listed among a stream view's features
-                    argv.append(spec[0])
-                    argv.append(codec.encode_value(value, spec[1], encoding))
-                calls.append((keys[start + offset], argv))
-            return calls
+        def encode(start: int, chunk: Sequence[Row]) -> tuple[list[Call], list[list[int]]]:
+            groups: dict[int, list[int]] = {}
+            for offset in range(len(chunk)):
+                slot = key_slot(keys[start + offset]) if by_slot else 0
+                groups.setdefault(slot, []).append(start + offset)
+            calls: list[Call] = []
+            rows_of_calls: list[list[int]] = []
+            for rows in groups.values():
+                for first in range(0, len(rows), per_call):
+                    part = rows[first : first + per_call]
+                    argv: list[Any] = list(head)
+                    for i in part:
+                        _, values, event_ts, _ = data[i]
+                        ts_us = codec.encode_ts(event_ts)
+                        pairs: list[Any] = []
+                        for feature, value in values.items():
+                            spec = fields.get(feature)
+                            if spec is None:
+                                continue  # a join key listed among a stream view's features
+                            pairs.append(spec[0])
+                            pairs.append(codec.encode_value(value, spec[1], encoding))
+                        expire_at = ts_us // 1000 + policy.field_ttl_ms if by_event else 0
+                        argv += (ts_us, expire_at, len(pairs) // 2, *pairs)
+                    calls.append(([keys[i] for i in part], argv))
+                    rows_of_calls.append(part)
+            return calls, rows_of_calls
 
-        return policy.mode, encode
+        return policy.mode, keys, encode
+
+    def _collect(
+        self,
+        table: Any,
+        mode: str,
+        rows_of_calls: list[list[int]],
+        replies: list,
+        failed: list[tuple[int, str]],
+    ) -> int:
+        """Count the per-row results of one batch, add failed rows to ``failed``; returns the
+        number of rows of the batch."""
+        results: list[int] = []
+        for rows, reply in zip(rows_of_calls, replies):
+            for row, result in zip(rows, reply):
+                if isinstance(result, int):
+                    results.append(result)
+                else:
+                    failed.append((row, result.decode() if isinstance(result, bytes) else str(result)))
+        self._tally(table.name, mode, results)
+        return sum(len(rows) for rows in rows_of_calls)
 
     def _tally(self, view: str, policy_mode: str, results: list) -> None:
         counts = Counter({1: "written", 0: "skipped_not_newer", -1: "dropped_expired"}[r] for r in results)
@@ -186,18 +239,33 @@ class RedisHexpireOnlineStore(OnlineStore):
                 counts["dropped_expired"],
             )
 
+    @staticmethod
+    def _row_failures(
+        config: RepoConfig, table: Any, keys: list[bytes], failed: list[tuple[int, str]], total: int
+    ) -> Exception:
+        """One error naming every row the server refused (the other rows were written)."""
+        count = f"{len(failed)} of {total} row(s)"
+        shown = "; ".join(
+            f"row {row} ({keys[row].decode(errors='replace')}): {message}" for row, message in failed[:5]
+        )
+        more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+        text = (
+            f"feature view {table.name!r}: the server at {address(config.online_store)} refused "
+            f"{count}, which were not written (the other rows were): {shown}{more}"
+        )
+        if all(message.startswith(FIELD_TTL_ERROR) for _, message in failed):
+            return FieldTTLError(text.replace(f"{FIELD_TTL_ERROR} ", ""))
+        return HexpireError(text)
+
     def _failure(self, config: RepoConfig, table: Any, start: int, total: int, err: Exception) -> Exception:
         where = address(config.online_store)
+        if isinstance(err, NoPermissionError):  # every row of the batch was refused alike
+            return StoreUnavailableError(
+                f"feature view {table.name!r}: the Redis user at {where} may not write: {err}; "
+                f"nothing of rows {start}..{total - 1} was written (see docs/ACL.md)"
+            )
         if isinstance(err, ResponseError):
-            if "HPEXPIRE returned" in str(err):
-                return FieldTTLError(f"feature view {table.name!r}: {err}")
-            if isinstance(err, NoPermissionError):  # every row of the batch was refused alike
-                return StoreUnavailableError(
-                    f"feature view {table.name!r}: the Redis user at {where} may not write: {err}; "
-                    f"nothing of rows {start}..{total - 1} was written (see docs/ACL.md)"
-                )
-            # e.g. WRONGTYPE: a key of the same name that is not a hash; the other rows were written.
-            return HexpireError(f"feature view {table.name!r}: the server at {where} refused a row: {err}")
+            return HexpireError(f"feature view {table.name!r}: the server at {where} refused a write: {err}")
         done = f"rows 0..{start - 1} were written" if start else "no row is confirmed written"
         return StoreUnavailableError(
             f"writing feature view {table.name!r} to {where} failed: {err}; rows {start}..{total - 1} "
@@ -214,19 +282,30 @@ class RedisHexpireOnlineStore(OnlineStore):
     ) -> None:
         if not data:
             return
-        mode, encode = self._write_calls(config, table, data)
         client = self.client(config)
+        mode, keys, encode = self._write_calls(config, table, data, isinstance(client, redis.RedisCluster))
         size = config.online_store.write_batch_size
         starts = range(0, len(data), size)
-        batches = run_batches(client, WRITE_ROW, (encode(i, data[i : i + size]) for i in starts))
+        plans: deque[list[list[int]]] = deque()  # rows of each call of the batches sent
+
+        def batches() -> Iterator[list[Call]]:
+            for start in starts:
+                calls, rows_of_calls = encode(start, data[start : start + size])
+                plans.append(rows_of_calls)
+                yield calls
+
+        replies = run_batches(client, WRITE_ROWS, batches())
+        failed: list[tuple[int, str]] = []
         for start in starts:  # one batch per start, replies in order
             try:
-                results = next(batches)
+                batch = next(replies)
             except (ResponseError, *IO_ERRORS) as e:
                 raise self._failure(config, table, start, len(data), e) from e
-            self._tally(table.name, mode, results)
+            done = self._collect(table, mode, plans.popleft(), batch, failed)
             if progress:
-                progress(len(results))
+                progress(done)
+        if failed:
+            raise self._row_failures(config, table, keys, failed, len(data))
 
     async def online_write_batch_async(
         self,
@@ -237,18 +316,22 @@ class RedisHexpireOnlineStore(OnlineStore):
     ) -> None:
         if not data:
             return
-        mode, encode = self._write_calls(config, table, data)
         client = self.async_client(config)
+        by_slot = isinstance(client, aredis.RedisCluster)
+        mode, keys, encode = self._write_calls(config, table, data, by_slot)
         size = config.online_store.write_batch_size
+        failed: list[tuple[int, str]] = []
         for start in range(0, len(data), size):
-            chunk = data[start : start + size]
+            calls, rows_of_calls = encode(start, data[start : start + size])
             try:
-                results = await run_pipelined_async(client, WRITE_ROW, encode(start, chunk))
+                batch = await run_pipelined_async(client, WRITE_ROWS, calls)
             except (ResponseError, *IO_ERRORS) as e:
                 raise self._failure(config, table, start, len(data), e) from e
-            self._tally(table.name, mode, results)
+            done = self._collect(table, mode, rows_of_calls, batch, failed)
             if progress:
-                progress(len(chunk))
+                progress(done)
+        if failed:
+            raise self._row_failures(config, table, keys, failed, len(data))
 
     # ---- reads: every view, every entity, one HMGET per entity, one round trip ----
 
@@ -501,15 +584,44 @@ class RedisHexpireOnlineStore(OnlineStore):
         if batch:
             yield batch
 
-    def delete_view_fields(self, config: RepoConfig, table: Any) -> int:
-        """Remove one view's fields from every hash of its entity; returns fields removed."""
+    @staticmethod
+    def _segment(config: RepoConfig, table: Any, join_keys_of: dict[str, str]) -> str:
+        """The ``<entity>`` key segment of ``table``. A view object from Python code (e.g.
+        ``FeatureStore.apply(objects_to_delete=[view])``) has no join keys before Feast infers
+        them; a view of several entities then takes them from ``join_keys_of`` (entity name ->
+        join key), completed from the registry's entities when a name is missing."""
+        names = list(getattr(table, "entities", None) or ())
+        join_keys = list(getattr(table, "join_keys", None) or ())
+        if len(names) > 1 and not join_keys:
+            if any(n not in join_keys_of for n in names):
+                join_keys_of.update(
+                    {
+                        e.name: e.join_key
+                        for e in _registered(config, "list_entities")
+                        if e.name not in join_keys_of
+                    }
+                )
+            for name in names:
+                if name not in join_keys_of:
+                    logger.warning(
+                        "entity %s of feature view %s is not registered; its name is taken as join key",
+                        name,
+                        table.name,
+                    )
+            join_keys = [join_keys_of.get(n, n) for n in names]
+        return layout.entity_segment(names, join_keys)
+
+    def delete_view_fields(self, config: RepoConfig, table: Any, entities: Sequence[Entity] = ()) -> int:
+        """Remove one view's fields from every hash of its entity; returns fields removed.
+        ``entities``: Entity objects that may be the view's (for a view without join keys yet)."""
         client = self.client(config)
         view = ViewLayout.of(config, table, client)
         argv = [view.ts_field] + [f for f, _ in view.fields.values()]
-        pattern = layout.scan_pattern(config.online_store.prefix_for(config.project), view.segment)
+        segment = self._segment(config, table, {e.name: e.join_key for e in entities})
+        pattern = layout.scan_pattern(config.online_store.prefix_for(config.project), segment)
         removed = 0
         for keys in self._scan(client, pattern):
-            removed += sum(run_pipelined(client, DELETE_VIEW_FIELDS, [(k, argv) for k in keys]))
+            removed += sum(run_pipelined(client, DELETE_VIEW_FIELDS, [((k,), argv) for k in keys]))
         logger.info("removed %d field(s) of deleted feature view %s", removed, view.name)
         return removed
 
@@ -537,7 +649,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             raise StoreUnavailableError(f"cannot reach Redis at {address(config.online_store)}: {e}") from e
         if config.online_store.full_scan_for_deletion:
             for table in tables_to_delete:
-                self.delete_view_fields(config, table)
+                self.delete_view_fields(config, table, [*entities_to_keep, *entities_to_delete])
         # Deleted views' names are released first (their fields are gone), then the remaining
         # views claim contested names: registered ones first, then the new ones (naming.py).
         versioning = getattr(config.registry, "enable_online_feature_view_versioning", False)
@@ -553,7 +665,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             ViewLayout.of(config, table, client)
 
     def teardown(self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]) -> None:
-        unlinked = self.remove_project_keys(config, tables)
+        unlinked = self.remove_project_keys(config, tables, entities)
         versioning = getattr(config.registry, "enable_online_feature_view_versioning", False)
         names = [view_names(t, versioning, streaming=False) for t in tables]
         released = release_views(config, self.client(config), names) if names else 0
@@ -564,7 +676,9 @@ class RedisHexpireOnlineStore(OnlineStore):
             config.project,
         )
 
-    def remove_project_keys(self, config: RepoConfig, tables: Sequence[Any]) -> int:
+    def remove_project_keys(
+        self, config: RepoConfig, tables: Sequence[Any], entities: Sequence[Entity] = ()
+    ) -> int:
         """Unlink the hashes of these views: SCAN ``<escaped prefix><entity>:*`` per entity, then
         UNLINK only hashes holding one of their ``_ts`` fields (another project's fields in a
         shared hash stay). Never FLUSHDB. Returns the number of keys unlinked."""
@@ -576,14 +690,27 @@ class RedisHexpireOnlineStore(OnlineStore):
         argv = [len(layouts), *(v.ts_field for v in layouts)]
         argv += [field for v in layouts for field, _ in v.fields.values()]
         unlinked = 0
-        for segment in sorted({v.segment for v in layouts}):
+        join_keys_of = {e.name: e.join_key for e in entities}
+        for segment in sorted({self._segment(config, t, join_keys_of) for t in tables}):
             for keys in self._scan(client, layout.scan_pattern(prefix, segment)):
-                unlinked += sum(run_pipelined(client, UNLINK_IF_OURS, [(k, argv) for k in keys]))
+                unlinked += sum(run_pipelined(client, UNLINK_IF_OURS, [((k,), argv) for k in keys]))
         return unlinked
 
     def key_for(self, config: RepoConfig, table: Any, entity_key: EntityKeyProto) -> bytes:
         """The hash key of one entity of ``table`` (for inspection and tests)."""
         return ViewLayout.of(config, table, self.client(config)).keys.key(entity_key)
+
+
+def _check_event_expiry(view: str, data: Sequence[Row], field_ttl_ms: int) -> None:
+    """With ``ttl_from: event``, refuse a batch holding a row whose fields would expire after the
+    latest time Redis accepts (an event far in the future), before anything is written."""
+    for i, row in enumerate(data):
+        if codec.encode_ts(row[2]) // 1000 + field_ttl_ms > MAX_FIELD_EXPIRE_AT_MS:
+            raise BadValueError(
+                f"feature view {view!r}: row {i} has event time {row[2]}; counted from it, its field "
+                f"TTL would end after {MAX_FIELD_EXPIRE_AT_MS} ms since the epoch, the latest Redis "
+                f"accepts; nothing was written"
+            )
 
 
 def hexpire_store(feature_store: Any) -> RedisHexpireOnlineStore:
@@ -597,12 +724,18 @@ def hexpire_store(feature_store: Any) -> RedisHexpireOnlineStore:
 def _registered_views(config: RepoConfig) -> list[Any]:
     """Views already in the registry (before this apply): they stay registered unless deleted,
     must not collide with a new view, and claim shared names first (naming.py)."""
+    return _registered(config, "list_feature_views", "list_stream_feature_views")
+
+
+def _registered(config: RepoConfig, *methods: str) -> list[Any]:
+    """The objects ``FeatureStore.<method>()`` lists for each method, from the repo's registry;
+    [] when there is none yet (first apply) or it cannot be read."""
     from feast import FeatureStore
 
     try:
         repo_path = str(config.repo_path) if config.repo_path else None
-        registered = FeatureStore(repo_path=repo_path, config=config)
-        return [*registered.list_feature_views(), *registered.list_stream_feature_views()]
+        registry = FeatureStore(repo_path=repo_path, config=config)
+        return [obj for method in methods for obj in getattr(registry, method)()]
     except Exception as e:  # no registry yet (first apply) or unreadable: check what we have
-        logger.debug("field collision check without the registry: %s", e)
+        logger.debug("registry not read (%s): %s", ", ".join(methods), e)
         return []

@@ -14,17 +14,23 @@ from typing import Any
 
 from feast.stream_feature_view import StreamFeatureView
 
-from .config import RedisHexpireOnlineStoreConfig
-from .constants import TAG_FIELD_TTL, TAG_KEY_TTL, TAG_MODE
+from .config import RedisHexpireOnlineStoreConfig, check_ttl_seconds
+from .constants import KNOWN_TAGS, TAG_FIELD_TTL, TAG_KEY_TTL, TAG_MODE, TAG_PREFIX
 from .exceptions import ConfigError
 
-__all__ = ["ViewPolicy", "is_streaming", "mode_reason", "policy_for"]
+__all__ = ["NO_KEY_TTL", "ViewPolicy", "is_streaming", "mode_reason", "policy_for"]
+
+# ViewPolicy.key_ttl_ms of a batch view with `key_ttl_seconds: null` and no tag: each write
+# removes any key TTL (PERSIST), so the setting means what it says on keys written before.
+NO_KEY_TTL = -1
 
 
 @dataclass(frozen=True)
 class ViewPolicy:
     streaming: bool
-    key_ttl_ms: int  # batch views: key-level TTL re-pinned on every write; 0 = none
+    # Batch views: > 0 the key TTL re-pinned on every write, NO_KEY_TTL to remove it.
+    # Streaming views: 0, the key TTL is left as it is.
+    key_ttl_ms: int
     field_ttl_ms: int  # streaming views: per-field TTL; 0 for batch views
 
     @property
@@ -32,22 +38,47 @@ class ViewPolicy:
         return "streaming" if self.streaming else "batch"
 
 
-def _tag_seconds(view: Any, tag: str) -> int | None:
-    raw = (getattr(view, "tags", None) or {}).get(tag)
+def _tags(view: Any) -> dict[str, Any]:
+    tags = getattr(view, "tags", None) or {}
+    unknown = sorted(t for t in tags if t.startswith(TAG_PREFIX) and t not in KNOWN_TAGS)
+    if unknown:
+        raise ConfigError(
+            f"feature view {view.name!r}: unknown tag {', '.join(unknown)}; the {TAG_PREFIX}* tags "
+            f"are {', '.join(KNOWN_TAGS)}"
+        )
+    return tags
+
+
+def _tag_seconds(view: Any, tags: dict[str, Any], tag: str) -> int | None:
+    raw = tags.get(tag)
     if raw is None:
         return None
     try:
         seconds = int(str(raw).strip())
     except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise ConfigError(f"feature view {view.name!r}: tag {tag}={raw!r} must be a positive integer")
-    return seconds
+        raise ConfigError(
+            f"feature view {view.name!r}: tag {tag}={raw!r} must be a whole number of seconds"
+        ) from None
+    try:
+        return check_ttl_seconds(f"tag {tag}", seconds)
+    except ValueError as e:
+        raise ConfigError(f"feature view {view.name!r}: {e}") from None
+
+
+def _setting(config: RedisHexpireOnlineStoreConfig, name: str) -> int | None:
+    """A TTL setting, checked again: a program may change the config after it was loaded."""
+    value = getattr(config, name)
+    if value is None:
+        return None
+    try:
+        return check_ttl_seconds(name, value)
+    except ValueError as e:
+        raise ConfigError(f"online_store {e}") from None
 
 
 def mode_reason(view: Any) -> tuple[bool, str]:
     """Whether ``view`` is streaming, and why (for ``feast-hexpire layout``)."""
-    mode = (getattr(view, "tags", None) or {}).get(TAG_MODE)
+    mode = _tags(view).get(TAG_MODE)
     if mode is not None:
         if mode not in ("batch", "streaming"):
             raise ConfigError(
@@ -67,10 +98,11 @@ def is_streaming(view: Any) -> bool:
 
 
 def policy_for(view: Any, config: RedisHexpireOnlineStoreConfig) -> ViewPolicy:
-    """The TTLs a write to ``view`` applies. Raises ConfigError naming a bad tag."""
+    """The TTLs a write to ``view`` applies. Raises ConfigError naming a bad or unknown tag."""
+    tags = _tags(view)
     streaming = is_streaming(view)
-    key_ttl = _tag_seconds(view, TAG_KEY_TTL) or config.key_ttl_seconds or 0
-    field_ttl = _tag_seconds(view, TAG_FIELD_TTL) or config.stream_field_ttl_seconds
+    key_ttl = _tag_seconds(view, tags, TAG_KEY_TTL) or _setting(config, "key_ttl_seconds")
+    field_ttl = _tag_seconds(view, tags, TAG_FIELD_TTL) or _setting(config, "stream_field_ttl_seconds") or 0
     if streaming:
         return ViewPolicy(True, 0, field_ttl * 1000)
-    return ViewPolicy(False, key_ttl * 1000, 0)
+    return ViewPolicy(False, key_ttl * 1000 if key_ttl else NO_KEY_TTL, 0)

@@ -1,4 +1,4 @@
-"""Server-side Lua scripts: each touches exactly one key, so it is atomic and cluster-safe.
+"""Server-side Lua scripts, each atomic; a call's keys share one hash slot, so it is cluster-safe.
 
 Scripts are sent with EVALSHA inside ordinary pipelines (one round trip per batch); a server that
 has not seen a script yet answers NOSCRIPT, and :func:`run_pipelined` loads it and re-sends only
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from string import Template
 from typing import Any
 
 import redis
@@ -17,12 +18,15 @@ from redis.cluster import ClusterPipeline
 from redis.exceptions import NoScriptError, RedisClusterException
 
 from .connection import read_replies, send_commands
+from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
 
 __all__ = [
     "DELETE_VIEW_FIELDS",
+    "FIELD_TTL_ERROR",
     "RELEASE_FIELDS",
     "UNLINK_IF_OURS",
-    "WRITE_ROW",
+    "WRITE_ROWS",
+    "Call",
     "Script",
     "run_batches",
     "run_pipelined",
@@ -39,69 +43,196 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.lua.encode()).hexdigest())
 
 
-# Write one row of one feature view into its entity hash.
-# KEYS[1]   the entity hash
+# Lua helper shared by the scripts: HDEL ``list[first..]`` from ``key`` in slices, because Lua's
+# unpack() fails with "too many results to unpack" beyond about 8,000 values. ``call`` is
+# redis.call or redis.pcall. Returns the number of fields removed.
+_HDEL_SLICED = """
+local function hdel_sliced(call, key, list, first)
+  local removed = 0
+  for i = first, #list, 1000 do
+    local n = call('HDEL', key, unpack(list, i, math.min(i + 999, #list)))
+    if type(n) == 'number' then removed = removed + n end
+  end
+  return removed
+end
+"""
+
+# Error code of a streaming row whose field TTLs could not be set (the row is not left behind).
+FIELD_TTL_ERROR = "FIELDTTL"
+
+# Write rows of one feature view, one entity hash per row, in one script call.
+# KEYS[r]   the entity hash of row r (in a cluster, every key of one call is in one slot)
 # ARGV[1]   the view's timestamp field, "_ts:<view>"
-# ARGV[2]   the row's event time, integer microseconds since the epoch
-# ARGV[3]   key TTL in ms (batch view), "0" for none
-# ARGV[4]   field TTL in ms (streaming view), "0" for a batch view
-# ARGV[5]   absolute field expiry in unix ms when TTLs count from the event time, else "0"
-# ARGV[6]   "1" to skip the event-time check (skip_dedup)
-# ARGV[7..] field, value pairs of the row
-# Returns 1 written, 0 not newer than the stored row (nothing written, key TTL re-pinned),
-# -1 already expired by its event time (nothing written). The HSET and the HPEXPIRE run in one
-# script, so no streaming field ever exists without its TTL. The key TTL is set by the latest
-# batch write, as in the seed's BulkLoad. Long rows go in slices: Lua's unpack() is limited.
-WRITE_ROW = Script(
-    "write_row",
-    """
-local key, ts_field = KEYS[1], ARGV[1]
-local key_ttl, field_ttl, expire_at = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local SLICE = 2000
-if ARGV[6] ~= '1' then
-  local stored = redis.call('HGET', key, ts_field)
-  if stored and tonumber(stored) >= tonumber(ARGV[2]) then
-    if key_ttl > 0 then redis.call('PEXPIRE', key, key_ttl) end
-    return 0
+# ARGV[2]   batch view: key TTL in ms to re-pin, or "-1" to remove the key TTL (PERSIST);
+#           "0" for a streaming view (the key TTL is left alone)
+# ARGV[3]   field TTL in ms counted from now (streaming view), "0" for a batch view
+# ARGV[4]   "1" to skip the event-time check (skip_dedup)
+# ARGV[5]   "1" when the server has HSETEX (Redis >= 8.0, Valkey >= 9.0)
+# then per row r, in KEYS order: its event time (integer microseconds since the epoch), its
+# absolute field expiry in unix ms when TTLs count from the event time (else "0"), the number n
+# of its fields, and n field, value pairs.
+# Returns one result per row: 1 written, 0 not newer than the stored row (nothing written, key
+# TTL re-pinned), -1 already expired by its event time (nothing written), or the row's error as
+# a string. Each row runs under pcall: a bad row (say, a key of another type) fails alone and
+# the other rows are written.
+#
+# No streaming field is ever left without its TTL, on any error path:
+# - with HSETEX, a field is written together with its TTL in one command, which either does both
+#   or nothing (an unknown command, an ACL refusal, an invalid expire time write nothing);
+# - without it (Redis 7.4), everything that can refuse a field TTL is tried before the HSET: the
+#   expiry is checked against MAX_FIELD_EXPIRE_AT_MS, and HPEXPIREAT is probed on the field
+#   "_ts:" (the bare TS_FIELD_PREFIX), which no feature or view can have (a no-op answering -2);
+# - the commands after the first write run under pcall; if one still fails or does not answer 1
+#   for every field, the row is rolled back by deleting the fields it wrote and the view's "_ts"
+#   field, and its error is returned. Deleting is the rollback: the values the row overwrote are
+#   gone with it (restoring them would cost a read of every field and its TTL on every write), and
+#   a missing field reads NOT_FOUND, while a streaming field without TTL would be served forever.
+# The view's "_ts" field expires at the later of the row's expiry and its stored expiry, so it
+# never expires before a field of an earlier row of the view that is still there (a row may be
+# older, with skip_dedup and ttl_from: event, or have a shorter TTL after a setting changed): a
+# value is never read without its event time. Long rows go in slices: Lua's unpack() is limited.
+WRITE_ROWS = Script(
+    "write_rows",
+    _HDEL_SLICED
+    + Template("""
+local ts_field, key_ttl, field_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local skip_check, hsetex = ARGV[4] == '1', ARGV[5] == '1'
+local SLICE, MAX_AT = 2000, $max_at
+local now_ms
+local function now()
+  if not now_ms then
+    local t = redis.call('TIME')
+    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now_ms
+end
+local function pin_key(key)
+  if key_ttl > 0 then
+    redis.call('PEXPIRE', key, key_ttl)
+  elseif key_ttl < 0 then
+    redis.call('PERSIST', key)
   end
 end
-if expire_at > 0 then
-  local now = redis.call('TIME')
-  if expire_at <= tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then
-    return -1
-  end
+local function failed(reply)
+  return type(reply) == 'table' and reply.err
 end
-if #ARGV <= SLICE then
-  redis.call('HSET', key, ts_field, ARGV[2], unpack(ARGV, 7))
-else
-  redis.call('HSET', key, ts_field, ARGV[2])
-  for i = 7, #ARGV, SLICE do redis.call('HSET', key, unpack(ARGV, i, math.min(i + SLICE - 1, #ARGV))) end
-end
-if key_ttl > 0 then redis.call('PEXPIRE', key, key_ttl) end
-if field_ttl == 0 and expire_at == 0 then return 1 end
-local fields = {ts_field}
-for i = 7, #ARGV, 2 do fields[#fields + 1] = ARGV[i] end
-local half = SLICE / 2
-for i = 1, #fields, half do
-  local last = math.min(i + half - 1, #fields)
-  local codes
-  if expire_at > 0 then
-    codes = redis.call('HPEXPIREAT', key, expire_at, 'FIELDS', last - i + 1, unpack(fields, i, last))
-  else
-    codes = redis.call('HPEXPIRE', key, field_ttl, 'FIELDS', last - i + 1, unpack(fields, i, last))
-  end
-  for j = 1, #codes do
-    if codes[j] ~= 1 then
-      for k = 1, #fields, half do
-        redis.call('HDEL', key, unpack(fields, k, math.min(k + half - 1, #fields)))
-      end
-      return redis.error_reply('HPEXPIRE returned ' .. tostring(codes[j]) .. ' for field ' ..
-        fields[i + j - 1] .. ' of ' .. key .. ' instead of 1; the row was removed, not left without a TTL')
+-- One row: ARGV[i] event time, ARGV[i + 1] expiry by event time, fields ARGV[first..last].
+local function write(key, i, first, last)
+  local expire_at = tonumber(ARGV[i + 1])
+  if not skip_check then
+    local stored = redis.call('HGET', key, ts_field)
+    if stored and tonumber(stored) >= tonumber(ARGV[i]) then
+      pin_key(key)
+      return 0
     end
   end
+  local short = last - first < SLICE
+  if field_ttl == 0 and expire_at == 0 then
+    if short then
+      redis.call('HSET', key, ts_field, ARGV[i], unpack(ARGV, first, last))
+    else
+      redis.call('HSET', key, ts_field, ARGV[i])
+      for j = first, last, SLICE do
+        redis.call('HSET', key, unpack(ARGV, j, math.min(j + SLICE - 1, last)))
+      end
+    end
+    pin_key(key)
+    return 1
+  end
+  if expire_at == 0 then
+    expire_at = now() + field_ttl
+  elseif expire_at <= now() then
+    return -1
+  end
+  local at = string.format('%.0f', expire_at)
+  if expire_at > MAX_AT then
+    return '$code field expiry ' .. at .. ' ms is after ' .. MAX_AT ..
+      ' ms, the latest Redis accepts; nothing of the row was written to ' .. key
+  end
+  if not hsetex then
+    local probe = redis.pcall('HPEXPIREAT', key, at, 'FIELDS', 1, '$probe')
+    if failed(probe) then
+      return '$code HPEXPIREAT failed: ' .. probe.err .. '; nothing of the row was written to ' .. key
+    end
+  end
+  local ts_at = at
+  local stored_at = redis.pcall('HPEXPIRETIME', key, 'FIELDS', 1, ts_field)
+  if failed(stored_at) then
+    return '$code HPEXPIRETIME failed: ' .. stored_at.err .. '; nothing of the row was written to ' .. key
+  end
+  if type(stored_at) == 'table' and tonumber(stored_at[1]) and tonumber(stored_at[1]) > expire_at then
+    ts_at = string.format('%.0f', tonumber(stored_at[1]))
+  end
+  local fields = {ts_field}
+  for j = first, last, 2 do fields[#fields + 1] = ARGV[j] end
+  local function undo(reason)
+    hdel_sliced(redis.pcall, key, fields, 1)
+    return '$code ' .. reason .. '; the row was removed from ' .. key .. ', not left without a TTL'
+  end
+  if hsetex then
+    local reply
+    if short and ts_at == at then
+      reply = redis.pcall('HSETEX', key, 'PXAT', at, 'FIELDS', (last - first + 1) / 2 + 1, ts_field, ARGV[i],
+        unpack(ARGV, first, last))
+      if failed(reply) then
+        return '$code HSETEX failed: ' .. reply.err .. '; nothing of the row was written to ' .. key
+      end
+      return 1
+    end
+    reply = redis.pcall('HSETEX', key, 'PXAT', ts_at, 'FIELDS', 1, ts_field, ARGV[i])
+    if failed(reply) then
+      return '$code HSETEX failed: ' .. reply.err .. '; nothing of the row was written to ' .. key
+    end
+    for j = first, last, SLICE do
+      local upto = math.min(j + SLICE - 1, last)
+      reply = redis.pcall('HSETEX', key, 'PXAT', at, 'FIELDS', (upto - j + 1) / 2, unpack(ARGV, j, upto))
+      if failed(reply) then return undo('HSETEX failed: ' .. reply.err) end
+    end
+    return 1
+  end
+  if short then
+    redis.call('HSET', key, ts_field, ARGV[i], unpack(ARGV, first, last))
+  else
+    redis.call('HSET', key, ts_field, ARGV[i])
+    for j = first, last, SLICE do
+      local reply = redis.pcall('HSET', key, unpack(ARGV, j, math.min(j + SLICE - 1, last)))
+      if failed(reply) then return undo('HSET failed: ' .. reply.err) end
+    end
+  end
+  local function expire(when, from, upto)
+    local codes = redis.pcall('HPEXPIREAT', key, when, 'FIELDS', upto - from + 1, unpack(fields, from, upto))
+    if type(codes) ~= 'table' then return 'HPEXPIREAT answered ' .. tostring(codes) end
+    if codes.err then return 'HPEXPIREAT failed: ' .. codes.err end
+    for j = 1, upto - from + 1 do
+      if codes[j] ~= 1 then
+        return 'HPEXPIREAT returned ' .. tostring(codes[j]) .. ' for field ' .. fields[from + j - 1] ..
+          ' instead of 1'
+      end
+    end
+    return nil
+  end
+  local problem = expire(ts_at, 1, 1)
+  for j = 2, #fields, SLICE / 2 do
+    if problem then break end
+    problem = expire(at, j, math.min(j + SLICE / 2 - 1, #fields))
+  end
+  if problem then return undo(problem) end
+  return 1
 end
-return 1
-""",
+local results, i = {}, 6
+for r = 1, #KEYS do
+  local n = tonumber(ARGV[i + 2])
+  local first, last = i + 3, i + 2 + 2 * n
+  local ok, result = pcall(write, KEYS[r], i, first, last)
+  if ok then
+    results[r] = result
+  else
+    results[r] = type(result) == 'table' and result.err or tostring(result)
+  end
+  i = last + 1
+end
+return results
+""").substitute(max_at=MAX_FIELD_EXPIRE_AT_MS, code=FIELD_TTL_ERROR, probe=TS_FIELD_PREFIX),
 )
 
 # Remove a deleted view's fields from one hash, only if the hash holds that view's timestamp.
@@ -110,10 +241,11 @@ return 1
 # Returns the number of fields removed; a key of another type under the pattern is left alone.
 DELETE_VIEW_FIELDS = Script(
     "delete_view_fields",
-    """
+    _HDEL_SLICED
+    + """
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  return redis.call('HDEL', KEYS[1], unpack(ARGV))
+  return hdel_sliced(redis.call, KEYS[1], ARGV, 1)
 end
 return 0
 """,
@@ -129,7 +261,8 @@ return 0
 # Returns 1 when the key was unlinked, 0 when it was left (or only this project's fields removed).
 UNLINK_IF_OURS = Script(
     "unlink_if_ours",
-    """
+    _HDEL_SLICED
+    + """
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
 local n, ours, found = tonumber(ARGV[1]), {}, false
 for i = 2, n + 1 do
@@ -139,7 +272,7 @@ end
 if not found then return 0 end
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(field, 1, 4) == '_ts:' and not ours[field] then
-    redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
+    hdel_sliced(redis.call, KEYS[1], ARGV, 2)
     return 0
   end
 end
@@ -163,7 +296,7 @@ return n
 """,
 )
 
-Call = tuple[bytes, Sequence[Any]]  # (key, argv)
+Call = tuple[Sequence[bytes], Sequence[Any]]  # (keys, argv); in a cluster, the keys share a slot
 
 
 def _target(pipe: Any, key: bytes) -> dict[str, Any]:
@@ -182,8 +315,8 @@ def _queue(pipe: Any, script: Script, calls: Sequence[Call]) -> None:
     # execute_command, not pipe.evalsha(): redis-py's ClusterPipeline blocks the evalsha()
     # method (a script could touch keys of several slots), but routes a raw EVALSHA by its one
     # key's slot, so each shard gets its rows in one batch and the shards run in parallel.
-    for key, argv in calls:
-        pipe.execute_command("EVALSHA", script.sha, 1, key, *argv, **_target(pipe, key))
+    for keys, argv in calls:
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv, **_target(pipe, keys[0]))
 
 
 def _missing(results: list[Any]) -> list[int]:
@@ -266,7 +399,7 @@ def run_batches(client: Any, script: Script, batches: Iterable[Sequence[Call]]) 
 
 
 def _evalshas(script: Script, calls: Sequence[Call]) -> list[tuple[Any, ...]]:
-    return [("EVALSHA", script.sha, 1, key, *argv) for key, argv in calls]
+    return [("EVALSHA", script.sha, len(keys), *keys, *argv) for keys, argv in calls]
 
 
 def _drop(pool: Any, conn: Any) -> None:

@@ -3,6 +3,7 @@ removed, and an old server refused with a message naming it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import shutil
@@ -15,12 +16,27 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
-from conftest import apply_repo, feast_objects, online_store_of, user_key, user_view, write_data, write_repo
-from feast import Entity, FeatureStore, ValueType
+from conftest import (
+    apply_compound_view,
+    apply_repo,
+    feast_objects,
+    online_store_of,
+    user_key,
+    user_view,
+    write_data,
+    write_repo,
+)
+from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueType
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.types import Int64, String
 
-from feast_redis_hexpire.exceptions import ConfigError, FieldCollisionError, ServerUnsupportedError
+from feast_redis_hexpire.exceptions import (
+    ConfigError,
+    FieldCollisionError,
+    FieldTTLError,
+    ServerUnsupportedError,
+)
 from feast_redis_hexpire.local_redis import free_port
 from feast_redis_hexpire.synth import BATCH_FEATURES, streaming_frame
 
@@ -283,3 +299,105 @@ def test_old_server_is_refused_at_apply_naming_it(tmp_path, old_redis, monkeypat
     assert cli.returncode != 0
     assert f"Redis {version}" in stderr and address in stderr and "HEXPIRE" in stderr
     assert client.dbsize() == 0
+
+
+def test_push_to_a_server_without_hfe_behind_an_applied_repo_leaves_nothing(store, r, old_redis):
+    """The server behind an applied repo is replaced by one without hash-field expiration: a
+    streaming write fails naming the cause, and not one field is left there (without a TTL)."""
+    address, old = old_redis
+    store.config.online_store.connection_string = address
+    online = online_store_of(store)
+    stream = store.get_feature_view("user_streaming_features")
+    now = datetime.now(UTC)
+    values = {"tx_count_5m": Value(int64_val=3), "last_device_id": Value(string_val="d")}
+    rows = [(user_key(u), values, now, None) for u in ("u0001", "u0002")]
+    with pytest.raises(FieldTTLError) as info:
+        online.online_write_batch(store.config, stream, rows, None)
+    message = str(info.value)
+    assert "Unknown" in message and "HPEXPIREAT" in message and address in message
+    assert "nothing of the row was written" in message
+    assert old.dbsize() == 0
+    with pytest.raises(FieldTTLError):  # the async path (push_async, feast serve) alike
+        asyncio.run(online.online_write_batch_async(store.config, stream, rows, None))
+    assert old.dbsize() == 0
+
+
+# ---- wide and compound views ----
+
+
+def test_deleting_and_tearing_down_a_view_of_10000_features(store, repo, r):
+    """Lua's unpack() stops near 8,000 values: the delete and teardown scripts work in slices."""
+    width = 10_000
+    load(store, users=("u0001",))
+    store.apply([user_view("wide", {f"w{i}": Int64 for i in range(width)}, push=True)])
+    view = store.get_feature_view("wide")
+    values = {f"w{i}": Value(int64_val=i) for i in range(width)}
+    online = online_store_of(store)
+
+    def write(user: str) -> None:
+        online.online_write_batch(
+            store.config, view, [(user_key(user), values, datetime.now(UTC), None)], None
+        )
+
+    write("u0001")
+    write("wide-only")
+    assert r.hlen(KEY) == width + 1 + len(BATCH_FEATURES) + 1 + 6
+    kept = {f: v for f, v in r.hgetall(KEY).items() if not f.startswith((b"w", b"_ts:wide"))}
+    store.apply([], objects_to_delete=[view], partial=False)
+    assert r.hgetall(KEY) == kept
+    assert not r.exists("fs:user:wide-only")  # held only the wide view's fields
+
+    # teardown of a hash shared with another project (same key_prefix): only our fields go
+    write("u0001")
+    r.hset(KEY, mapping={"_ts:foreign_view": "1", "foreign": "x"})
+    online.teardown(store.config, [view], [])  # what `feast teardown` calls, with this view
+    assert r.hgetall(KEY) == {
+        b"_ts:foreign_view": b"1",
+        b"foreign": b"x",
+        **{f: r.hget(KEY, f) for f in kept},
+    }
+
+
+def pair_key(user: str, merchant: str) -> EntityKey:
+    values = [Value(string_val=user), Value(string_val=merchant)]
+    return EntityKey(join_keys=["user_id", "merchant_id"], entity_values=values)
+
+
+def _pair_view() -> FeatureView:
+    """The compound view of conftest.apply_compound_view, as Python code defines it: Feast has
+    not inferred its join keys yet."""
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
+    merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueType.STRING)
+    source = FileSource(name="pair_source", path="unused.parquet", timestamp_field="event_timestamp")
+    schema = [Field(name="pair_tx", dtype=Int64)]
+    return FeatureView(
+        name="user_merchant", entities=[user, merchant], schema=schema, source=source, online=True
+    )
+
+
+def test_deleting_a_compound_view_passed_as_a_python_object_removes_its_fields(store, r):
+    load(store)
+    registered = apply_compound_view(store)
+    now = datetime.now(UTC)
+    pairs = (("u0001", "m1"), ("u0002", "m2"))
+    rows = [(pair_key(u, m), {"pair_tx": Value(int64_val=5)}, now, None) for u, m in pairs]
+    online_store_of(store).online_write_batch(store.config, registered, rows, None)
+    r.hset("fs:merchant_id+user_id:m1:u0001", "extra", "kept")  # another field in the hash stays
+    pair_keys = sorted(r.keys("fs:merchant_id+user_id:*"))
+    assert len(pair_keys) == 2
+    user_hashes = {k: r.hgetall(k) for k in r.keys("fs:user:*")}
+    view = _pair_view()
+    assert not view.join_keys  # the case: nothing inferred, only the entity names
+    store.apply([], objects_to_delete=[view], partial=False)  # nor are the entities passed
+    assert r.hgetall("fs:merchant_id+user_id:m1:u0001") == {b"extra": b"kept"}
+    assert not r.exists("fs:merchant_id+user_id:m2:u0002")
+    assert {k: r.hgetall(k) for k in r.keys("fs:user:*")} == user_hashes
+
+
+def test_teardown_removes_a_compound_views_hashes(store, r):
+    registered = apply_compound_view(store)
+    row = (pair_key("u1", "m1"), {"pair_tx": Value(int64_val=5)}, datetime.now(UTC), None)
+    online_store_of(store).online_write_batch(store.config, registered, [row], None)
+    assert r.exists("fs:merchant_id+user_id:m1:u1")
+    online_store_of(store).teardown(store.config, [_pair_view()], [])  # objects from Python code
+    assert not r.exists("fs:merchant_id+user_id:m1:u1")

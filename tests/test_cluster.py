@@ -34,7 +34,7 @@ from conftest import (
 from feast_redis_hexpire.config import RedisHexpireOnlineStoreConfig
 from feast_redis_hexpire.connection import make_async_client, make_client
 from feast_redis_hexpire.exceptions import ConfigError, ServerUnsupportedError
-from feast_redis_hexpire.scripts import WRITE_ROW
+from feast_redis_hexpire.scripts import WRITE_ROWS
 from feast_redis_hexpire.synth import streaming_frame
 from feast_redis_hexpire.topology import LocalCluster, kill
 
@@ -253,7 +253,7 @@ def test_master_killed_during_pushes_and_reads(tmp_path, kind, use_async, victim
         # SCRIPT LOAD is not replicated: the promoted replica will answer NOSCRIPT, so writes
         # after the failover go through run_pipelined's reload path.
         with its_replica.client() as replica:
-            assert replica.script_exists(WRITE_ROW.sha) == [False]
+            assert replica.script_exists(WRITE_ROWS.sha) == [False]
         owner = fresh.owner_function()
         killed_slots = {n for n in range(5000) if owner(b"fs:user:w%05d" % n) is victim}
         assert killed_slots, "some pushed users must live on the killed master"

@@ -17,7 +17,7 @@ import pytest
 import redis
 from conftest import SERVER_KINDS, apply_repo, assert_expiry, write_data, write_repo, write_window
 
-from feast_redis_hexpire.scripts import WRITE_ROW
+from feast_redis_hexpire.scripts import WRITE_ROWS
 from feast_redis_hexpire.synth import streaming_frame
 from feast_redis_hexpire.topology import LocalSentinel, kill
 
@@ -89,7 +89,7 @@ def check_failover(tmp_path: Path, sentinel: LocalSentinel, use_async: bool) -> 
     store.materialize_incremental(end_date=datetime.now(UTC))
     old = sentinel.master
     with sentinel.replica.client() as replica:  # the new master will answer NOSCRIPT at first
-        assert replica.script_exists(WRITE_ROW.sha) == [False]
+        assert replica.script_exists(WRITE_ROWS.sha) == [False]
     report = failover.run(
         store,
         kill=lambda _: kill(old),

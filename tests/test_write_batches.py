@@ -6,7 +6,8 @@ import pytest
 from conftest import assert_expiry, online_store_of, user_key, write_window
 from feast.protos.feast.types.Value_pb2 import Value
 
-from feast_redis_hexpire.scripts import WRITE_ROW
+from feast_redis_hexpire.exceptions import HexpireError
+from feast_redis_hexpire.scripts import WRITE_ROWS
 
 
 def _rows(n, when):
@@ -19,7 +20,7 @@ def test_script_flushed_between_writes_is_loaded_again_and_no_row_is_lost(store,
     online = online_store_of(store)
     online.online_write_batch(store.config, view, _rows(5, datetime(2026, 1, 1, tzinfo=UTC)), None)
     r.script_flush()
-    assert r.script_exists(WRITE_ROW.sha) == [False]
+    assert r.script_exists(WRITE_ROWS.sha) == [False]
     seen = []
     with write_window() as written:
         online.online_write_batch(
@@ -63,3 +64,33 @@ def test_write_to_an_unresponsive_server_retries_exactly_as_configured(store, r)
     finally:
         hole.close()
     assert r.dbsize() == 0
+
+
+@pytest.mark.parametrize("view_name", ["user_batch_features", "user_streaming_features"])
+def test_a_bad_row_is_reported_by_row_and_the_others_are_written(store, r, view_name):
+    """Rows go to the server many per script call; a row the server refuses (its key holds a
+    string) fails alone: the error names it, every other row of its call and batch is written."""
+    cfg = store.config.online_store
+    cfg.write_batch_size, cfg.write_rows_per_call = 7, 3
+    r.set("fs:user:u0004", "a string, not a hash")
+    r.set("fs:user:u0011", "another string")
+    view = store.get_feature_view(view_name)
+    feature = "tx_count_7d" if view_name == "user_batch_features" else "tx_count_5m"
+    rows = [
+        (user_key(f"u{i:04d}"), {feature: Value(int64_val=i)}, datetime.now(UTC), None) for i in range(20)
+    ]
+    seen = []
+    with pytest.raises(HexpireError) as err:
+        online_store_of(store).online_write_batch(store.config, view, rows, seen.append)
+    message = str(err.value)
+    assert (
+        "2 of 20 row(s)" in message
+        and "row 4 (fs:user:u0004)" in message
+        and "row 11 (fs:user:u0011)" in message
+    )
+    assert "WRONGTYPE" in message
+    assert seen == [7, 7, 6]
+    for i in range(20):
+        if i not in (4, 11):
+            assert r.hget(f"fs:user:u{i:04d}", feature) == str(i).encode(), i
+    assert r.get("fs:user:u0004") == b"a string, not a hash"

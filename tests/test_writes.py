@@ -27,6 +27,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 from feast.types import Float64, Int64, String
 
 from feast_redis_hexpire.codec import encode_ts
+from feast_redis_hexpire.constants import KNOWN_TAGS
 from feast_redis_hexpire.exceptions import BadValueError, ConfigError
 from feast_redis_hexpire.synth import BATCH_FEATURES, STREAMING_FEATURES, streaming_frame
 
@@ -238,6 +239,8 @@ def test_view_tags_override_the_ttls_and_the_mode(store, r):
         ("hexpire.key_ttl_seconds", "0"),
         ("hexpire.key_ttl_seconds", "-5"),
         ("hexpire.field_ttl_seconds", "soon"),
+        ("hexpire.field_ttl_seconds", "300000000000"),  # past the latest field expiry Redis accepts
+        ("hexpire.key_ttl_seconds", "300000000000"),
         ("hexpire.mode", "sometimes"),
     ],
 )
@@ -246,6 +249,22 @@ def test_bad_view_tag_is_refused_at_apply_naming_view_and_tag(store, r, tag, val
         store.apply([user_view("badly_tagged", {"bt": Int64}, tags={tag: value})])
     assert "badly_tagged" in str(info.value)
     assert tag in str(info.value)
+
+
+@pytest.mark.parametrize("tag", ["hexpire.field_ttl", "hexpire.Mode", "hexpire.key_ttl", "hexpire."])
+def test_unknown_hexpire_tag_is_refused_at_apply_naming_it_and_the_known_ones(store, r, tag):
+    """A misspelled tag must not silently leave the view on the default TTL."""
+    with pytest.raises(ConfigError) as info:
+        store.apply([user_view("misspelled", {"ms": Int64}, push=True, tags={tag: "60"})])
+    message = str(info.value)
+    assert "misspelled" in message and f"unknown tag {tag}" in message
+    assert all(known in message for known in KNOWN_TAGS)
+    assert "misspelled" not in [v.name for v in store.list_feature_views()]
+
+
+def test_other_tags_are_left_to_their_owners(store, r):
+    store.apply([user_view("team_tagged", {"tt": Int64}, tags={"team": "fraud", "hexpire_note": "x"})])
+    assert "team_tagged" in [v.name for v in store.list_feature_views()]
 
 
 def test_large_batches_are_chunked_and_progress_is_reported(make_repo, r):

@@ -3,6 +3,7 @@
 feast-hexpire local-redis [--kind redis|valkey] [--port N]
 feast-hexpire inspect user u0001 [--repo feature_repo] [--json]
 feast-hexpire settings
+feast-hexpire doctor [--repo feature_repo] [--json] [--sample N]
 feast-hexpire demo [--port 8087] [--redis host:port] [--no-reset]
 feast-hexpire build-features --count 500 --ttl-seconds 3600 [--seed 1] [--repo DIR] [--redis host:port]
 """
@@ -53,6 +54,28 @@ def _settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from feast import FeatureStore
+
+    from .doctor import diagnose, exit_code, render
+    from .exceptions import HexpireError
+
+    try:
+        findings = diagnose(FeatureStore(repo_path=args.repo), sample=args.sample)
+    except HexpireError as e:  # unreachable, or no hash-field expiration: one line
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(e), "checks": []}))
+        else:
+            print(f"ERROR    server       {e}")
+        return 2
+    if args.json:
+        checks = [f.as_dict() for f in findings]
+        print(json.dumps({"ok": exit_code(findings) == 0, "checks": checks}, indent=2))
+    else:
+        print(render(findings))
+    return exit_code(findings)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo.server import run
 
@@ -84,6 +107,12 @@ def parser() -> argparse.ArgumentParser:
 
     settings = commands.add_parser("settings", help="print the online_store settings as a markdown table")
     settings.set_defaults(run=_settings)
+
+    doctor = commands.add_parser("doctor", help="check the repo's Redis server before users do")
+    doctor.add_argument("--repo", default=os.environ.get("FEAST_REPO", "feature_repo"))
+    doctor.add_argument("--json", action="store_true", help="print JSON for automation")
+    doctor.add_argument("--sample", type=int, default=20, help="keys sampled per entity (default 20)")
+    doctor.set_defaults(run=_doctor)
 
     from .demo.server import add_arguments
 

@@ -19,7 +19,7 @@ from redis.retry import Retry as SyncRetry
 from .config import RedisHexpireOnlineStoreConfig, RedisType, parse_connection_string
 from .exceptions import ConfigError, ServerUnsupportedError, StoreUnavailableError
 
-__all__ = ["address", "make_async_client", "make_client", "require_hfe", "server_version"]
+__all__ = ["address", "make_async_client", "make_client", "primaries", "require_hfe", "server_version"]
 
 SyncClient = Union[redis.Redis, redis.RedisCluster]
 AsyncClient = Union[aredis.Redis, aredis.RedisCluster]
@@ -137,7 +137,7 @@ def server_version(client: SyncClient) -> tuple[str, str]:
     return "Redis", str(info.get("redis_version"))
 
 
-def _servers(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> list[tuple[str, redis.Redis]]:
+def primaries(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> list[tuple[str, redis.Redis]]:
     """(address for messages, client) of the server, or of every primary of a cluster: one old
     primary (say, midway through a rolling upgrade) would fail every write to its slots."""
     if isinstance(client, redis.RedisCluster):
@@ -152,7 +152,7 @@ def require_hfe(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> str:
     """Raise unless the server (every cluster primary) has hash-field expiration; returns
     "Redis 8.2.3" or the like."""
     found = []
-    for where, server in _servers(client, cfg):
+    for where, server in primaries(client, cfg):
         try:
             name, version = server_version(server)
             # bytes command name: skips redis-py's COMMAND reply parser, which crashes on the

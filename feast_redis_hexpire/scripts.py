@@ -139,6 +139,27 @@ return redis.call('UNLINK', KEYS[1])
 """,
 )
 
+
+# `feast-hexpire doctor`: may the calling user run these commands? Runs none of them
+# (redis.acl_check_cmd checks the command and its keys against the caller's ACL).
+# KEYS[1]   a key under the store's prefix (only routes the call; never read or written)
+# ARGV      commands, each as n followed by its n words (command name first)
+# Returns one integer per command: 1 allowed, 0 refused, -1 unknown to the server.
+__all__ += ["ACL_CHECK"]
+ACL_CHECK = Script(
+    "acl_check",
+    """
+local out, i = {}, 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local ok, allowed = pcall(redis.acl_check_cmd, unpack(ARGV, i + 1, i + n))
+  if not ok then out[#out + 1] = -1 elseif allowed then out[#out + 1] = 1 else out[#out + 1] = 0 end
+  i = i + n + 1
+end
+return out
+""",
+)
+
 Call = tuple[bytes, Sequence[Any]]  # (key, argv)
 
 

@@ -9,7 +9,6 @@ view's values live is ``views.py``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections import Counter
@@ -25,9 +24,9 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from redis.exceptions import NoPermissionError, ResponseError
 
-from . import codec, layout
+from . import clients, codec, layout
 from .config import RedisHexpireOnlineStoreConfig
-from .connection import IO_ERRORS, address, make_async_client, make_client, require_hfe
+from .connection import IO_ERRORS, address, require_hfe
 from .constants import TS_FIELD_PREFIX
 from .exceptions import (
     BadValueError,
@@ -72,57 +71,40 @@ class RedisHexpireOnlineStore(OnlineStore):
     """Feast online store; select it with ``type: feast_redis_hexpire.RedisHexpireOnlineStore``."""
 
     def __init__(self) -> None:
-        self._clients: dict[tuple, Any] = {}
-        self._async_clients: dict[tuple, Any] = {}  # (event loop, settings) -> client
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards stats: writes may run in several threads
         # Rows written, skipped as not newer than the stored row, dropped as already expired.
         self.stats: Counter[str] = Counter()
+
+    # Pickling (Feast's Ray engine ships the store to its workers): only the counters travel;
+    # the lock is rebuilt, and clients come from the receiving process's registry (clients.py).
+    def __getstate__(self) -> dict[str, Any]:
+        with self._lock:
+            return {"stats": dict(self.stats)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        self.stats.update(state.get("stats", {}))
 
     @property
     def async_supported(self) -> SupportedAsyncMethods:
         return SupportedAsyncMethods(read=True, write=True)
 
-    # ---- clients: config is read on every call, clients are cached per connection settings ----
-
-    @staticmethod
-    def _settings(cfg: RedisHexpireOnlineStoreConfig) -> tuple:
-        return (
-            cfg.connection_string,
-            cfg.redis_type,
-            cfg.sentinel_master,
-            cfg.socket_timeout,
-            cfg.socket_connect_timeout,
-            cfg.retries,
-        )
+    # ---- clients: config is read on every call; clients are shared per process (clients.py) ----
 
     def client(self, config: RepoConfig) -> Any:
-        cfg = config.online_store
-        settings = self._settings(cfg)
-        with self._lock:
-            if settings not in self._clients:
-                if cfg.client == "glide":
-                    logger.warning("online_store client: glide is ignored; this store uses redis-py")
-                self._clients[settings] = make_client(cfg)
-            return self._clients[settings]
+        """The process's client for the config's connection settings (shared by every store)."""
+        return clients.sync_client(config.online_store)
 
     def async_client(self, config: RepoConfig) -> Any:
-        """A client bound to the running event loop (a new loop gets a new client)."""
-        loop = asyncio.get_running_loop()
-        cfg = config.online_store
-        for stale in [k for k in self._async_clients if k[0].is_closed()]:
-            del self._async_clients[stale]
-        key = (loop, self._settings(cfg))
-        if key not in self._async_clients:
-            self._async_clients[key] = make_async_client(cfg)
-        return self._async_clients[key]
+        """The client of the running event loop (a new loop gets a new client; it is closed
+        inside its loop when the loop shuts down)."""
+        return clients.async_client(config.online_store)
 
     async def initialize(self, config: RepoConfig) -> None:
         await self.async_client(config).ping()
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        for key in [k for k in self._async_clients if k[0] is loop]:
-            await self._async_clients.pop(key).aclose()
+        await clients.close_loop_clients()
 
     # ---- writes ----
 
@@ -166,7 +148,8 @@ class RedisHexpireOnlineStore(OnlineStore):
 
     def _tally(self, view: str, policy_mode: str, results: list) -> None:
         counts = Counter({1: "written", 0: "skipped_not_newer", -1: "dropped_expired"}[r] for r in results)
-        self.stats.update(counts)
+        with self._lock:
+            self.stats.update(counts)
         if counts["dropped_expired"]:
             logger.warning(
                 "%s view %s: %d row(s) already expired by event time were dropped",

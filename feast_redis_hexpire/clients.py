@@ -24,6 +24,7 @@ import os
 import threading
 from typing import Any
 
+from . import metrics
 from .config import RedisHexpireOnlineStoreConfig
 from .connection import AsyncClient, SyncClient, make_async_client, make_client
 
@@ -71,6 +72,8 @@ def sync_client(cfg: RedisHexpireOnlineStoreConfig) -> SyncClient:
             if cfg.client == "glide":
                 logger.warning("online_store client: glide is ignored; this store uses redis-py")
             client = _sync[settings] = make_client(cfg)
+            if cfg.metrics_port:
+                metrics.serve(cfg.metrics_port)
         return client
 
 
@@ -98,6 +101,8 @@ def async_client(cfg: RedisHexpireOnlineStoreConfig) -> AsyncClient:
         entry = _async.get(key)
         if entry is None:
             client = make_async_client(cfg)
+            if cfg.metrics_port:
+                metrics.serve(cfg.metrics_port)
             entry = _async[key] = (client, loop.create_task(_close_with_loop(key, client)))
         return entry[0]
 

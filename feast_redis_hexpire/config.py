@@ -158,6 +158,12 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
         description="On `feast apply`, remove the fields of deleted views from every hash "
         "(one SCAN of the view's entities); `false`/`null` leaves them.",
     )
+    metrics_port: int | None = Field(
+        None,
+        description="Serve the store's Prometheus metrics on this port (needs the extra "
+        "`metrics`), started by the first client of the process; for a materialization job. "
+        "Under `feast serve --metrics` they appear on Feast's endpoint without it.",
+    )
     client: Literal["redis", "glide"] = Field(
         "redis",
         description="Accepted for compatibility with Feast's redis store; reads and writes "
@@ -180,6 +186,13 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
     @classmethod
     def _positive_float(cls, value: float | None, info: Any) -> float | None:
         _positive(info.field_name, value)
+        return value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _port(cls, value: int | None) -> int | None:
+        if value is not None and not 0 < value < 65536:
+            raise ValueError(f"metrics_port must be a TCP port (1..65535), got {value}")
         return value
 
     @field_validator("retries")

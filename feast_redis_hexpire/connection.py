@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
+from . import metrics
 from .config import RedisHexpireOnlineStoreConfig, RedisType, parse_connection_string
 from .exceptions import ConfigError, ServerUnsupportedError, StoreUnavailableError
 
@@ -68,18 +69,28 @@ def _retryable(is_retryable: Any) -> Any:
     return check
 
 
+def _counted(fail: Any) -> Any:
+    """redis-py's ``fail`` callback, counting each failed attempt (metrics.py)."""
+
+    def counted(*args: Any) -> Any:
+        metrics.connection_failure()
+        return fail(*args)
+
+    return counted
+
+
 class _Retry(SyncRetry):
     def call_with_retry(
         self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
     ) -> Any:
-        return super().call_with_retry(do, fail, _retryable(is_retryable), with_failure_count)
+        return super().call_with_retry(do, _counted(fail), _retryable(is_retryable), with_failure_count)
 
 
 class _AsyncRetry(AsyncRetry):
     async def call_with_retry(
         self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
     ) -> Any:
-        return await super().call_with_retry(do, fail, _retryable(is_retryable), with_failure_count)
+        return await super().call_with_retry(do, _counted(fail), _retryable(is_retryable), with_failure_count)
 
 
 def make_client(cfg: RedisHexpireOnlineStoreConfig) -> SyncClient:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -20,11 +21,12 @@ import redis
 from feast import Entity, FeatureView, RepoConfig
 from feast.infra.online_stores.online_store import OnlineStore
 from feast.infra.supported_async_methods import SupportedAsyncMethods
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from redis.exceptions import NoPermissionError, ResponseError
 
-from . import clients, codec, layout
+from . import clients, codec, layout, metrics
 from .config import RedisHexpireOnlineStoreConfig
 from .connection import IO_ERRORS, address, require_hfe
 from .constants import TS_FIELD_PREFIX
@@ -146,10 +148,15 @@ class RedisHexpireOnlineStore(OnlineStore):
 
         return policy.mode, encode
 
-    def _tally(self, view: str, policy_mode: str, results: list) -> None:
+    def _tally(self, view: str, policy_mode: str, results: list, seconds: float | None = None) -> None:
+        """Count one write batch's results (``seconds``: its round trip). METRICS HOOK (writes)."""
         counts = Counter({1: "written", 0: "skipped_not_newer", -1: "dropped_expired"}[r] for r in results)
         with self._lock:
             self.stats.update(counts)
+        for outcome, count in counts.items():
+            metrics.rows(view, policy_mode, outcome, count)
+        if seconds is not None:
+            metrics.write_batch_seconds(policy_mode, seconds)
         if counts["dropped_expired"]:
             logger.warning(
                 "%s view %s: %d row(s) already expired by event time were dropped",
@@ -159,6 +166,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             )
 
     def _failure(self, config: RepoConfig, table: Any, start: int, total: int, err: Exception) -> Exception:
+        _count_failure(config, table, total - start, err)  # METRICS HOOK (failed writes)
         where = address(config.online_store)
         if isinstance(err, ResponseError):
             if "HPEXPIRE returned" in str(err):
@@ -192,11 +200,12 @@ class RedisHexpireOnlineStore(OnlineStore):
         starts = range(0, len(data), size)
         batches = run_batches(client, WRITE_ROW, (encode(i, data[i : i + size]) for i in starts))
         for start in starts:  # one batch per start, replies in order
+            began = time.perf_counter()
             try:
                 results = next(batches)
             except (ResponseError, *IO_ERRORS) as e:
                 raise self._failure(config, table, start, len(data), e) from e
-            self._tally(table.name, mode, results)
+            self._tally(table.name, mode, results, time.perf_counter() - began)
             if progress:
                 progress(len(results))
 
@@ -214,17 +223,40 @@ class RedisHexpireOnlineStore(OnlineStore):
         size = config.online_store.write_batch_size
         for start in range(0, len(data), size):
             chunk = data[start : start + size]
+            began = time.perf_counter()
             try:
                 results = await run_pipelined_async(client, WRITE_ROW, encode(start, chunk))
             except (ResponseError, *IO_ERRORS) as e:
                 raise self._failure(config, table, start, len(data), e) from e
-            self._tally(table.name, mode, results)
+            self._tally(table.name, mode, results, time.perf_counter() - began)
             if progress:
                 progress(len(chunk))
 
     # ---- reads: every view, every entity, one HMGET per entity, one round trip ----
 
     def _hmget(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
+        """The HMGET replies, timed and counted. METRICS HOOK (reads: round trip, errors)."""
+        began = time.perf_counter()
+        try:
+            replies = self._hmget_replies(config, commands)
+        except IO_ERRORS:
+            metrics.connection_error("read")
+            raise
+        metrics.read_seconds(time.perf_counter() - began)
+        return replies
+
+    async def _hmget_async(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
+        """:meth:`_hmget` on the running loop's client. METRICS HOOK (reads: round trip, errors)."""
+        began = time.perf_counter()
+        try:
+            replies = await self._hmget_replies_async(config, commands)
+        except IO_ERRORS:
+            metrics.connection_error("read")
+            raise
+        metrics.read_seconds(time.perf_counter() - began)
+        return replies
+
+    def _hmget_replies(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
         client = self.client(config)
         if isinstance(client, redis.Redis):  # one server: skip the pipeline machinery
             replies = hmget_direct(client, commands)
@@ -238,7 +270,7 @@ class RedisHexpireOnlineStore(OnlineStore):
                 pipe.hmget(key, fields)
             return pipe.execute()
 
-    async def _hmget_async(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
+    async def _hmget_replies_async(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
         if len(commands) == 1:
             key, fields = commands[0]
             return [await self.async_client(config).hmget(key, fields)]
@@ -278,6 +310,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         """online_read's rows: (event time, {feature: value}), (None, None) when not found."""
         ts_raw, columns = decode_columns(read, commands, replies)
         row_status = freshness_statuses(config, read.table, ts_raw)
+        _count_reads(read.view.name, ts_raw, row_status)  # METRICS HOOK (reads by status)
         rows: list[ReadRow] = []
         for i, (raw_ts, values) in enumerate(zip(ts_raw, zip(*columns) if columns else [()] * len(ts_raw))):
             features = {name: v for name, v in zip(read.names, values) if v is not None}
@@ -313,6 +346,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         for (table, _, requested, fanout, output_len), read in zip(requests, reads):
             ts_raw, columns = decode_columns(read, commands, replies, share=True)  # copied into protos
             row_status = freshness_statuses(config, table, ts_raw)
+            _count_reads(read.view.name, ts_raw, row_status)  # METRICS HOOK (reads by status)
             result = ViewResult(table, requested, read.names, ts_raw, columns, row_status, fanout, output_len)
             append_view(response, result, full_names, meta)
 
@@ -476,3 +510,33 @@ def _registered_views(config: RepoConfig) -> list[Any]:
     except Exception as e:  # no registry yet (first apply) or unreadable: check what we have
         logger.debug("field collision check without the registry: %s", e)
         return []
+
+
+def _count_reads(view: str, ts_raw: list[bytes | None], row_status: list | None) -> None:
+    """metrics.reads for one view of a read: entities present, not found (no ``_ts`` field, or
+    dropped by ``freshness_check: drop``) and flagged OUTSIDE_MAX_AGE."""
+    if not metrics.available():
+        return
+    missing = ts_raw.count(None)
+    stale = dropped = 0
+    if row_status is not None:
+        dropped = sum(1 for raw, status in zip(ts_raw, row_status) if raw is not None and status is None)
+        stale = sum(1 for status in row_status if status == FieldStatus.OUTSIDE_MAX_AGE)
+    metrics.reads(view, len(ts_raw) - missing - dropped - stale, missing + dropped, stale)
+
+
+def _count_failure(config: RepoConfig, table: Any, rows: int, err: Exception) -> None:
+    """metrics for a write batch that failed: ``rows`` rows counted failed, and the kind of error."""
+    if not metrics.available():
+        return
+    name = getattr(table, "name", "?")
+    try:
+        mode = policy_for(table, config.online_store).mode
+    except HexpireError:
+        mode = "unknown"
+    metrics.rows(name, mode, "failed", rows)
+    if isinstance(err, ResponseError):
+        kind = "no_permission" if isinstance(err, NoPermissionError) else "refused"
+        metrics.script_error(name, "field_ttl" if "HPEXPIRE returned" in str(err) else kind)
+    else:
+        metrics.connection_error("write")

@@ -113,6 +113,7 @@ class _Doctor:
         self.views = sorted(views, key=lambda v: v.name)
         self.prefix = self.cfg.prefix_for(self.config.project)
         self.segments: dict[str, list[Any]] = {}  # entity segment -> its views
+        self.unreadable: set[str] = set()  # segments whose keys this user may not scan or read
         for view in self.views:
             segment = layout.entity_segment(list(view.entities or ()), list(view.join_keys or ()))
             self.segments.setdefault(segment, []).append(view)
@@ -211,7 +212,11 @@ class _Doctor:
 
     def _sample_keys(self, segment: str) -> list[bytes]:
         pattern = layout.scan_pattern(self.prefix, segment)
-        return list(itertools.islice(self.client.scan_iter(match=pattern, count=1000), self.sample))
+        try:
+            return list(itertools.islice(self.client.scan_iter(match=pattern, count=1000), self.sample))
+        except NoPermissionError:
+            self.unreadable.add(segment)
+            return []
 
     def listpack(self, samples: dict[str, list[bytes]]) -> None:
         longest_value = 0
@@ -222,7 +227,10 @@ class _Doctor:
                 with self.client.pipeline(transaction=False) as pipe:
                     for key in keys:
                         pipe.hmget(key, fields)
-                    for reply in pipe.execute():
+                    for reply in pipe.execute(raise_on_error=False):
+                        if isinstance(reply, Exception):  # e.g. the user's key pattern excludes it
+                            self.unreadable.add(segment)
+                            continue
                         longest_value = max([longest_value, *(len(v) for v in reply if v is not None)])
         widest = max(
             ((seg, sum(len(self._fields(v)) for v in views)) for seg, views in self.segments.items()),
@@ -426,6 +434,12 @@ class _Doctor:
 
     def memory(self, samples: dict[str, list[bytes]]) -> None:
         for segment, keys in samples.items():
+            if segment in self.unreadable:
+                self.add(
+                    "memory", WARNING, f"'{segment}': cannot sample: this user may not scan or read its keys",
+                    "see the acl check",
+                )  # fmt: skip
+                continue
             if not keys:
                 self.add("memory", OK, f"'{segment}': no keys stored yet (materialize, then run doctor)")
                 continue

@@ -147,7 +147,8 @@ def test_connected_to_a_replica_is_an_error(tmp_path, server, r, monkeypatch):
         assert cli(replica_repo).returncode == 1
 
 
-def test_acl_of_the_configured_user(tmp_path, server, r, store):
+def test_acl_of_the_configured_user(tmp_path, server, r, loaded):
+    store = loaded
     name = f"doc-{uuid.uuid4().hex[:6]}"
     r.execute_command(*documented_acl(name, SECRET))
     try:
@@ -159,6 +160,8 @@ def test_acl_of_the_configured_user(tmp_path, server, r, store):
         assert one(findings, "acl").status == "ok", one(findings, "acl")
         # No CONFIG for this user: the checks that need it say so instead of failing.
         assert "may not run CONFIG GET" in one(findings, "listpack").message
+        memory = one(findings, "memory")
+        assert memory.status == "warning" and "MEMORY USAGE refused" in memory.message
         assert SECRET not in json.dumps([f.as_dict() for f in findings])
         # A command run inside the write script, then an inspect-only command.
         r.execute_command("ACL", "SETUSER", name, "-hpexpire")

@@ -76,6 +76,12 @@ def _doctor(args: argparse.Namespace) -> int:
     return exit_code(findings)
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo.server import run
 
@@ -111,7 +117,9 @@ def parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check the repo's Redis server before users do")
     doctor.add_argument("--repo", default=os.environ.get("FEAST_REPO", "feature_repo"))
     doctor.add_argument("--json", action="store_true", help="print JSON for automation")
-    doctor.add_argument("--sample", type=int, default=20, help="keys sampled per entity (default 20)")
+    doctor.add_argument(
+        "--sample", type=_positive_int, default=20, help="keys sampled per entity (default 20)"
+    )
     doctor.set_defaults(run=_doctor)
 
     from .demo.server import add_arguments

@@ -52,6 +52,8 @@ from .scripts import (
     DELETE_VIEW_FIELDS,
     UNLINK_IF_OURS,
     WRITE_ROW,
+    run_acked,
+    run_acked_async,
     run_batches,
     run_pipelined,
     run_pipelined_async,
@@ -185,6 +187,26 @@ class RedisHexpireOnlineStore(OnlineStore):
             f"rows are skipped by event time"
         )
 
+    def _check_acks(self, config: RepoConfig, table: Any, start: int, count: int, acks: list) -> None:
+        """Raise when a batch's WAIT / WAITAOF came back short: its rows count as failed."""
+        cfg: RedisHexpireOnlineStoreConfig = config.online_store
+        want_local = 1 if cfg.ack_aof else 0
+        local = min(int(a[0]) if isinstance(a, list) else want_local for a in acks)
+        replicas = min(int(a[1]) if isinstance(a, list) else int(a) for a in acks)
+        if local >= want_local and replicas >= cfg.ack_replicas:
+            return
+        metrics.rows(table.name, policy_for(table, cfg).mode, "failed", count)  # METRICS HOOK
+        what = f"{replicas} of {cfg.ack_replicas} replica(s)" + (" (AOF)" if cfg.ack_aof else "")
+        if local < want_local:
+            what += " and not the master's AOF"
+        done = f"rows 0..{start - 1} were acknowledged" if start else "no row was acknowledged"
+        raise StoreUnavailableError(
+            f"feature view {table.name!r}: rows {start}..{start + count - 1} were written to "
+            f"{address(cfg)} but acknowledged by only {what} within {cfg.ack_timeout_seconds} s "
+            f"(ack_replicas); a failover may lose them ({done}; later rows were not sent); "
+            f"rerunning the write converges"
+        )
+
     def online_write_batch(
         self,
         config: RepoConfig,
@@ -197,6 +219,20 @@ class RedisHexpireOnlineStore(OnlineStore):
         mode, encode = self._write_calls(config, table, data)
         client = self.client(config)
         size = config.online_store.write_batch_size
+        ack = config.online_store.ack_command()
+        if ack is not None:  # ack_replicas / ack_aof: each batch, then WAIT on its connection
+            for start in range(0, len(data), size):
+                chunk = data[start : start + size]
+                began = time.perf_counter()
+                try:
+                    results, acks = run_acked(client, WRITE_ROW, encode(start, chunk), ack)
+                except (ResponseError, *IO_ERRORS) as e:
+                    raise self._failure(config, table, start, len(data), e) from e
+                self._tally(table.name, mode, results, time.perf_counter() - began)
+                self._check_acks(config, table, start, len(chunk), acks)
+                if progress:
+                    progress(len(chunk))
+            return
         starts = range(0, len(data), size)
         batches = run_batches(client, WRITE_ROW, (encode(i, data[i : i + size]) for i in starts))
         for start in starts:  # one batch per start, replies in order
@@ -221,14 +257,21 @@ class RedisHexpireOnlineStore(OnlineStore):
         mode, encode = self._write_calls(config, table, data)
         client = self.async_client(config)
         size = config.online_store.write_batch_size
+        ack = config.online_store.ack_command()
         for start in range(0, len(data), size):
             chunk = data[start : start + size]
             began = time.perf_counter()
+            acks: list = []
             try:
-                results = await run_pipelined_async(client, WRITE_ROW, encode(start, chunk))
+                if ack is None:
+                    results = await run_pipelined_async(client, WRITE_ROW, encode(start, chunk))
+                else:
+                    results, acks = await run_acked_async(client, WRITE_ROW, encode(start, chunk), ack)
             except (ResponseError, *IO_ERRORS) as e:
                 raise self._failure(config, table, start, len(data), e) from e
             self._tally(table.name, mode, results, time.perf_counter() - began)
+            if ack is not None:
+                self._check_acks(config, table, start, len(chunk), acks)
             if progress:
                 progress(len(chunk))
 
@@ -458,6 +501,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         client = self.client(config)
         try:
             require_hfe(client, config.online_store)
+            _require_acks(client, config.online_store)
         except IO_ERRORS as e:
             raise StoreUnavailableError(f"cannot reach Redis at {address(config.online_store)}: {e}") from e
         if config.online_store.full_scan_for_deletion:
@@ -540,3 +584,17 @@ def _count_failure(config: RepoConfig, table: Any, rows: int, err: Exception) ->
         metrics.script_error(name, "field_ttl" if "HPEXPIRE returned" in str(err) else kind)
     else:
         metrics.connection_error("write")
+
+
+def _require_acks(client: Any, cfg: RedisHexpireOnlineStoreConfig) -> None:
+    """At `feast apply`: ack_replicas no larger than the replicas connected now, and ack_aof only
+    with the master's AOF on."""
+    if cfg.ack_replicas:
+        connected = int(client.info("replication").get("connected_slaves", 0))
+        if connected < cfg.ack_replicas:
+            raise ConfigError(
+                f"ack_replicas: {cfg.ack_replicas}, but the master at {address(cfg)} has {connected} "
+                f"replica(s) connected; every write would fail"
+            )
+    if cfg.ack_aof and not int(client.info("persistence").get("aof_enabled", 0)):
+        raise ConfigError(f"ack_aof: true, but the master at {address(cfg)} runs without AOF (appendonly no)")

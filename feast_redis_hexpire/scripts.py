@@ -287,3 +287,54 @@ async def run_pipelined_async(client: Any, script: Script, calls: Sequence[Call]
                 results[i] = result
     _raise_first(results)
     return results
+
+
+def run_acked(
+    client: Any, script: Script, calls: Sequence[Call], ack: Sequence[Any]
+) -> tuple[list[Any], list[Any]]:
+    """:func:`run_pipelined` followed, on the same connection, by ``ack`` (``WAIT n ms`` or
+    ``WAITAOF local n ms``), which covers every write sent before it on that connection.
+    Returns the replies and the ack replies (two when NOSCRIPT made a second round trip)."""
+    with client.pipeline(transaction=False) as pipe:
+        _queue(pipe, script, calls)
+        pipe.execute_command(*ack)
+        results = pipe.execute(raise_on_error=False)
+    acks = [results.pop()]
+    missing = _missing(results)
+    if missing:
+        client.script_load(script.lua)
+        with client.pipeline(transaction=False) as pipe:
+            _queue(pipe, script, [calls[i] for i in missing])
+            pipe.execute_command(*ack)
+            again = pipe.execute(raise_on_error=False)
+        acks.append(again.pop())
+        for i, result in zip(missing, again):
+            results[i] = result
+    _raise_first(results + acks)
+    return results, acks
+
+
+async def run_acked_async(
+    client: Any, script: Script, calls: Sequence[Call], ack: Sequence[Any]
+) -> tuple[list[Any], list[Any]]:
+    """:func:`run_acked` for a redis.asyncio client."""
+    async with client.pipeline(transaction=False) as pipe:
+        _queue(pipe, script, calls)
+        pipe.execute_command(*ack)
+        results = await pipe.execute(raise_on_error=False)
+    acks = [results.pop()]
+    missing = _missing(results)
+    if missing:
+        await client.script_load(script.lua)
+        async with client.pipeline(transaction=False) as pipe:
+            _queue(pipe, script, [calls[i] for i in missing])
+            pipe.execute_command(*ack)
+            again = await pipe.execute(raise_on_error=False)
+        acks.append(again.pop())
+        for i, result in zip(missing, again):
+            results[i] = result
+    _raise_first(results + acks)
+    return results, acks
+
+
+__all__ += ["run_acked", "run_acked_async"]

@@ -5,6 +5,7 @@ feast-hexpire inspect user u0001 [--repo DIR] [--json]
 feast-hexpire layout [--repo DIR] [--json]
 feast-hexpire settings
 feast-hexpire init-sample DIR
+feast-hexpire doctor [--repo DIR] [--json] [--sample N]
 feast-hexpire demo [--port 8087] [--redis host:port] [--no-reset]
 feast-hexpire build-features --count 500 --ttl-seconds 3600 [--seed 1] [--repo DIR] [--redis host:port]
 feast-hexpire migrate --from host:port[,password=...] [--from-cluster] [--repo .] [--to host:port] [--json]
@@ -81,6 +82,34 @@ def _init_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from feast import FeatureStore
+
+    from .doctor import diagnose, exit_code, render
+    from .exceptions import HexpireError
+
+    try:
+        findings = diagnose(FeatureStore(repo_path=args.repo), sample=args.sample)
+    except HexpireError as e:  # unreachable, or no hash-field expiration: one line
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(e), "checks": []}))
+        else:
+            print(f"ERROR    server       {e}")
+        return 2
+    if args.json:
+        checks = [f.as_dict() for f in findings]
+        print(json.dumps({"ok": exit_code(findings) == 0, "checks": checks}, indent=2))
+    else:
+        print(render(findings))
+    return exit_code(findings)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo.server import run
     from .local_redis import exit_on_signals
@@ -150,6 +179,14 @@ def parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("init-sample", help="copy the sample Feast repo (project fs) to DIR")
     sample.add_argument("dir", help="target directory (created; must not hold the sample's files)")
     sample.set_defaults(run=_init_sample)
+
+    doctor = commands.add_parser("doctor", help="check the repo's Redis server before users do")
+    doctor.add_argument("--repo", default=os.environ.get("FEAST_REPO", "."))
+    doctor.add_argument("--json", action="store_true", help="print JSON for automation")
+    doctor.add_argument(
+        "--sample", type=_positive_int, default=20, help="keys sampled per entity (default 20)"
+    )
+    doctor.set_defaults(run=_doctor)
 
     from .demo.server import add_arguments
 

@@ -184,6 +184,27 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
         description="On `feast apply`, remove the fields of deleted views from every hash "
         "(one SCAN of the view's entities); `false`/`null` leaves them.",
     )
+    ack_replicas: int = Field(
+        0,
+        description="Opt-in durable writes: after each write batch, WAIT (same connection) until "
+        "this many replicas have it; rows not acknowledged within `ack_timeout_seconds` are "
+        "reported as failed. `0` is off. Single server and Sentinel; not with `redis_cluster`.",
+    )
+    ack_timeout_seconds: float = Field(
+        1.0,
+        description="How long a write batch waits for `ack_replicas` / `ack_aof` (below `socket_timeout`).",
+    )
+    ack_aof: bool = Field(
+        False,
+        description="Wait with WAITAOF instead: each batch is in the master's AOF (`appendonly yes`) "
+        "and in the AOF of `ack_replicas` replicas.",
+    )
+    metrics_port: int | None = Field(
+        None,
+        description="Serve the store's Prometheus metrics on this port (needs the extra "
+        "`metrics`), started by the first client of the process; for a materialization job. "
+        "Under `feast serve --metrics` they appear on Feast's endpoint without it.",
+    )
     client: Literal["redis", "glide"] = Field(
         "redis",
         description="Accepted for compatibility with Feast's redis store; reads and writes "
@@ -205,6 +226,26 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
     @classmethod
     def _positive_float(cls, value: float | None, info: Any) -> float | None:
         _positive(info.field_name, value)
+        return value
+
+    @field_validator("ack_replicas")
+    @classmethod
+    def _acks(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"ack_replicas must be >= 0, got {value}")
+        return value
+
+    @field_validator("ack_timeout_seconds")
+    @classmethod
+    def _ack_timeout(cls, value: float) -> float:
+        _positive("ack_timeout_seconds", value)
+        return value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _port(cls, value: int | None) -> int | None:
+        if value is not None and not 0 < value < 65536:
+            raise ValueError(f"metrics_port must be a TCP port (1..65535), got {value}")
         return value
 
     @field_validator("retries")
@@ -249,6 +290,28 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
         if self.redis_type == RedisType.redis_sentinel and not self.sentinel_master:
             raise ValueError("sentinel_master must be set for redis_type: redis_sentinel")
         return self
+
+    @model_validator(mode="after")
+    def _ack(self) -> RedisHexpireOnlineStoreConfig:
+        if not (self.ack_replicas or self.ack_aof):
+            return self
+        if self.redis_type == RedisType.redis_cluster:
+            raise ValueError("ack_replicas / ack_aof are not supported with redis_type: redis_cluster yet")
+        if self.socket_timeout is not None and self.ack_timeout_seconds >= self.socket_timeout:
+            raise ValueError(
+                f"ack_timeout_seconds ({self.ack_timeout_seconds}) must be below socket_timeout "
+                f"({self.socket_timeout}): the wait happens inside one reply"
+            )
+        return self
+
+    def ack_command(self) -> tuple[Any, ...] | None:
+        """WAIT / WAITAOF sent after each write batch, or None when acknowledgements are off."""
+        timeout_ms = max(1, int(self.ack_timeout_seconds * 1000))
+        if self.ack_aof:
+            return ("WAITAOF", 1, self.ack_replicas, timeout_ms)
+        if self.ack_replicas:
+            return ("WAIT", self.ack_replicas, timeout_ms)
+        return None
 
     def prefix_for(self, project: str) -> str:
         return self.key_prefix.replace("{project}", project)

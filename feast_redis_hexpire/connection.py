@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
+from . import metrics
 from .config import RedisHexpireOnlineStoreConfig, RedisType, parse_connection_string
 from .exceptions import ConfigError, ServerUnsupportedError, StoreUnavailableError
 
@@ -24,6 +25,7 @@ __all__ = [
     "has_hsetex",
     "make_async_client",
     "make_client",
+    "primaries",
     "require_hfe",
     "server_version",
 ]
@@ -88,14 +90,24 @@ def _fail_fast_on_auth_async(fail: Any) -> Any:
     return handle
 
 
+def _counted(fail: Any) -> Any:
+    """redis-py's ``fail`` callback, counting each failed attempt (metrics.py)."""
+
+    def counted(*args: Any) -> Any:
+        metrics.connection_failure()
+        return fail(*args)
+
+    return counted
+
+
 class _Retry(SyncRetry):
     def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
-        return super().call_with_retry(do, _fail_fast_on_auth(fail), *args, **kwargs)
+        return super().call_with_retry(do, _fail_fast_on_auth(_counted(fail)), *args, **kwargs)
 
 
 class _AsyncRetry(AsyncRetry):
     async def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
-        return await super().call_with_retry(do, _fail_fast_on_auth_async(fail), *args, **kwargs)
+        return await super().call_with_retry(do, _fail_fast_on_auth_async(_counted(fail)), *args, **kwargs)
 
 
 def make_client(cfg: RedisHexpireOnlineStoreConfig) -> SyncClient:
@@ -153,7 +165,7 @@ def server_version(client: SyncClient) -> tuple[str, str]:
     return "Redis", str(info.get("redis_version"))
 
 
-def _servers(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> list[tuple[str, redis.Redis]]:
+def primaries(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> list[tuple[str, redis.Redis]]:
     """(address for messages, client) of the server, or of every primary of a cluster: one old
     primary (say, midway through a rolling upgrade) would fail every write to its slots."""
     if isinstance(client, redis.RedisCluster):
@@ -179,7 +191,7 @@ def has_hsetex(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> bool:
     Redis 7.4). False when it cannot tell (e.g. an ACL without COMMAND INFO): the write script
     then takes the HSET + HPEXPIREAT path, which every server with hash-field expiration has."""
     try:
-        return all(_knows(server, b"HSETEX") for _, server in _servers(client, cfg))
+        return all(_knows(server, b"HSETEX") for _, server in primaries(client, cfg))
     except (ResponseError, *IO_ERRORS):
         return False
 
@@ -188,7 +200,7 @@ def require_hfe(client: SyncClient, cfg: RedisHexpireOnlineStoreConfig) -> str:
     """Raise unless the server (every cluster primary) has hash-field expiration; returns
     "Redis 8.2.3" or the like."""
     found = []
-    for where, server in _servers(client, cfg):
+    for where, server in primaries(client, cfg):
         try:
             name, version = server_version(server)
             known = _knows(server, b"HPEXPIRE")

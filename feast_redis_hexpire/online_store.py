@@ -11,10 +11,10 @@ live is ``views.py``.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -25,14 +25,15 @@ import redis.asyncio as aredis
 from feast import Entity, FeatureView, RepoConfig
 from feast.infra.online_stores.online_store import OnlineStore
 from feast.infra.supported_async_methods import SupportedAsyncMethods
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from redis.crc import key_slot
 from redis.exceptions import NoPermissionError, ResponseError
 
-from . import codec, layout
+from . import clients, codec, layout, metrics
 from .config import RedisHexpireOnlineStoreConfig
-from .connection import IO_ERRORS, address, has_hsetex, make_async_client, make_client, require_hfe
+from .connection import IO_ERRORS, address, has_hsetex, require_hfe
 from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
 from .exceptions import (
     BadValueError,
@@ -60,6 +61,8 @@ from .scripts import (
     UNLINK_IF_OURS,
     WRITE_ROWS,
     Call,
+    run_acked,
+    run_acked_async,
     run_batches,
     run_pipelined,
     run_pipelined_async,
@@ -85,9 +88,7 @@ class RedisHexpireOnlineStore(OnlineStore):
     """Feast online store; select it with ``type: feast_redis_hexpire.RedisHexpireOnlineStore``."""
 
     def __init__(self) -> None:
-        self._clients: dict[tuple, Any] = {}
-        self._async_clients: dict[tuple, Any] = {}  # (event loop, settings) -> client
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards stats: writes may run in several threads
         self._hsetex_known: dict[tuple, bool] = {}  # connection settings -> server has HSETEX
         # Rows written, skipped as not newer than the stored row, dropped as already expired.
         self.stats: Counter[str] = Counter()
@@ -95,57 +96,42 @@ class RedisHexpireOnlineStore(OnlineStore):
             getattr(self, "_check_versioned_read_support", None), getattr(self, "_build_feature_types", None)
         )
 
+    # Pickling (Feast's Ray engine ships the store to its workers): only the counters travel;
+    # the lock is rebuilt, and clients come from the receiving process's registry (clients.py).
+    def __getstate__(self) -> dict[str, Any]:
+        with self._lock:
+            return {"stats": dict(self.stats)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        self.stats.update(state.get("stats", {}))
+
     @property
     def async_supported(self) -> SupportedAsyncMethods:
         return SupportedAsyncMethods(read=True, write=True)
 
-    # ---- clients: config is read on every call, clients are cached per connection settings ----
-
-    @staticmethod
-    def _settings(cfg: RedisHexpireOnlineStoreConfig) -> tuple:
-        return (
-            cfg.connection_string,
-            cfg.redis_type,
-            cfg.sentinel_master,
-            cfg.socket_timeout,
-            cfg.socket_connect_timeout,
-            cfg.retries,
-        )
+    # ---- clients: config is read on every call; clients are shared per process (clients.py) ----
 
     def client(self, config: RepoConfig) -> Any:
-        cfg = config.online_store
-        settings = self._settings(cfg)
-        with self._lock:
-            if settings not in self._clients:
-                if cfg.client == "glide":
-                    logger.warning("online_store client: glide is ignored; this store uses redis-py")
-                self._clients[settings] = make_client(cfg)
-            return self._clients[settings]
+        """The process's client for the config's connection settings (shared by every store)."""
+        return clients.sync_client(config.online_store)
 
     def async_client(self, config: RepoConfig) -> Any:
-        """A client bound to the running event loop (a new loop gets a new client)."""
-        loop = asyncio.get_running_loop()
-        cfg = config.online_store
-        for stale in [k for k in self._async_clients if k[0].is_closed()]:
-            del self._async_clients[stale]
-        key = (loop, self._settings(cfg))
-        if key not in self._async_clients:
-            self._async_clients[key] = make_async_client(cfg)
-        return self._async_clients[key]
+        """The client of the running event loop (a new loop gets a new client; it is closed
+        inside its loop when the loop shuts down)."""
+        return clients.async_client(config.online_store)
 
     async def initialize(self, config: RepoConfig) -> None:
         await self.async_client(config).ping()
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        for key in [k for k in self._async_clients if k[0] is loop]:
-            await self._async_clients.pop(key).aclose()
+        await clients.close_loop_clients()
 
     # ---- writes ----
 
     def _hsetex(self, config: RepoConfig) -> bool:
         """Whether the server has HSETEX, asked once per connection settings."""
-        settings = self._settings(config.online_store)
+        settings = clients.connection_settings(config.online_store)
         known = self._hsetex_known.get(settings)
         if known is None:
             known = self._hsetex_known[settings] = has_hsetex(self.client(config), config.online_store)
@@ -215,22 +201,34 @@ class RedisHexpireOnlineStore(OnlineStore):
         rows_of_calls: list[list[int]],
         replies: list,
         failed: list[tuple[int, str]],
+        seconds: float | None = None,
     ) -> int:
-        """Count the per-row results of one batch, add failed rows to ``failed``; returns the
-        number of rows of the batch."""
+        """Count the per-row results of one batch (``seconds``: its round trip), add failed rows
+        to ``failed``; returns the number of rows of the batch."""
         results: list[int] = []
+        refused = 0
         for rows, reply in zip(rows_of_calls, replies):
             for row, result in zip(rows, reply):
                 if isinstance(result, int):
                     results.append(result)
                 else:
+                    refused += 1
                     failed.append((row, result.decode() if isinstance(result, bytes) else str(result)))
-        self._tally(table.name, mode, results)
+        self._tally(table.name, mode, results, seconds)
+        if refused:  # METRICS HOOK (rows the server refused one by one)
+            metrics.rows(table.name, mode, "failed", refused)
+            metrics.script_error(table.name, "refused")
         return sum(len(rows) for rows in rows_of_calls)
 
-    def _tally(self, view: str, policy_mode: str, results: list) -> None:
+    def _tally(self, view: str, policy_mode: str, results: list, seconds: float | None = None) -> None:
+        """Count one write batch's results (``seconds``: its round trip). METRICS HOOK (writes)."""
         counts = Counter({1: "written", 0: "skipped_not_newer", -1: "dropped_expired"}[r] for r in results)
-        self.stats.update(counts)
+        with self._lock:
+            self.stats.update(counts)
+        for outcome, count in counts.items():
+            metrics.rows(view, policy_mode, outcome, count)
+        if seconds is not None:
+            metrics.write_batch_seconds(policy_mode, seconds)
         if counts["dropped_expired"]:
             logger.warning(
                 "%s view %s: %d row(s) already expired by event time were dropped",
@@ -258,6 +256,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         return HexpireError(text)
 
     def _failure(self, config: RepoConfig, table: Any, start: int, total: int, err: Exception) -> Exception:
+        _count_failure(config, table, total - start, err)  # METRICS HOOK (failed writes)
         where = address(config.online_store)
         if isinstance(err, NoPermissionError):  # every row of the batch was refused alike
             return StoreUnavailableError(
@@ -273,6 +272,26 @@ class RedisHexpireOnlineStore(OnlineStore):
             f"rows are skipped by event time"
         )
 
+    def _check_acks(self, config: RepoConfig, table: Any, start: int, count: int, acks: list) -> None:
+        """Raise when a batch's WAIT / WAITAOF came back short: its rows count as failed."""
+        cfg: RedisHexpireOnlineStoreConfig = config.online_store
+        want_local = 1 if cfg.ack_aof else 0
+        local = min(int(a[0]) if isinstance(a, list) else want_local for a in acks)
+        replicas = min(int(a[1]) if isinstance(a, list) else int(a) for a in acks)
+        if local >= want_local and replicas >= cfg.ack_replicas:
+            return
+        metrics.rows(table.name, policy_for(table, cfg).mode, "failed", count)  # METRICS HOOK
+        what = f"{replicas} of {cfg.ack_replicas} replica(s)" + (" (AOF)" if cfg.ack_aof else "")
+        if local < want_local:
+            what += " and not the master's AOF"
+        done = f"rows 0..{start - 1} were acknowledged" if start else "no row was acknowledged"
+        raise StoreUnavailableError(
+            f"feature view {table.name!r}: rows {start}..{start + count - 1} were written to "
+            f"{address(cfg)} but acknowledged by only {what} within {cfg.ack_timeout_seconds} s "
+            f"(ack_replicas); a failover may lose them ({done}; later rows were not sent); "
+            f"rerunning the write converges"
+        )
+
     def online_write_batch(
         self,
         config: RepoConfig,
@@ -285,6 +304,26 @@ class RedisHexpireOnlineStore(OnlineStore):
         client = self.client(config)
         mode, keys, encode = self._write_calls(config, table, data, isinstance(client, redis.RedisCluster))
         size = config.online_store.write_batch_size
+        ack = config.online_store.ack_command()
+        if ack is not None:  # ack_replicas / ack_aof: each batch, then WAIT on its connection
+            failed_acked: list[tuple[int, str]] = []
+            for start in range(0, len(data), size):
+                chunk = data[start : start + size]
+                calls, rows_of_calls = encode(start, chunk)
+                began = time.perf_counter()
+                try:
+                    batch, acks = run_acked(client, WRITE_ROWS, calls, ack)
+                except (ResponseError, *IO_ERRORS) as e:
+                    raise self._failure(config, table, start, len(data), e) from e
+                done = self._collect(
+                    table, mode, rows_of_calls, batch, failed_acked, time.perf_counter() - began
+                )
+                self._check_acks(config, table, start, len(chunk), acks)
+                if progress:
+                    progress(done)
+            if failed_acked:
+                raise self._row_failures(config, table, keys, failed_acked, len(data))
+            return
         starts = range(0, len(data), size)
         plans: deque[list[list[int]]] = deque()  # rows of each call of the batches sent
 
@@ -297,11 +336,12 @@ class RedisHexpireOnlineStore(OnlineStore):
         replies = run_batches(client, WRITE_ROWS, batches())
         failed: list[tuple[int, str]] = []
         for start in starts:  # one batch per start, replies in order
+            began = time.perf_counter()
             try:
                 batch = next(replies)
             except (ResponseError, *IO_ERRORS) as e:
                 raise self._failure(config, table, start, len(data), e) from e
-            done = self._collect(table, mode, plans.popleft(), batch, failed)
+            done = self._collect(table, mode, plans.popleft(), batch, failed, time.perf_counter() - began)
             if progress:
                 progress(done)
         if failed:
@@ -320,14 +360,23 @@ class RedisHexpireOnlineStore(OnlineStore):
         by_slot = isinstance(client, aredis.RedisCluster)
         mode, keys, encode = self._write_calls(config, table, data, by_slot)
         size = config.online_store.write_batch_size
+        ack = config.online_store.ack_command()
         failed: list[tuple[int, str]] = []
         for start in range(0, len(data), size):
-            calls, rows_of_calls = encode(start, data[start : start + size])
+            chunk = data[start : start + size]
+            calls, rows_of_calls = encode(start, chunk)
+            began = time.perf_counter()
+            acks: list = []
             try:
-                batch = await run_pipelined_async(client, WRITE_ROWS, calls)
+                if ack is None:
+                    batch = await run_pipelined_async(client, WRITE_ROWS, calls)
+                else:
+                    batch, acks = await run_acked_async(client, WRITE_ROWS, calls, ack)
             except (ResponseError, *IO_ERRORS) as e:
                 raise self._failure(config, table, start, len(data), e) from e
-            done = self._collect(table, mode, rows_of_calls, batch, failed)
+            done = self._collect(table, mode, rows_of_calls, batch, failed, time.perf_counter() - began)
+            if ack is not None:
+                self._check_acks(config, table, start, len(chunk), acks)
             if progress:
                 progress(done)
         if failed:
@@ -336,6 +385,28 @@ class RedisHexpireOnlineStore(OnlineStore):
     # ---- reads: every view, every entity, one HMGET per entity, one round trip ----
 
     def _hmget(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
+        """The HMGET replies, timed and counted. METRICS HOOK (reads: round trip, errors)."""
+        began = time.perf_counter()
+        try:
+            replies = self._hmget_replies(config, commands)
+        except IO_ERRORS:
+            metrics.connection_error("read")
+            raise
+        metrics.read_seconds(time.perf_counter() - began)
+        return replies
+
+    async def _hmget_async(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
+        """:meth:`_hmget` on the running loop's client. METRICS HOOK (reads: round trip, errors)."""
+        began = time.perf_counter()
+        try:
+            replies = await self._hmget_replies_async(config, commands)
+        except IO_ERRORS:
+            metrics.connection_error("read")
+            raise
+        metrics.read_seconds(time.perf_counter() - began)
+        return replies
+
+    def _hmget_replies(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
         client = self.client(config)
         if isinstance(client, redis.Redis):  # one server: skip the pipeline machinery
             replies = hmget_direct(client, commands)
@@ -349,7 +420,7 @@ class RedisHexpireOnlineStore(OnlineStore):
                 pipe.hmget(key, fields)
             return pipe.execute()
 
-    async def _hmget_async(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
+    async def _hmget_replies_async(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
         if len(commands) == 1:
             key, fields = commands[0]
             return [await self.async_client(config).hmget(key, fields)]
@@ -389,6 +460,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         """online_read's rows: (event time, {feature: value}), (None, None) when not found."""
         ts_raw, columns = decode_columns(read, commands, replies)
         row_status = freshness_statuses(config, read.table, ts_raw)
+        _count_reads(read.view.name, ts_raw, row_status)  # METRICS HOOK (reads by status)
         rows: list[ReadRow] = []
         for i, (raw_ts, values) in enumerate(zip(ts_raw, zip(*columns) if columns else [()] * len(ts_raw))):
             features = {name: v for name, v in zip(read.names, values) if v is not None}
@@ -424,6 +496,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         for (table, _, requested, fanout, output_len), read in zip(requests, reads):
             ts_raw, columns = decode_columns(read, commands, replies, share=True)  # copied into protos
             row_status = freshness_statuses(config, table, ts_raw)
+            _count_reads(read.view.name, ts_raw, row_status)  # METRICS HOOK (reads by status)
             result = ViewResult(table, requested, read.names, ts_raw, columns, row_status, fanout, output_len)
             append_view(response, result, full_names, meta)
 
@@ -645,6 +718,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         client = self.client(config)
         try:
             require_hfe(client, config.online_store)
+            _require_acks(client, config.online_store)
         except IO_ERRORS as e:
             raise StoreUnavailableError(f"cannot reach Redis at {address(config.online_store)}: {e}") from e
         if config.online_store.full_scan_for_deletion:
@@ -739,3 +813,47 @@ def _registered(config: RepoConfig, *methods: str) -> list[Any]:
     except Exception as e:  # no registry yet (first apply) or unreadable: check what we have
         logger.debug("registry not read (%s): %s", ", ".join(methods), e)
         return []
+
+
+def _count_reads(view: str, ts_raw: list[bytes | None], row_status: list | None) -> None:
+    """metrics.reads for one view of a read: entities present, not found (no ``_ts`` field, or
+    dropped by ``freshness_check: drop``) and flagged OUTSIDE_MAX_AGE."""
+    if not metrics.available():
+        return
+    missing = ts_raw.count(None)
+    stale = dropped = 0
+    if row_status is not None:
+        dropped = sum(1 for raw, status in zip(ts_raw, row_status) if raw is not None and status is None)
+        stale = sum(1 for status in row_status if status == FieldStatus.OUTSIDE_MAX_AGE)
+    metrics.reads(view, len(ts_raw) - missing - dropped - stale, missing + dropped, stale)
+
+
+def _count_failure(config: RepoConfig, table: Any, rows: int, err: Exception) -> None:
+    """metrics for a write batch that failed: ``rows`` rows counted failed, and the kind of error."""
+    if not metrics.available():
+        return
+    name = getattr(table, "name", "?")
+    try:
+        mode = policy_for(table, config.online_store).mode
+    except HexpireError:
+        mode = "unknown"
+    metrics.rows(name, mode, "failed", rows)
+    if isinstance(err, ResponseError):
+        kind = "no_permission" if isinstance(err, NoPermissionError) else "refused"
+        metrics.script_error(name, "field_ttl" if FIELD_TTL_ERROR in str(err) else kind)
+    else:
+        metrics.connection_error("write")
+
+
+def _require_acks(client: Any, cfg: RedisHexpireOnlineStoreConfig) -> None:
+    """At `feast apply`: ack_replicas no larger than the replicas connected now, and ack_aof only
+    with the master's AOF on."""
+    if cfg.ack_replicas:
+        connected = int(client.info("replication").get("connected_slaves", 0))
+        if connected < cfg.ack_replicas:
+            raise ConfigError(
+                f"ack_replicas: {cfg.ack_replicas}, but the master at {address(cfg)} has {connected} "
+                f"replica(s) connected; every write would fail"
+            )
+    if cfg.ack_aof and not int(client.info("persistence").get("aof_enabled", 0)):
+        raise ConfigError(f"ack_aof: true, but the master at {address(cfg)} runs without AOF (appendonly no)")

@@ -21,6 +21,7 @@ from .connection import read_replies, send_commands
 from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
 
 __all__ = [
+    "ACL_CHECK",
     "DELETE_VIEW_FIELDS",
     "FIELD_TTL_ERROR",
     "RELEASE_FIELDS",
@@ -29,6 +30,8 @@ __all__ = [
     "Call",
     "Script",
     "run_batches",
+    "run_acked",
+    "run_acked_async",
     "run_pipelined",
 ]
 
@@ -296,6 +299,27 @@ return n
 """,
 )
 
+
+# `feast-hexpire doctor`: may the calling user run these commands? Runs none of them
+# (redis.acl_check_cmd checks the command and its keys against the caller's ACL).
+# KEYS[1]   a key under the store's prefix (only routes the call; never read or written)
+# ARGV      commands, each as n followed by its n words (command name first)
+# Returns one integer per command: 1 allowed, 0 refused, -1 unknown to the server.
+ACL_CHECK = Script(
+    "acl_check",
+    """
+local out, i = {}, 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local ok, allowed = pcall(redis.acl_check_cmd, unpack(ARGV, i + 1, i + n))
+  if not ok then out[#out + 1] = -1 elseif allowed then out[#out + 1] = 1 else out[#out + 1] = 0 end
+  i = i + n + 1
+end
+return out
+""",
+)
+
+
 Call = tuple[Sequence[bytes], Sequence[Any]]  # (keys, argv); in a cluster, the keys share a slot
 
 
@@ -423,3 +447,51 @@ async def run_pipelined_async(client: Any, script: Script, calls: Sequence[Call]
                 results[i] = result
     _raise_first(results)
     return results
+
+
+def run_acked(
+    client: Any, script: Script, calls: Sequence[Call], ack: Sequence[Any]
+) -> tuple[list[Any], list[Any]]:
+    """:func:`run_pipelined` followed, on the same connection, by ``ack`` (``WAIT n ms`` or
+    ``WAITAOF local n ms``), which covers every write sent before it on that connection.
+    Returns the replies and the ack replies (two when NOSCRIPT made a second round trip)."""
+    with client.pipeline(transaction=False) as pipe:
+        _queue(pipe, script, calls)
+        pipe.execute_command(*ack)
+        results = pipe.execute(raise_on_error=False)
+    acks = [results.pop()]
+    missing = _missing(results)
+    if missing:
+        client.script_load(script.lua)
+        with client.pipeline(transaction=False) as pipe:
+            _queue(pipe, script, [calls[i] for i in missing])
+            pipe.execute_command(*ack)
+            again = pipe.execute(raise_on_error=False)
+        acks.append(again.pop())
+        for i, result in zip(missing, again):
+            results[i] = result
+    _raise_first(results + acks)
+    return results, acks
+
+
+async def run_acked_async(
+    client: Any, script: Script, calls: Sequence[Call], ack: Sequence[Any]
+) -> tuple[list[Any], list[Any]]:
+    """:func:`run_acked` for a redis.asyncio client."""
+    async with client.pipeline(transaction=False) as pipe:
+        _queue(pipe, script, calls)
+        pipe.execute_command(*ack)
+        results = await pipe.execute(raise_on_error=False)
+    acks = [results.pop()]
+    missing = _missing(results)
+    if missing:
+        await client.script_load(script.lua)
+        async with client.pipeline(transaction=False) as pipe:
+            _queue(pipe, script, [calls[i] for i in missing])
+            pipe.execute_command(*ack)
+            again = await pipe.execute(raise_on_error=False)
+        acks.append(again.pop())
+        for i, result in zip(missing, again):
+            results[i] = result
+    _raise_first(results + acks)
+    return results, acks

@@ -13,7 +13,7 @@ every read, so a changed setting or view is never served from a stale plan.
 Requests the plan does not cover go through Feast's own method unchanged (:func:`plan_for`
 returns None, :meth:`ReadPlan.prepare` returns None): on-demand views and request data,
 precomputed feature services, entity-less views, entity names instead of join keys, and a Feast
-release without the resolution helper this module uses.
+release without either resolution helper this module uses.
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ from feast.value_type import ValueType
 
 __all__ = ["PlanCache", "PreparedRead", "ReadPlan", "registry_state"]
 
-_resolve: Callable[..., tuple] | None = getattr(utils, "_get_cached_request_context", None)
+# Feast's resolution of a request: cached by Feast from 0.6x, uncached before (Feast 0.55 has
+# only _get_online_request_context); both answer the same 9-tuple, and the plan is cached here.
+_resolve: Callable[..., tuple] | None = getattr(utils, "_get_cached_request_context", None) or getattr(
+    utils, "_get_online_request_context", None
+)
 _to_protos: Callable[..., list] | None = None
 try:
     from feast.type_map import python_values_to_proto_values as _to_protos

@@ -191,8 +191,6 @@ HAS_META = (
     "include_feature_view_version_metadata" in inspect.signature(OnlineStore.get_online_features).parameters
 )
 META = [False, True] if HAS_META else [False]
-# Feast releases with the cached resolution helper get the store's plan; older ones Feast's method.
-PLANNED = hasattr(utils, "_get_cached_request_context")
 
 
 def answers(store, features, entity_rows, full_names=False, meta=False):
@@ -233,8 +231,8 @@ def test_get_online_features_matches_feasts_generic_method(store, r, full_names,
     service = store.get_feature_service("fraud_model")
     ours, feast = answers(store, service, {"user_id": ROWS}, full_names, meta)
     assert ours == feast
-    # The list of refs and the service, each planned once (none where Feast lacks the helper).
-    assert plans_of(store) == (2 if PLANNED else 0)
+    # The list of refs and the service, each planned once (every supported Feast).
+    assert plans_of(store) == 2
 
 
 def test_entity_rows_with_extra_columns_and_entity_names(store, r):
@@ -270,11 +268,6 @@ def test_freshness_modes_match_the_generic_method(make_repo, r, freshness):
     load(store, pushed=("u0001",), pushed_at=datetime.now(UTC) - timedelta(hours=1))  # stale
     store.push("user_events_push", streaming_frame(["u0003"], random.Random(6)))  # fresh
     ours, feast = answers(store, FEATURES, {"user_id": ROWS}, full_names=True)
-    if freshness == "flag" and not PLANNED:  # Feast's own method serves: it has no OUTSIDE_MAX_AGE
-        assert ours == feast
-        statuses = set(vector(ours, "user_streaming_features__tx_count_5m").statuses)
-        assert FieldStatus.OUTSIDE_MAX_AGE not in statuses and FieldStatus.PRESENT in statuses
-        return
     if freshness == "flag":  # Feast's generic path has no OUTSIDE_MAX_AGE: the one difference
         flagged = GetOnlineFeaturesResponse()
         flagged.CopyFrom(ours)

@@ -54,9 +54,13 @@ ACL_REQUIRED: tuple[tuple[str, ...], ...] = (
     ("hset", "{key}", "f", "v"),
     ("hdel", "{key}", "f"),
     ("hexists", "{key}", "f"),
+    ("hsetnx", "{key}", "f", "v"),
     ("pexpire", "{key}", "1"),
+    ("persist", "{key}"),
     ("hpexpire", "{key}", "1", "FIELDS", "1", "f"),
     ("hpexpireat", "{key}", "1", "FIELDS", "1", "f"),
+    ("hpexpiretime", "{key}", "FIELDS", "1", "f"),
+    ("hsetex", "{key}", "PXAT", "1", "FIELDS", "1", "f", "v"),
     ("time",),
     ("type", "{key}"),
     ("hkeys", "{key}"),
@@ -415,7 +419,7 @@ class _Doctor:
                         )  # fmt: skip
                     else:
                         self.add("view ttl", OK, message)
-                elif policy.key_ttl_ms:
+                elif policy.key_ttl_ms > 0:  # NO_KEY_TTL (-1): key_ttl_seconds: null
                     message = f"{head}: key TTL {policy.key_ttl_ms // 1000} s, re-pinned on every write"
                     if len(set(batch.values())) > 1:
                         self.add(

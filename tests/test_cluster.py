@@ -184,9 +184,10 @@ def test_one_round_trip_per_shard_for_batch_reads_and_writes(tmp_path, cluster, 
 
     def check(what: str) -> None:
         counts = events.counts()
-        # one round trip per batch per master, + the INFO (+ the replica's once-a-second ACKs);
+        # one round trip per batch per master, + the INFO (+ the replica's once-a-second ACKs,
+        # + a little slack for the cluster client's own traffic, seen once or twice under load);
         # one round trip per entity would be 100 to 200 per master.
-        most = batches + 1 + events.acks_allowed()
+        most = batches + 1 + events.acks_allowed() + 2
         assert all(batches + 1 <= n <= most for n in counts), f"{what}: {counts}"
 
     events.reset()

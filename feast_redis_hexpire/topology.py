@@ -27,6 +27,7 @@ import redis
 from redis.crc import key_slot
 
 from . import reaper
+from .exceptions import PortInUseError
 from .local_redis import LocalRedis, free_port, server_binary, spawn, stop_process
 
 __all__ = ["LocalCluster", "LocalSentinel", "SLOTS", "kill"]
@@ -49,19 +50,23 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.05)
 
 
-def _cluster_port() -> int:
-    """A free port P with P + 10000 (the cluster bus port) free too. Both stay below Linux's
-    usual ephemeral range (32768+), so an outgoing connection cannot take one between this check
-    and the server's bind."""
+def _cluster_port(taken: set[int]) -> int:
+    """A free port P with P + 10000 (the cluster bus port) free too, neither in ``taken`` (the
+    ports and bus ports of the cluster's other nodes). Ports come from 12000-21999 and bus ports
+    from 22000-31999, so no node's port is another's bus port, and both stay below Linux's usual
+    ephemeral range (32768+): an outgoing connection cannot take one before the server binds."""
     for _ in range(200):
-        port = random.randint(12000, 22767)
+        port = random.randint(12000, 21999)
+        if port in taken:
+            continue
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port))
                 b.bind(("127.0.0.1", port + 10000))
-            return port
         except OSError:
             continue
+        taken.add(port)
+        return port
     raise RuntimeError("no free port pair for a cluster node")
 
 
@@ -99,8 +104,11 @@ class LocalCluster:
             *_FAST_SYNC,
         ]  # fmt: skip
         count = masters * (1 + replicas_per_master)
+        self._ports: set[int] = set()
         self.nodes = [
-            LocalRedis(kind, port=_cluster_port(), data_dir=str(self.data_dir / f"node{i}"), args=args)
+            LocalRedis(
+                kind, port=_cluster_port(self._ports), data_dir=str(self.data_dir / f"node{i}"), args=args
+            )
             for i in range(count)
         ]
         self.masters = self.nodes[:masters]
@@ -113,7 +121,11 @@ class LocalCluster:
     def start(self, timeout: float = 30.0) -> LocalCluster:
         try:
             for node in self.nodes:
-                node.start()
+                try:
+                    node.start()
+                except PortInUseError:  # taken since it was picked: the node takes another pair
+                    node.port = _cluster_port(self._ports)
+                    node.start()
             self._build(timeout)
         except BaseException:
             self.stop()

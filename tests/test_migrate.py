@@ -38,21 +38,15 @@ from feast_redis_hexpire.migrate import (
     migrate,
 )
 from feast_redis_hexpire.online_store import hexpire_store
+from feast_redis_hexpire.synth import BATCH_FEATURES, STREAMING_FEATURES
 from feast_redis_hexpire.topology import LocalCluster, LocalSentinel
 
 USERS = [f"u{n:04d}" for n in range(1, 21)]
 PUSHED_DURING = USERS[:3]  # pushed into the new store while the copy runs
 FRESH = USERS[:12]  # streaming rows in the old store inside their 300 s window
 EXPIRED = USERS[12:16]  # streaming rows already past their window: not copied
-STREAMING = ["last_login_ts", "last_device_id", "tx_count_5m", "failed_logins_15m", "session_country"]
-BATCH = [
-    "country_iso",
-    "risk_segment",
-    "account_age_days",
-    "tx_count_7d",
-    "avg_amount_30d",
-    "chargeback_count_180d",
-]
+STREAMING = STREAMING_FEATURES
+BATCH = BATCH_FEATURES
 TYPED = ["is_vip", "score32", "visits32", "avatar", "tags", "amounts", "last_seen", "nickname"]
 
 # A third view with more value types (bool, float32, int32, bytes, arrays, timestamps, nulls).

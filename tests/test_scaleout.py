@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from conftest import online_store_of, user_key
+from conftest import online_store_of, user_key, wait_for
 from feast.protos.feast.types.Value_pb2 import Value
 
 from feast_redis_hexpire import clients
@@ -38,13 +37,6 @@ def rows(users: list[str], segment: str, when: datetime | None = None) -> list[A
 def server_connections(r: Any) -> int:
     """Client connections the server holds, the test's own admin connection excluded."""
     return len(r.client_list()) - 1
-
-
-def wait_for(what: str, check: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 # ---- pickling (Feast's Ray engine ships the store to its workers) ----

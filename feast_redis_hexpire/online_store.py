@@ -52,9 +52,11 @@ from .reads import (
     entity_keys,
     freshness_statuses,
     hmget_direct,
+    native_entity_keys,
     plan_reads,
+    value_columns,
 )
-from .response import ViewResult, append_view
+from .response import ViewResult, append_view, view_vectors
 from .scripts import (
     DELETE_VIEW_FIELDS,
     FIELD_TTL_ERROR,
@@ -476,9 +478,7 @@ class RedisHexpireOnlineStore(OnlineStore):
     ) -> list[_ViewRequest]:
         """Per view: (view, distinct keys, requested features, response rows of each key or
         None when key i is row i, number of response rows)."""
-        for join_key, values in join_key_values.items():
-            if any(v.WhichOneof("val") is None for v in values):  # Feast itself fails obscurely
-                raise BadValueError(f"entity rows: join key {join_key!r} has a null value")
+        _check_join_keys(join_key_values)
         shared: dict[tuple, tuple[list[bytes], list[list[int]] | None, int]] = {}
         requests: list[_ViewRequest] = []
         for table, requested in grouped_refs:
@@ -487,17 +487,23 @@ class RedisHexpireOnlineStore(OnlineStore):
         return requests
 
     @staticmethod
-    def _populate(
-        config: RepoConfig, requests: list[_ViewRequest], reads: list[ViewRead], commands: list,
-        replies: list, response: Any, full_names: bool, meta: bool,
-    ) -> None:  # fmt: skip
-        """Fill Feast's response from the replies (the work of Feast's
-        ``_populate_response_from_feature_data``, column by column and without datetimes)."""
+    def _view_results(
+        config: RepoConfig, requests: list[_ViewRequest], reads: list[ViewRead], commands: list, replies: list
+    ) -> Iterator[ViewResult]:
+        """Each view's decoded read (the work of Feast's ``_populate_response_from_feature_data``,
+        column by column, as wire bytes and without datetimes)."""
         for (table, _, requested, fanout, output_len), read in zip(requests, reads):
-            ts_raw, columns = decode_columns(read, commands, replies, share=True)  # copied into protos
+            ts_raw, columns = value_columns(read, commands, replies)
             row_status = freshness_statuses(config, table, ts_raw)
             _count_reads(read.view.name, ts_raw, row_status)  # METRICS HOOK (reads by status)
-            result = ViewResult(table, requested, read.names, ts_raw, columns, row_status, fanout, output_len)
+            yield ViewResult(table, requested, read.names, ts_raw, columns, row_status, fanout, output_len)
+
+    def _populate(
+        self, config: RepoConfig, requests: list[_ViewRequest], reads: list[ViewRead], commands: list,
+        replies: list, response: Any, full_names: bool, meta: bool,
+    ) -> None:  # fmt: skip
+        """Fill Feast's response from the replies, one merge per view."""
+        for result in self._view_results(config, requests, reads, commands, replies):
             append_view(response, result, full_names, meta)
 
     def _read_features_per_fv(
@@ -548,11 +554,24 @@ class RedisHexpireOnlineStore(OnlineStore):
         self, config: RepoConfig, prepared: PreparedRead
     ) -> tuple[list[_ViewRequest], list, list[ViewRead]]:
         plan = prepared.plan
-        requests = self._feature_requests(
-            config, plan.grouped_refs, prepared.join_key_values, plan.entity_name_to_join_key
-        )
+        entity_map = plan.entity_name_to_join_key
+        _check_join_keys(prepared.protos)  # plain str / int columns have no nulls
+        shared: dict[tuple, tuple[list[bytes], list[list[int]] | None, int]] = {}
+        requests: list[_ViewRequest] = []
+        for table, requested in plan.grouped_refs:
+            keys = native_entity_keys(config, table, prepared.native, entity_map, shared)
+            if keys is None:  # compound entity, aliased join key, a column of protos
+                keys = entity_keys(config, table, prepared.join_key_values(), entity_map, shared)
+            requests.append((table, keys[0], requested, keys[1], keys[2]))
         commands, reads = plan_reads(config, [(t, k, r) for t, k, r, _, _ in requests], plan.memo)
         return requests, commands, reads
+
+    def _planned_response(
+        self, config: RepoConfig, prepared: PreparedRead, requests: list[_ViewRequest], reads: list[ViewRead],
+        commands: list, replies: list, meta: bool,
+    ) -> Any:  # fmt: skip
+        views = [view_vectors(r) for r in self._view_results(config, requests, reads, commands, replies)]
+        return prepared.finish(views, meta)
 
     def get_online_features(
         self,
@@ -575,11 +594,9 @@ class RedisHexpireOnlineStore(OnlineStore):
             )  # fmt: skip
         requests, commands, reads = self._planned_read(config, prepared)
         replies = self._hmget(config, commands) if commands else []
-        self._populate(
-            config, requests, reads, commands, replies, prepared.response, full_feature_names,
-            include_feature_view_version_metadata,
-        )  # fmt: skip
-        return prepared.finish()
+        return self._planned_response(
+            config, prepared, requests, reads, commands, replies, include_feature_view_version_metadata
+        )
 
     async def get_online_features_async(
         self,
@@ -600,11 +617,9 @@ class RedisHexpireOnlineStore(OnlineStore):
             )  # fmt: skip
         requests, commands, reads = self._planned_read(config, prepared)
         replies = await self._hmget_async(config, commands) if commands else []
-        self._populate(
-            config, requests, reads, commands, replies, prepared.response, full_feature_names,
-            include_feature_view_version_metadata,
-        )  # fmt: skip
-        return prepared.finish()
+        return self._planned_response(
+            config, prepared, requests, reads, commands, replies, include_feature_view_version_metadata
+        )
 
     # ---- feast apply / feast teardown ----
 
@@ -813,6 +828,12 @@ def _registered(config: RepoConfig, *methods: str) -> list[Any]:
     except Exception as e:  # no registry yet (first apply) or unreadable: check what we have
         logger.debug("registry not read (%s): %s", ", ".join(methods), e)
         return []
+
+
+def _check_join_keys(join_key_values: dict[str, list[ValueProto]]) -> None:
+    for join_key, values in join_key_values.items():
+        if any(v.WhichOneof("val") is None for v in values):  # Feast itself fails obscurely
+            raise BadValueError(f"entity rows: join key {join_key!r} has a null value")
 
 
 def _count_reads(view: str, ts_raw: list[bytes | None], row_status: list | None) -> None:

@@ -26,9 +26,12 @@ from typing import Any
 
 from feast import utils
 from feast.feature_service import FeatureService
-from feast.protos.feast.serving.ServingService_pb2 import GetOnlineFeaturesResponse
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.value_type import ValueType
+
+from . import wire
+from .response import parse_response, view_metadata
 
 __all__ = ["PlanCache", "PreparedRead", "ReadPlan", "registry_state"]
 
@@ -69,6 +72,26 @@ def _proto_column(value_type: ValueType, values: list[Any]) -> list[ValueProto]:
     return _to_protos(values, value_type)
 
 
+# Join-key types whose plain Python values (exact str / int objects, ints in range) build keys
+# and response entries directly (layout.id_text and wire.native_value give what their ValueProtos
+# would), without a ValueProto per value.
+_NATIVE: dict[ValueType, tuple[type, int]] = {
+    ValueType.STRING: (str, 0),
+    ValueType.INT64: (int, 1 << 63),
+    ValueType.INT32: (int, 1 << 31),
+}
+
+
+def _native(value_type: ValueType, values: list[Any]) -> bool:
+    kind = _NATIVE.get(value_type)
+    if kind is None:
+        return False
+    cls, bound = kind
+    if not all(type(v) is cls for v in values):
+        return False
+    return not bound or all(-bound <= v < bound for v in values)
+
+
 @dataclass
 class ReadPlan:
     """What Feast's request resolution gives for one (features, full_feature_names) request."""
@@ -83,10 +106,12 @@ class ReadPlan:
     feature_types: dict[str, ValueType] | None
     output_names: list[str]  # the feature vectors' names, in response order
     memo: dict = field(default_factory=dict)  # plan_reads' field lists, per view layouts
+    heads: dict = field(default_factory=dict)  # response metadata, per entity columns and flag
 
     def prepare(self, entity_rows: Any) -> PreparedRead | None:
         """Feast's ``_prepare_entities_to_read_from_online_store`` for this plan: the join-key
-        columns as protos and the response holding them. None: a request Feast must serve."""
+        columns (as plain values where they allow it, else as protos). None: a request Feast
+        must serve."""
         if isinstance(entity_rows, list):  # as Feast's get_online_features
             columnar: dict[str, list[Any]] = {k: [] for k in entity_rows[0].keys()}
             for entity_row in entity_rows:
@@ -96,35 +121,78 @@ class ReadPlan:
                     except KeyError as e:
                         raise ValueError("All entity_rows must have the same keys.") from e
             entity_rows = columnar
-        join_key_values: dict[str, list[ValueProto]] = {}
+        native: dict[str, list[Any]] = {}
+        protos: dict[str, list[ValueProto]] = {}
+        columns: list[str] = []
         lengths: dict[str, list] = {}
         for name, column in entity_rows.items():
             values = list(column) if isinstance(column, Sequence) else list(column.val)
             if name in self.join_keys:
-                join_key_values[name] = lengths[name] = _proto_column(
-                    self.join_key_types.get(name, ValueType.UNKNOWN), values
-                )
+                value_type = self.join_key_types.get(name, ValueType.UNKNOWN)
+                columns.append(name)
+                if _native(value_type, values):
+                    native[name] = lengths[name] = values
+                else:
+                    protos[name] = lengths[name] = _proto_column(value_type, values)
             elif name in self.entity_name_to_join_key:
                 return None  # an entity name instead of its join key (deprecated): Feast's way
             else:  # not read, but Feast converts and counts it: so must we, errors included
                 lengths[name] = _proto_column(ValueType.UNKNOWN, values)
-        utils._validate_entity_values(lengths)
-        response = GetOnlineFeaturesResponse(results=[])
-        utils._populate_result_rows_from_columnar(online_features_response=response, data=join_key_values)
-        return PreparedRead(self, join_key_values, response)
+        rows = utils._validate_entity_values(lengths)
+        return PreparedRead(self, columns, native, protos, rows)
+
+    def head(self, columns: tuple[str, ...], version_metadata: bool) -> tuple[bytes, list[bool]]:
+        """The response's metadata bytes for these entity columns, and which of the features'
+        vectors Feast's ``_drop_unneeded_columns`` keeps."""
+        key = (columns, version_metadata)
+        known = self.heads.get(key)
+        if known is None:
+            keep = self.result_names | set(columns)
+            kept = [name in keep for name in self.output_names]
+            views: list[tuple[str, int]] = []
+            if version_metadata:
+                for table, _ in self.grouped_refs:
+                    meta = view_metadata(table)
+                    if meta[0] not in [name for name, _ in views]:
+                        views.append(meta)
+            names = [*columns, *(n for n, k in zip(self.output_names, kept) if k)]
+            known = self.heads[key] = (wire.metadata(names, views), kept)
+        return known
 
 
 @dataclass
 class PreparedRead:
-    """One request under a plan: the join-key columns and the response they start."""
+    """One request under a plan: its join-key columns, plain or as protos."""
 
     plan: ReadPlan
-    join_key_values: dict[str, list[ValueProto]]
-    response: GetOnlineFeaturesResponse
+    columns: list[str]  # the join-key columns, in the request's order
+    native: dict[str, list[Any]]
+    protos: dict[str, list[ValueProto]]
+    rows: int
     started: float = field(default_factory=time.monotonic)
 
-    def finish(self) -> Any:
-        """The OnlineResponse, after the store filled in the feature vectors, as Feast ends
+    def join_key_values(self) -> dict[str, list[ValueProto]]:
+        """Every join-key column as protos (Feast's ``join_key_values``), built on first use."""
+        for name in [n for n in self.native if n not in self.protos]:
+            self.protos[name] = _proto_column(self.plan.join_key_types[name], self.native[name])
+        return {name: self.protos[name] for name in self.columns}
+
+    def entity_vectors(self) -> list[bytes]:
+        """The entity columns' vectors, as Feast's ``_populate_result_rows_from_columnar``."""
+        present = wire.statuses_all(FieldStatus.PRESENT, self.rows)
+        stamps = wire.NULL_STAMP * self.rows
+        vectors = []
+        for name in self.columns:
+            values = self.native.get(name)
+            if values is not None:
+                entries = wire.native_values(self.plan.join_key_types[name], values)
+            else:
+                entries = wire.entity_values(self.protos[name])
+            vectors.append(wire.vector(entries, present, stamps))
+        return vectors
+
+    def finish(self, views: list[list[bytes]], version_metadata: bool) -> Any:
+        """The OnlineResponse from the views' vectors (response.view_vectors), as Feast ends
         ``get_online_features`` (read metric, unneeded columns dropped, feature types)."""
         from feast.online_response import OnlineResponse
 
@@ -133,12 +201,14 @@ class PreparedRead:
                 _metrics.track_online_store_read(time.monotonic() - self.started)
             except Exception:  # noqa: BLE001
                 pass
-        keep = self.plan.result_names
-        if any(n not in keep for n in self.plan.output_names):
-            utils._drop_unneeded_columns(self.response, set(keep) | set(self.join_key_values))
+        head, kept = self.plan.head(tuple(self.columns), version_metadata)
+        vectors = [v for view in views for v in view]
+        if not all(kept):
+            vectors = [v for v, k in zip(vectors, kept) if k]
+        response = parse_response([head, *self.entity_vectors(), *vectors])
         if self.plan.feature_types is None:
-            return OnlineResponse(self.response)
-        return OnlineResponse(self.response, feature_types=dict(self.plan.feature_types))  # the caller's own
+            return OnlineResponse(response)
+        return OnlineResponse(response, feature_types=dict(self.plan.feature_types))  # the caller's own
 
 
 def _features_key(features: Any) -> tuple:

@@ -3,7 +3,7 @@ entity rows, sending the HMGETs, decoding replies and the freshness check."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +15,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from redis.exceptions import ResponseError
 
-from . import codec, layout
+from . import codec, layout, wire
 from .connection import read_replies, send_commands
 from .exceptions import BadValueError
 from .views import ViewLayout
@@ -161,6 +161,36 @@ def entity_keys(
     return shared[signature]
 
 
+def native_entity_keys(
+    config: RepoConfig, table: Any, native: dict[str, list], entity_map: dict, shared: dict
+) -> tuple[list[bytes], list[list[int]] | None, int] | None:
+    """:func:`entity_keys` from join-key values that are plain ``str`` / ``int`` objects (the
+    same keys: ``layout.id_text`` of their ValueProtos), for a view of one entity without an
+    aliased projection; None where :func:`entity_keys` must build them from ValueProtos."""
+    if len(table.entities) != 1 or table.projection.join_key_map:
+        return None
+    builder = ViewLayout.of(config, table).keys
+    join_key = entity_map[table.entities[0]]
+    column = native.get(join_key)
+    if builder.head is None or not column:
+        return None
+    signature = (builder.prefix, tuple(builder.entity_names), (join_key,))
+    known = shared.get(signature)
+    if known is None:
+        head, escape = builder.head, layout.escape_id
+        texts = [escape(v) if type(v) is str else str(v) for v in column]
+        if len(texts) == 1:
+            known = ([(head + texts[0]).encode()], None, 1)
+        else:
+            rows: dict[bytes, list[int]] = {}
+            for row_no, text in enumerate(texts):
+                rows.setdefault((head + text).encode(), []).append(row_no)
+            fanout = None if len(rows) == len(texts) else list(rows.values())  # no repeated entity
+            known = (list(rows), fanout, len(texts))
+        shared[signature] = known
+    return known
+
+
 def decode_columns(
     read: ViewRead, commands: list, replies: list, share: bool = False
 ) -> tuple[list, list[list]]:
@@ -178,6 +208,52 @@ def decode_columns(
                 columns.append(list(map(decoded.__getitem__, raws)))
             else:
                 columns.append([None if raw is None else decode(raw) for raw in raws])
+        except (ValueError, TypeError):  # find the entity for a clear error
+            for reply_no, raw in zip(read.replies, raws):
+                if raw is not None:
+                    _decode(read.view, name, commands[reply_no][0], raw)
+            raise
+    return ts_raw, columns
+
+
+_ENCODERS: dict[int, tuple[ViewLayout, dict[str, Callable[[bytes], bytes]]]] = {}
+
+
+def value_encoders(view: ViewLayout) -> dict[str, Callable[[bytes], bytes]]:
+    """Per feature of ``view``: stored bytes -> a FeatureVector ``values`` entry (wire.py),
+    built once per layout (a changed layout is a new object, and gets its own)."""
+    known = _ENCODERS.get(id(view))
+    if known is not None and known[0] is view:
+        return known[1]
+    encoders = {
+        name: wire.value_encoder(view.decoders[name], kind, view.encoding)
+        for name, (_, kind) in view.fields.items()
+    }
+    if len(_ENCODERS) > 256:  # layouts keep changing (settings changed at run time)
+        _ENCODERS.clear()
+    _ENCODERS[id(view)] = (view, encoders)  # holds the layout: its id is not reused meanwhile
+    return encoders
+
+
+def value_columns(read: ViewRead, commands: list, replies: list) -> tuple[list, list[list]]:
+    """The raw _ts values and one column of FeatureVector ``values`` entries per feature (None:
+    missing), per entity: :func:`decode_columns` as wire bytes. Entities with the same stored
+    value share its entry (encoded once; counts and categories repeat a lot)."""
+    mine = [replies[n] for n in read.replies]
+    positions = read.positions
+    ts_raw = [reply[pos[0]] for reply, pos in zip(mine, positions)]
+    encoders = value_encoders(read.view)
+    columns = []
+    for i, name in enumerate(read.names, start=1):
+        encode = encoders[name]
+        raws = [reply[pos[i]] for reply, pos in zip(mine, positions)]
+        try:
+            if len(raws) == 1:
+                raw = raws[0]
+                columns.append([None if raw is None else encode(raw)])
+            else:
+                encoded = {raw: None if raw is None else encode(raw) for raw in dict.fromkeys(raws)}
+                columns.append(list(map(encoded.__getitem__, raws)))
         except (ValueError, TypeError):  # find the entity for a clear error
             for reply_no, raw in zip(read.replies, raws):
                 if raw is not None:

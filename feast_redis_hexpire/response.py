@@ -1,10 +1,14 @@
-"""Filling Feast's GetOnlineFeaturesResponse straight from decoded HMGET replies.
+"""Feast's GetOnlineFeaturesResponse built as protobuf bytes from the HMGET replies.
 
 Feast's own helper (``utils._populate_response_from_feature_data``) takes one ``(datetime,
-dict)`` row per entity and turns every datetime back into a protobuf Timestamp; for a
-100-entity read that costs more than the Redis round trip. :func:`append_view` builds the same
-vectors (same feature names and order, same statuses, a null Timestamp where nothing was found)
-column by column, from the decoded values and the raw ``_ts`` microseconds.
+dict)`` row per entity, turns every datetime back into a protobuf Timestamp and fills the
+response message by message; for a 100-entity read that costs more than the Redis round trip.
+Here each view's vectors are written as wire bytes (wire.py): the value entries come from the
+stored bytes (reads.value_columns), the timestamps from the raw ``_ts`` microseconds, serialized
+once per view and shared by its vectors, and the response is parsed once
+(:func:`parse_response`) or merged into Feast's message (:func:`append_view`). The vectors are
+Feast's: same feature names and order, same statuses, a null Value and Timestamp where nothing
+was found, a repeated entity filling each of its rows.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnlineFeaturesResponse
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from google.protobuf.timestamp_pb2 import Timestamp
+
+from . import wire
 
 _track_statuses: Callable[[str, int, int], Any] | None
 try:  # Feast's per-view PRESENT / NOT_FOUND counters (a no-op unless metrics are on)
@@ -23,34 +27,26 @@ try:  # Feast's per-view PRESENT / NOT_FOUND counters (a no-op unless metrics ar
 except ImportError:  # pragma: no cover - older Feast
     _track_statuses = None
 
-__all__ = ["ViewResult", "append_view", "timestamp"]
+__all__ = ["ViewResult", "append_view", "parse_response", "view_vectors"]
 
-NULL_VALUE = ValueProto()
-NULL_TS = Timestamp()
 PRESENT = FieldStatus.PRESENT
 NOT_FOUND = FieldStatus.NOT_FOUND
-FeatureVector = GetOnlineFeaturesResponse.FeatureVector
-
-
-def timestamp(raw: bytes) -> Timestamp:
-    """The Timestamp of a stored ``_ts`` field (integer microseconds since the epoch)."""
-    us = int(raw)
-    return Timestamp(seconds=us // 1_000_000, nanos=us % 1_000_000 * 1000)
 
 
 @dataclass
 class ViewResult:
-    """One view's decoded read, one entry per distinct entity.
+    """One view's read, one entry per distinct entity.
 
-    ``row_status`` is None when every found entity is PRESENT (no freshness check), else per
-    entity PRESENT, OUTSIDE_MAX_AGE, or None for an entity dropped as stale. ``fanout`` gives the
-    response rows of each entity, or is None when entity i is response row i."""
+    ``columns`` hold one FeatureVector ``values`` entry per entity (wire bytes; None: the field
+    is missing). ``row_status`` is None when every found entity is PRESENT (no freshness check),
+    else per entity PRESENT, OUTSIDE_MAX_AGE, or None for an entity dropped as stale. ``fanout``
+    gives the response rows of each entity, or is None when entity i is response row i."""
 
     table: Any
     requested: list[str]
     names: list[str]  # the requested features the view has; one column each
     ts_raw: list[bytes | None]
-    columns: list[list[ValueProto | None]]  # None: field missing
+    columns: list[list[bytes | None]]
     row_status: list[Any] | None
     fanout: list[list[int]] | None
     output_len: int
@@ -67,66 +63,96 @@ def _scatter(column: list, fanout: Sequence[list[int]] | None, output_len: int, 
     return out
 
 
-def _stamps(result: ViewResult) -> list[Timestamp]:
-    memo: dict[bytes, Timestamp] = {}  # rows written together share their event time
-    status = result.row_status or [PRESENT] * len(result.ts_raw)
+def _stamps(result: ViewResult) -> bytes:
+    """The ``event_timestamps`` entries every vector of the view shares."""
+    memo: dict[bytes, bytes] = {}  # rows written together share their event time
+    status = result.row_status
     stamps = []
-    for raw, st in zip(result.ts_raw, status):
-        if raw is None or st is None:
-            stamps.append(NULL_TS)
+    for i, raw in enumerate(result.ts_raw):
+        if raw is None or (status is not None and status[i] is None):
+            stamps.append(wire.NULL_STAMP)
         else:
             stamp = memo.get(raw)
             if stamp is None:
-                stamp = memo[raw] = timestamp(raw)
+                stamp = memo[raw] = wire.stamp(int(raw))
             stamps.append(stamp)
-    return _scatter(stamps, result.fanout, result.output_len, NULL_TS)
+    return b"".join(_scatter(stamps, result.fanout, result.output_len, wire.NULL_STAMP))
 
 
-def _vector(result: ViewResult, column: list[ValueProto | None]) -> tuple[list, list]:
-    """Values and statuses of one feature, in response-row order."""
+def _vector(result: ViewResult, column: list[bytes | None]) -> tuple[list[bytes], bytes, int]:
+    """Value entries, the statuses field and the number of PRESENT / OUTSIDE_MAX_AGE values
+    of one feature, in response-row order."""
     values: list[Any]
+    n, fanout = result.output_len, result.fanout
     if result.row_status is None:
         if None in column:
-            values = [NULL_VALUE if v is None else v for v in column]
+            values = [wire.NULL_VALUE if v is None else v for v in column]
             statuses = [NOT_FOUND if v is None else PRESENT for v in column]
         else:  # the usual case: every entity has the feature
-            values, statuses = column, [PRESENT] * len(column)
+            return _scatter(column, fanout, n, wire.NULL_VALUE), wire.statuses_all(PRESENT, n), n
     else:
         pairs = list(zip(column, result.row_status))
-        values = [NULL_VALUE if v is None or st is None else v for v, st in pairs]
+        values = [wire.NULL_VALUE if v is None or st is None else v for v, st in pairs]
         statuses = [NOT_FOUND if v is None or st is None else st for v, st in pairs]
-    n, fanout = result.output_len, result.fanout
-    return _scatter(values, fanout, n, NULL_VALUE), _scatter(statuses, fanout, n, NOT_FOUND)
+    statuses = _scatter(statuses, fanout, n, NOT_FOUND)
+    found = n - statuses.count(NOT_FOUND)
+    return _scatter(values, fanout, n, wire.NULL_VALUE), wire.statuses(statuses), found
 
 
-def append_view(response: Any, result: ViewResult, full_feature_names: bool, version_metadata: bool) -> None:
-    """Add one view's feature names, metadata and vectors to ``response``, as Feast's helper does."""
-    table, requested, n = result.table, result.requested, result.output_len
-    projection = table.projection
-    prefix = f"{projection.name_to_use()}__" if full_feature_names else ""
-    response.metadata.feature_names.val.extend([prefix + name for name in requested])
-    if version_metadata:
-        name = projection.name_alias or projection.name
-        if name not in [m.name for m in response.metadata.feature_view_metadata]:
-            meta = response.metadata.feature_view_metadata.add()
-            meta.name = name
-            meta.version = getattr(table, "current_version_number", 0) or 0
-    # The views' vectors share their timestamps: serialize them once and merge that into each
-    # vector, much cheaper than copying the Timestamp messages into every vector.
-    stamps = FeatureVector(event_timestamps=_stamps(result)).SerializeToString()
+def view_vectors(result: ViewResult) -> list[bytes]:
+    """One ``results`` entry per requested feature of the view, in request order, and Feast's
+    per-view status counters (METRICS HOOK: ``feast.metrics.track_feature_statuses``)."""
+    n, requested = result.output_len, result.requested
+    stamps = _stamps(result)
     column_of = dict(zip(result.names, result.columns))
     last = {name: i for i, name in enumerate(requested)}  # Feast fills a repeated name's last slot
     present = 0
+    vectors = []
+    missing = None
     for i, name in enumerate(requested):
         column = column_of.get(name) if last[name] == i else None
         if column is None:
-            values, statuses = [NULL_VALUE] * n, [NOT_FOUND] * n
+            if missing is None:
+                missing = wire.vector([wire.NULL_VALUE] * n, wire.statuses_all(NOT_FOUND, n), stamps)
+            vectors.append(missing)
         else:
-            values, statuses = _vector(result, column)
-            present += n - statuses.count(NOT_FOUND)
-        response.results.add(values=values, statuses=statuses).MergeFromString(stamps)
+            values, statuses, found = _vector(result, column)
+            present += found
+            vectors.append(wire.vector(values, statuses, stamps))
     if _track_statuses is not None:
         try:  # as in Feast: metrics never fail a read
-            _track_statuses(table.name, present, len(requested) * n - present)
+            _track_statuses(result.table.name, present, len(requested) * n - present)
         except Exception:  # noqa: BLE001
             pass
+    return vectors
+
+
+def output_names(table: Any, requested: Sequence[str], full_feature_names: bool) -> list[str]:
+    """The response's names of a view's requested features."""
+    prefix = f"{table.projection.name_to_use()}__" if full_feature_names else ""
+    return [prefix + name for name in requested]
+
+
+def view_metadata(table: Any) -> tuple[str, int]:
+    """(name, version) of a view's ``feature_view_metadata`` entry, as Feast fills it."""
+    projection = table.projection
+    return projection.name_alias or projection.name, getattr(table, "current_version_number", 0) or 0
+
+
+def append_view(response: Any, result: ViewResult, full_feature_names: bool, version_metadata: bool) -> None:
+    """Add one view's feature names, metadata and vectors to ``response``, as Feast's helper does
+    (one merge of the view's bytes)."""
+    views: list[tuple[str, int]] = []
+    if version_metadata:
+        meta = view_metadata(result.table)
+        if meta[0] not in [m.name for m in response.metadata.feature_view_metadata]:
+            views.append(meta)
+    names = output_names(result.table, result.requested, full_feature_names)
+    response.MergeFromString(wire.metadata(names, views) + b"".join(view_vectors(result)))
+
+
+def parse_response(parts: Sequence[bytes]) -> GetOnlineFeaturesResponse:
+    """The response whose wire bytes are ``parts`` (metadata, then the vectors), parsed once."""
+    response = GetOnlineFeaturesResponse()
+    response.ParseFromString(b"".join(parts))
+    return response

@@ -47,6 +47,7 @@ from .naming import apply_claims, release_views
 from .policy import policy_for
 from .read_plan import PlanCache, PreparedRead
 from .reads import (
+    Route,
     ViewRead,
     decode_columns,
     entity_keys,
@@ -54,6 +55,7 @@ from .reads import (
     hmget_direct,
     native_entity_keys,
     plan_reads,
+    route_for,
     value_columns,
 )
 from .response import ViewResult, append_view, view_vectors
@@ -550,27 +552,46 @@ class RedisHexpireOnlineStore(OnlineStore):
         plan = self._read_plans.plan_for(registry, project, features, full_feature_names)
         return plan.prepare(entity_rows) if plan is not None else None
 
-    def _planned_read(
-        self, config: RepoConfig, prepared: PreparedRead
-    ) -> tuple[list[_ViewRequest], list, list[ViewRead]]:
+    def _planned_read(self, config: RepoConfig, prepared: PreparedRead) -> tuple[Any, list, list]:
+        """(how to answer, the HMGET commands, their context). A plan whose views key their
+        entity the same way takes its :class:`Route` (fields and positions fixed per plan);
+        others plan each read (:func:`plan_reads`)."""
         plan = prepared.plan
         entity_map = plan.entity_name_to_join_key
         _check_join_keys(prepared.protos)  # plain str / int columns have no nulls
+        route = route_for(config, plan.grouped_refs, entity_map, plan.memo)
+        column = prepared.native.get(route.join_key) if route is not None else None
+        if route is not None and column:
+            keys, fanout, output_len = route.keys(column)
+            fields = route.fields
+            return route, [(key, fields) for key in keys], [keys, fanout, output_len]
         shared: dict[tuple, tuple[list[bytes], list[list[int]] | None, int]] = {}
         requests: list[_ViewRequest] = []
         for table, requested in plan.grouped_refs:
-            keys = native_entity_keys(config, table, prepared.native, entity_map, shared)
-            if keys is None:  # compound entity, aliased join key, a column of protos
-                keys = entity_keys(config, table, prepared.join_key_values(), entity_map, shared)
-            requests.append((table, keys[0], requested, keys[1], keys[2]))
+            known = native_entity_keys(config, table, prepared.native, entity_map, shared)
+            if known is None:  # compound entity, aliased join key, a column of protos
+                known = entity_keys(config, table, prepared.join_key_values(), entity_map, shared)
+            requests.append((table, known[0], requested, known[1], known[2]))
         commands, reads = plan_reads(config, [(t, k, r) for t, k, r, _, _ in requests], plan.memo)
-        return requests, commands, reads
+        return None, commands, [requests, reads]
 
     def _planned_response(
-        self, config: RepoConfig, prepared: PreparedRead, requests: list[_ViewRequest], reads: list[ViewRead],
-        commands: list, replies: list, meta: bool,
+        self, config: RepoConfig, prepared: PreparedRead, route: Route | None, commands: list, context: list,
+        replies: list, meta: bool,
     ) -> Any:  # fmt: skip
-        views = [view_vectors(r) for r in self._view_results(config, requests, reads, commands, replies)]
+        if route is None:
+            requests, reads = context
+            results = self._view_results(config, requests, reads, commands, replies)
+            return prepared.finish([view_vectors(result) for result in results], meta)
+        keys, fanout, n = context
+        views = []
+        for part in route.views:
+            ts_raw, columns = route.columns(part, keys, replies)
+            row_status = freshness_statuses(config, part.table, ts_raw)
+            _count_reads(part.view.name, ts_raw, row_status)  # METRICS HOOK (reads by status)
+            table, requested, names = part.table, part.requested, part.names
+            result = ViewResult(table, requested, names, ts_raw, columns, row_status, fanout, n)
+            views.append(view_vectors(result))
         return prepared.finish(views, meta)
 
     def get_online_features(
@@ -592,10 +613,10 @@ class RedisHexpireOnlineStore(OnlineStore):
                 config, features, entity_rows, registry, project, full_feature_names,
                 **(meta if _BASE_TAKES_META else {}),
             )  # fmt: skip
-        requests, commands, reads = self._planned_read(config, prepared)
+        route, commands, context = self._planned_read(config, prepared)
         replies = self._hmget(config, commands) if commands else []
         return self._planned_response(
-            config, prepared, requests, reads, commands, replies, include_feature_view_version_metadata
+            config, prepared, route, commands, context, replies, include_feature_view_version_metadata
         )
 
     async def get_online_features_async(
@@ -615,10 +636,10 @@ class RedisHexpireOnlineStore(OnlineStore):
                 config, features, entity_rows, registry, project, full_feature_names,
                 **(meta if _BASE_TAKES_META else {}),
             )  # fmt: skip
-        requests, commands, reads = self._planned_read(config, prepared)
+        route, commands, context = self._planned_read(config, prepared)
         replies = await self._hmget_async(config, commands) if commands else []
         return self._planned_response(
-            config, prepared, requests, reads, commands, replies, include_feature_view_version_metadata
+            config, prepared, route, commands, context, replies, include_feature_view_version_metadata
         )
 
     # ---- feast apply / feast teardown ----

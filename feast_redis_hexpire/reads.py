@@ -235,6 +235,101 @@ def value_encoders(view: ViewLayout) -> dict[str, Callable[[bytes], bytes]]:
     return encoders
 
 
+@dataclass
+class RouteView:
+    """One view of a :class:`Route`: where its fields sit in every entity's reply."""
+
+    table: Any
+    view: ViewLayout
+    requested: list[str]
+    names: list[str]  # requested features the view has, in request order
+    ts_position: int
+    positions: list[int]  # per name
+    encoders: list[Callable[[bytes], bytes]]  # per name (value_encoders)
+
+
+@dataclass
+class Route:
+    """A read plan whose views all key their entity the same way (one entity, one join key, no
+    aliased projection, as most are): one HMGET per distinct id with one field list, and fixed
+    reply positions per view; what :func:`plan_reads` computes, done once per plan and layouts."""
+
+    layouts: tuple[ViewLayout, ...]
+    head: str  # every key is this plus the escaped id
+    join_key: str
+    fields: list[str]
+    views: list[RouteView]
+
+    def keys(self, column: list[Any]) -> tuple[list[bytes], list[list[int]] | None, int]:
+        """:func:`native_entity_keys` for the route's join-key column of plain str / int values."""
+        head, escape = self.head, layout.escape_id
+        texts = [escape(v) if type(v) is str else str(v) for v in column]
+        if len(texts) == 1:
+            return [(head + texts[0]).encode()], None, 1
+        rows: dict[bytes, list[int]] = {}
+        for row_no, text in enumerate(texts):
+            rows.setdefault((head + text).encode(), []).append(row_no)
+        fanout = None if len(rows) == len(column) else list(rows.values())  # no repeated entity
+        return list(rows), fanout, len(column)
+
+    def columns(self, part: RouteView, keys: list[bytes], replies: list) -> tuple[list, list[list]]:
+        """:func:`value_columns` of one view of the route."""
+        ts = part.ts_position
+        ts_raw = [reply[ts] for reply in replies]
+        columns = []
+        for name, pos, encode in zip(part.names, part.positions, part.encoders):
+            raws = [reply[pos] for reply in replies]
+            try:
+                if len(raws) == 1:
+                    raw = raws[0]
+                    columns.append([None if raw is None else encode(raw)])
+                else:
+                    encoded = {raw: None if raw is None else encode(raw) for raw in dict.fromkeys(raws)}
+                    columns.append(list(map(encoded.__getitem__, raws)))
+            except (ValueError, TypeError):  # find the entity for a clear error
+                for key, raw in zip(keys, raws):
+                    if raw is not None:
+                        _decode(part.view, name, key, raw)
+                raise
+        return ts_raw, columns
+
+
+def route_for(config: RepoConfig, grouped_refs: list, entity_map: dict, memo: dict) -> Route | None:
+    """The :class:`Route` of a plan's views under their current layouts (``memo``: the plan's),
+    or None where the views key their entities differently (:func:`plan_reads` serves them)."""
+    layouts = tuple(ViewLayout.of(config, table) for table, _ in grouped_refs)
+    mkey = ("route", tuple(map(id, layouts)))
+    known = memo.get(mkey)
+    if known is not None and all(a is b for a, b in zip(known[0], layouts)):
+        return known[1]
+    route = _build_route(grouped_refs, entity_map, layouts)
+    if len(memo) > 256:  # layouts keep changing (settings changed at run time)
+        memo.clear()
+    memo[mkey] = (layouts, route)
+    return route
+
+
+def _build_route(grouped_refs: list, entity_map: dict, layouts: tuple[ViewLayout, ...]) -> Route | None:
+    heads, join_keys = set(), set()
+    for (table, _), view in zip(grouped_refs, layouts):
+        if len(table.entities) != 1 or table.projection.join_key_map or view.keys.head is None:
+            return None
+        heads.add(view.keys.head)
+        join_keys.add(entity_map.get(table.entities[0]))
+    if len(heads) != 1 or len(join_keys) != 1 or None in join_keys:
+        return None
+    field_lists, parts = [], []
+    for (table, requested), view in zip(grouped_refs, layouts):
+        names = [f for f in requested if f in view.fields]
+        field_lists.append([view.ts_field] + [view.fields[f][0] for f in names])
+        encoders = value_encoders(view)
+        parts.append(RouteView(table, view, requested, names, 0, [], [encoders[f] for f in names]))
+    fields, positions = combine_fields(field_lists, list(range(len(parts))))
+    for n, part in enumerate(parts):
+        part.ts_position, part.positions = positions[n][0], positions[n][1:]
+    return Route(layouts, heads.pop(), join_keys.pop(), fields, parts)
+
+
 def value_columns(read: ViewRead, commands: list, replies: list) -> tuple[list, list[list]]:
     """The raw _ts values and one column of FeatureVector ``values`` entries per feature (None:
     missing), per entity: :func:`decode_columns` as wire bytes. Entities with the same stored

@@ -310,13 +310,15 @@ def route_for(config: RepoConfig, grouped_refs: list, entity_map: dict, memo: di
 
 
 def _build_route(grouped_refs: list, entity_map: dict, layouts: tuple[ViewLayout, ...]) -> Route | None:
-    heads, join_keys = set(), set()
+    heads: set[str] = set()
+    join_keys: set[str] = set()
     for (table, _), view in zip(grouped_refs, layouts):
-        if len(table.entities) != 1 or table.projection.join_key_map or view.keys.head is None:
+        join_key = entity_map.get(table.entities[0]) if len(table.entities) == 1 else None
+        if join_key is None or table.projection.join_key_map or view.keys.head is None:
             return None
         heads.add(view.keys.head)
-        join_keys.add(entity_map.get(table.entities[0]))
-    if len(heads) != 1 or len(join_keys) != 1 or None in join_keys:
+        join_keys.add(join_key)
+    if len(heads) != 1 or len(join_keys) != 1:
         return None
     field_lists, parts = [], []
     for (table, requested), view in zip(grouped_refs, layouts):

@@ -35,6 +35,7 @@ from . import clients, codec, layout, metrics
 from .config import RedisHexpireOnlineStoreConfig
 from .connection import IO_ERRORS, address, has_hsetex, require_hfe
 from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
+from .direct import direct_reads
 from .exceptions import (
     BadValueError,
     ConfigError,
@@ -411,6 +412,12 @@ class RedisHexpireOnlineStore(OnlineStore):
         return replies
 
     def _hmget_replies(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
+        cfg = config.online_store
+        direct = direct_reads(cfg, clients.connection_settings(cfg))  # one server: own sockets
+        if direct is not None:
+            replies = direct.hmget(commands)
+            if replies is not None:
+                return replies
         client = self.client(config)
         if isinstance(client, redis.Redis):  # one server: skip the pipeline machinery
             replies = hmget_direct(client, commands)

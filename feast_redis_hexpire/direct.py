@@ -33,12 +33,31 @@ from redis.exceptions import ResponseError
 
 from .config import RedisHexpireOnlineStoreConfig, RedisType, parse_connection_string
 
-__all__ = ["DirectReads", "direct_reads"]
+__all__ = ["DirectReads", "direct_reads", "pack_hmgets"]
 
 # Connection settings this path implements itself; any other key=value pair keeps redis-py's.
 _OWN_PARAMS = frozenset({"password", "username", "db"})
 _RECV = 65536
 _MAX_IDLE = 32
+
+
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def pack_hmgets(commands: Sequence[tuple[bytes, Sequence[str]]]) -> bytes:
+    """The HMGETs in the protocol's request form (an array of bulk strings), what
+    ``hiredis.pack_command`` gives; the fields part is packed once per field list."""
+    out = []
+    fields: Any = None
+    head = tail = b""
+    for key, these in commands:
+        if these is not fields:  # a route's commands share one field list object
+            fields = these
+            head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(these) + 2)
+            tail = b"".join([_bulk(f.encode()) for f in these])
+        out.append(head + _bulk(key) + tail)
+    return b"".join(out)
 
 
 class _Connection:
@@ -124,7 +143,7 @@ class DirectReads:
             return None
         ok = clean = False
         try:
-            packed = b"".join([hiredis.pack_command((b"HMGET", key, *fields)) for key, fields in commands])  # type: ignore[arg-type]
+            packed = pack_hmgets(commands)
             conn.sock.sendall(packed)
             replies = conn.replies(len(commands))
             # In step: an array of the fields asked for each HMGET (or an error reply), nothing more.

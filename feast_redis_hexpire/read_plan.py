@@ -82,6 +82,9 @@ _NATIVE: dict[ValueType, tuple[type, int]] = {
 }
 
 
+_PRESENT = FieldStatus.PRESENT
+
+
 def _native(value_type: ValueType, values: list[Any]) -> bool:
     kind = _NATIVE.get(value_type)
     if kind is None:
@@ -179,8 +182,8 @@ class PreparedRead:
 
     def entity_vectors(self) -> list[bytes]:
         """The entity columns' vectors, as Feast's ``_populate_result_rows_from_columnar``."""
-        present = wire.statuses_all(FieldStatus.PRESENT, self.rows)
-        stamps = wire.NULL_STAMP * self.rows
+        present = wire.statuses_all(_PRESENT, self.rows)
+        stamps = wire.null_stamps(self.rows)
         vectors = []
         for name in self.columns:
             values = self.native.get(name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus, GetOnlineFeaturesResponse
 
@@ -105,16 +105,24 @@ def view_vectors(result: ViewResult) -> list[bytes]:
     n, requested = result.output_len, result.requested
     stamps = _stamps(result)
     column_of = dict(zip(result.names, result.columns))
-    last = {name: i for i, name in enumerate(requested)}  # Feast fills a repeated name's last slot
+    plain = result.row_status is None and result.fanout is None  # entity i is row i, no check
+    all_present = wire.statuses_all(PRESENT, n)
     present = 0
     vectors = []
     missing = None
     for i, name in enumerate(requested):
-        column = column_of.get(name) if last[name] == i else None
+        column = column_of.get(name)
+        if column is not None and name in requested[i + 1 :]:
+            column = None  # Feast fills a repeated name's last slot only
         if column is None:
             if missing is None:
                 missing = wire.vector([wire.NULL_VALUE] * n, wire.statuses_all(NOT_FOUND, n), stamps)
             vectors.append(missing)
+        elif plain and None not in column:  # the usual case: every entity has the feature
+            present += n
+            vectors.append(
+                wire.field(wire.RESULTS_TAG, b"".join(cast(list[bytes], column)) + all_present + stamps)
+            )
         else:
             values, statuses, found = _vector(result, column)
             present += found

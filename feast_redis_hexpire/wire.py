@@ -11,6 +11,7 @@ decoder would have given.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "field",
     "metadata",
     "native_values",
+    "null_stamps",
     "statuses",
     "statuses_all",
     "stamp",
@@ -101,9 +103,16 @@ def statuses(codes: Sequence[int]) -> bytes:
     return field(STATUSES_TAG, bytes(codes))  # every FieldStatus is a one-byte varint
 
 
+@functools.lru_cache(maxsize=1024)
 def statuses_all(code: int, n: int) -> bytes:
     """The packed ``statuses`` field of ``n`` times ``code``."""
     return field(STATUSES_TAG, STATUS[code] * n)
+
+
+@functools.lru_cache(maxsize=1024)
+def null_stamps(n: int) -> bytes:
+    """``n`` null ``event_timestamps`` entries."""
+    return NULL_STAMP * n
 
 
 def vector(values: Sequence[bytes], status_field: bytes, stamps: bytes) -> bytes:

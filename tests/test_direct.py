@@ -180,3 +180,14 @@ def test_forked_child_reads_on_its_own_sockets(make_repo, r):
     assert receive.recv() == "ok"
     child.join(30)
     assert child.exitcode == 0
+
+
+def test_packed_hmgets_are_what_hiredis_packs():
+    import hiredis
+
+    from feast_redis_hexpire.direct import pack_hmgets
+
+    shared = ["_ts:v", "a", "päß", ""]
+    commands = [(b"fs:user:u1", shared), (b"fs:user:%00\xff", shared), (b"k", ["x"])]
+    expected = b"".join(hiredis.pack_command((b"HMGET", key, *fields)) for key, fields in commands)
+    assert pack_hmgets(commands) == expected

@@ -597,7 +597,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             row_status = freshness_statuses(config, part.table, ts_raw)
             _count_reads(part.view.name, ts_raw, row_status)  # METRICS HOOK (reads by status)
             table, requested, names = part.table, part.requested, part.names
-            result = ViewResult(table, requested, names, ts_raw, columns, row_status, fanout, n)
+            result = ViewResult(table, requested, names, ts_raw, columns, row_status, fanout, n, part.slots)
             views.append(view_vectors(result))
         return prepared.finish(views, meta)
 

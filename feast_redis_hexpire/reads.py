@@ -15,7 +15,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from redis.exceptions import ResponseError
 
-from . import codec, layout, wire
+from . import codec, layout, response, wire
 from .connection import read_replies, send_commands
 from .exceptions import BadValueError
 from .views import ViewLayout
@@ -246,6 +246,7 @@ class RouteView:
     ts_position: int
     positions: list[int]  # per name
     encoders: list[Callable[[bytes], bytes]]  # per name (value_encoders)
+    slots: list[int | None]  # response.slots(requested, names)
 
 
 @dataclass
@@ -325,7 +326,10 @@ def _build_route(grouped_refs: list, entity_map: dict, layouts: tuple[ViewLayout
         names = [f for f in requested if f in view.fields]
         field_lists.append([view.ts_field] + [view.fields[f][0] for f in names])
         encoders = value_encoders(view)
-        parts.append(RouteView(table, view, requested, names, 0, [], [encoders[f] for f in names]))
+        encode = [encoders[f] for f in names]
+        parts.append(
+            RouteView(table, view, requested, names, 0, [], encode, response.slots(requested, names))
+        )
     fields, positions = combine_fields(field_lists, list(range(len(parts))))
     for n, part in enumerate(parts):
         part.ts_position, part.positions = positions[n][0], positions[n][1:]

@@ -27,7 +27,7 @@ try:  # Feast's per-view PRESENT / NOT_FOUND counters (a no-op unless metrics ar
 except ImportError:  # pragma: no cover - older Feast
     _track_statuses = None
 
-__all__ = ["ViewResult", "append_view", "parse_response", "view_vectors"]
+__all__ = ["ViewResult", "append_view", "parse_response", "slots", "view_vectors"]
 
 PRESENT = FieldStatus.PRESENT
 NOT_FOUND = FieldStatus.NOT_FOUND
@@ -50,6 +50,15 @@ class ViewResult:
     row_status: list[Any] | None
     fanout: list[list[int]] | None
     output_len: int
+    slots: list[int | None] | None = None  # slots(requested, names), when known
+
+
+def slots(requested: Sequence[str], names: Sequence[str]) -> list[int | None]:
+    """Per requested feature, the column holding it, or None: not in the view, or a repeated
+    name's earlier slot (Feast fills only the last one)."""
+    column_of = {name: i for i, name in enumerate(names)}
+    last = {name: i for i, name in enumerate(requested)}
+    return [column_of.get(name) if last[name] == i else None for i, name in enumerate(requested)]
 
 
 def _scatter(column: list, fanout: Sequence[list[int]] | None, output_len: int, fill: Any) -> list:
@@ -102,31 +111,28 @@ def _vector(result: ViewResult, column: list[bytes | None]) -> tuple[list[bytes]
 def view_vectors(result: ViewResult) -> list[bytes]:
     """One ``results`` entry per requested feature of the view, in request order, and Feast's
     per-view status counters (METRICS HOOK: ``feast.metrics.track_feature_statuses``)."""
-    n, requested = result.output_len, result.requested
+    n, requested, columns = result.output_len, result.requested, result.columns
     stamps = _stamps(result)
-    column_of = dict(zip(result.names, result.columns))
     plain = result.row_status is None and result.fanout is None  # entity i is row i, no check
     all_present = wire.statuses_all(PRESENT, n)
     present = 0
     vectors = []
     missing = None
-    for i, name in enumerate(requested):
-        column = column_of.get(name)
-        if column is not None and name in requested[i + 1 :]:
-            column = None  # Feast fills a repeated name's last slot only
-        if column is None:
+    for slot in result.slots if result.slots is not None else slots(requested, result.names):
+        if slot is None:
             if missing is None:
                 missing = wire.vector([wire.NULL_VALUE] * n, wire.statuses_all(NOT_FOUND, n), stamps)
             vectors.append(missing)
-        elif plain and None not in column:  # the usual case: every entity has the feature
+            continue
+        column = columns[slot]
+        if plain and None not in column:  # the usual case: every entity has the feature
             present += n
-            vectors.append(
-                wire.field(wire.RESULTS_TAG, b"".join(cast(list[bytes], column)) + all_present + stamps)
-            )
+            values = b"".join(cast(list[bytes], column))
+            vectors.append(wire.field(wire.RESULTS_TAG, values + all_present + stamps))
         else:
-            values, statuses, found = _vector(result, column)
+            values_, statuses, found = _vector(result, column)
             present += found
-            vectors.append(wire.vector(values, statuses, stamps))
+            vectors.append(wire.vector(values_, statuses, stamps))
     if _track_statuses is not None:
         try:  # as in Feast: metrics never fail a read
             _track_statuses(result.table.name, present, len(requested) * n - present)

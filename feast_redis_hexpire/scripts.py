@@ -122,8 +122,9 @@ end
 -- One row: ARGV[i] event time, ARGV[i + 1] expiry by event time, fields ARGV[first..last].
 local function write(key, i, first, last)
   local expire_at = tonumber(ARGV[i + 1])
+  local stored
   if not skip_check then
-    local stored = redis.call('HGET', key, ts_field)
+    stored = redis.call('HGET', key, ts_field)
     if stored and tonumber(stored) >= tonumber(ARGV[i]) then
       pin_key(key)
       return 0
@@ -159,12 +160,24 @@ local function write(key, i, first, last)
     end
   end
   local ts_at = at
-  local stored_at = redis.pcall('HPEXPIRETIME', key, 'FIELDS', 1, ts_field)
-  if failed(stored_at) then
-    return '$code HPEXPIRETIME failed: ' .. stored_at.err .. '; nothing of the row was written to ' .. key
+  -- The stored "_ts" expiry matters only when there is a stored "_ts": the event-time check
+  -- above read it (a row of a new entity skips this read).
+  if skip_check or stored then
+    local stored_at = redis.pcall('HPEXPIRETIME', key, 'FIELDS', 1, ts_field)
+    if failed(stored_at) then
+      return '$code HPEXPIRETIME failed: ' .. stored_at.err .. '; nothing of the row was written to ' .. key
+    end
+    if type(stored_at) == 'table' and tonumber(stored_at[1]) and tonumber(stored_at[1]) > expire_at then
+      ts_at = string.format('%.0f', tonumber(stored_at[1]))
+    end
   end
-  if type(stored_at) == 'table' and tonumber(stored_at[1]) and tonumber(stored_at[1]) > expire_at then
-    ts_at = string.format('%.0f', tonumber(stored_at[1]))
+  if hsetex and short and ts_at == at then
+    local reply = redis.pcall('HSETEX', key, 'PXAT', at, 'FIELDS', (last - first + 1) / 2 + 1, ts_field, ARGV[i],
+      unpack(ARGV, first, last))
+    if failed(reply) then
+      return '$code HSETEX failed: ' .. reply.err .. '; nothing of the row was written to ' .. key
+    end
+    return 1
   end
   local fields = {ts_field}
   for j = first, last, 2 do fields[#fields + 1] = ARGV[j] end
@@ -173,16 +186,7 @@ local function write(key, i, first, last)
     return '$code ' .. reason .. '; the row was removed from ' .. key .. ', not left without a TTL'
   end
   if hsetex then
-    local reply
-    if short and ts_at == at then
-      reply = redis.pcall('HSETEX', key, 'PXAT', at, 'FIELDS', (last - first + 1) / 2 + 1, ts_field, ARGV[i],
-        unpack(ARGV, first, last))
-      if failed(reply) then
-        return '$code HSETEX failed: ' .. reply.err .. '; nothing of the row was written to ' .. key
-      end
-      return 1
-    end
-    reply = redis.pcall('HSETEX', key, 'PXAT', ts_at, 'FIELDS', 1, ts_field, ARGV[i])
+    local reply = redis.pcall('HSETEX', key, 'PXAT', ts_at, 'FIELDS', 1, ts_field, ARGV[i])
     if failed(reply) then
       return '$code HSETEX failed: ' .. reply.err .. '; nothing of the row was written to ' .. key
     end

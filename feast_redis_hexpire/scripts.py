@@ -101,7 +101,7 @@ WRITE_ROWS = Script(
 local ts_field, key_ttl, field_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local skip_check, hsetex = ARGV[4] == '1', ARGV[5] == '1'
 local SLICE, MAX_AT = 2000, $max_at
-local now_ms
+local now_ms, from_now, from_now_at
 local function now()
   if not now_ms then
     local t = redis.call('TIME')
@@ -143,12 +143,18 @@ local function write(key, i, first, last)
     pin_key(key)
     return 1
   end
-  if expire_at == 0 then
-    expire_at = now() + field_ttl
+  local at
+  if expire_at == 0 then  -- TTL counted from now: the same expiry for every row of the call
+    if not from_now then
+      from_now = now() + field_ttl
+      from_now_at = string.format('%.0f', from_now)
+    end
+    expire_at, at = from_now, from_now_at
   elseif expire_at <= now() then
     return -1
+  else
+    at = string.format('%.0f', expire_at)
   end
-  local at = string.format('%.0f', expire_at)
   if expire_at > MAX_AT then
     return '$code field expiry ' .. at .. ' ms is after ' .. MAX_AT ..
       ' ms, the latest Redis accepts; nothing of the row was written to ' .. key

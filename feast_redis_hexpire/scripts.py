@@ -178,8 +178,8 @@ local function write(key, i, first, last)
     end
   end
   if hsetex and short and ts_at == at then
-    local reply = redis.pcall('HSETEX', key, 'PXAT', at, 'FIELDS', (last - first + 1) / 2 + 1, ts_field, ARGV[i],
-      unpack(ARGV, first, last))
+    local reply = redis.pcall('HSETEX', key, 'PXAT', at, 'FIELDS', (last - first + 1) / 2 + 1,
+      ts_field, ARGV[i], unpack(ARGV, first, last))
     if failed(reply) then
       return '$code HSETEX failed: ' .. reply.err .. '; nothing of the row was written to ' .. key
     end

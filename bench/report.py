@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -373,23 +374,25 @@ def _short_refs() -> list[str]:
     return ["risk_segment", "tx_count_7d", "avg_amount_30d", "tx_count_5m", "failed_logins_15m"]
 
 
-# BENCHMARKS.md holds one section bench/write_cpu.py writes; bench/run.py rewrites the rest of the
-# file and keeps that section.
-WRITE_CPU_START = "<!-- bench/write_cpu.py: start -->"
-WRITE_CPU_END = "<!-- bench/write_cpu.py: end -->"
+# BENCHMARKS.md: bench/run.py rewrites the file and keeps every section another bench script
+# wrote between its markers, "<!-- bench/NAME.py: start -->" and "<!-- bench/NAME.py: end -->".
+_SECTION = re.compile(r"<!-- (bench/[\w.-]+): start -->.*?<!-- \1: end -->\n?", re.S)
 
 
-def write_cpu_section(path: Path) -> str:
-    """The bench/write_cpu.py section of ``path`` (markers included), or ""."""
+def kept_sections(path: Path) -> str:
+    """Every marked section of ``path`` (markers included), in file order, or ""."""
     text = path.read_text() if path.exists() else ""
-    if WRITE_CPU_START not in text or WRITE_CPU_END not in text:
-        return ""
-    return text[text.index(WRITE_CPU_START) : text.index(WRITE_CPU_END) + len(WRITE_CPU_END)] + "\n"
+    return "".join(m.group(0).rstrip("\n") + "\n\n" for m in _SECTION.finditer(text))
 
 
-def replace_write_cpu_section(path: Path, body: str) -> None:
-    """Put ``body`` between the markers in ``path``, replacing what was there (or appending)."""
+def replace_section(path: Path, script: str, body: str) -> None:
+    """Put ``body`` between ``script``'s markers in ``path`` (e.g. script "bench/write_cpu.py"),
+    replacing what was there, or append the section."""
     text = path.read_text() if path.exists() else ""
-    old = write_cpu_section(path)
-    new = f"{WRITE_CPU_START}\n{body.rstrip()}\n{WRITE_CPU_END}\n"
-    path.write_text(text.replace(old, new) if old else text.rstrip() + "\n\n" + new)
+    start, end = f"<!-- {script}: start -->", f"<!-- {script}: end -->"
+    new = f"{start}\n{body.rstrip()}\n{end}\n"
+    if start in text and end in text:
+        text = text[: text.index(start)] + new + text[text.index(end) + len(end) :].lstrip("\n")
+    else:
+        text = text.rstrip() + "\n\n" + new
+    path.write_text(text)

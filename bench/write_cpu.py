@@ -8,7 +8,8 @@ plugin (``hx``) and Feast's built-in redis store (``builtin``). For each store, 
 
 - server CPU per row: ``INFO cpu`` ``used_cpu_user + used_cpu_sys`` before and after
   ``online_write_batch`` of N batch rows (the rows materialize hands over) and then N streaming
-  rows (the rows push hands over), on an emptied server, median of ``--rounds`` rounds, the
+  rows (the rows push hands over), on an emptied server, then the same streaming rows one second
+  later (rows that update stored ones), median of ``--rounds`` rounds, the
   stores alternating within each round;
 - a PING sent during a 2000-row streaming write: a separate process (so the writer's GIL does
   not delay it) sends PINGs back to back on its own connection for the whole phase; the pings
@@ -75,7 +76,9 @@ def cpu_per_row(r: Any, bench: Bench, view: Any, rows: list) -> float:
 
 
 def measure_cpu(r: Any, benches: dict[str, Bench], rows: int, rounds: int) -> dict[str, dict[str, float]]:
-    samples: dict[str, dict[str, list[float]]] = {k: {"batch": [], "stream": []} for k in benches}
+    samples: dict[str, dict[str, list[float]]] = {
+        k: {"batch": [], "stream": [], "update": []} for k in benches
+    }
     labels = list(benches)
     for n in range(rounds):
         for label in labels if n % 2 == 0 else reversed(labels):
@@ -85,6 +88,9 @@ def measure_cpu(r: Any, benches: dict[str, Bench], rows: int, rounds: int) -> di
             samples[label]["batch"].append(cpu_per_row(r, bench, bench.batch_view, batch))
             stream = streaming_proto_rows(bench, rows, now_utc() + timedelta(seconds=n))
             samples[label]["stream"].append(cpu_per_row(r, bench, bench.stream_view, stream))
+            # The same entities again, one second later: rows that update a stored streaming row.
+            update = [(k, v, ts + timedelta(seconds=1), c) for k, v, ts, c in stream]
+            samples[label]["update"].append(cpu_per_row(r, bench, bench.stream_view, update))
     return {k: {kind: statistics.median(v) for kind, v in s.items()} for k, s in samples.items()}
 
 
@@ -220,9 +226,10 @@ def render(results: dict[str, Any], rows: int, per_call: list[int]) -> str:
             f"{res['load'][1]} at end)",
             "",
             "| store | server CPU per batch row (µs) | vs built-in | per streaming row (µs) | vs built-in "
+            "| per streaming row updating a stored one (µs) | vs built-in "
             "| PING during a 2000-row write p50 / p90 / max (ms) | p90 vs one EVALSHA per row "
             "| 2000-row write (ms) |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for label in ["builtin", "hx1", *(f"hx{n}" for n in per_call)]:
             c, p = cpu[label], ping[label]
@@ -231,7 +238,8 @@ def render(results: dict[str, Any], rows: int, per_call: list[int]) -> str:
             )
             lines.append(
                 f"| {name} | {c['batch']:.2f} | {c['batch'] / base['batch']:.2f}x | {c['stream']:.2f} | "
-                f"{c['stream'] / base['stream']:.2f}x | {p['p50']:.2f} / {p['p90']:.2f} / {p['max']:.2f} "
+                f"{c['stream'] / base['stream']:.2f}x | {c['update']:.2f} | "
+                f"{c['update'] / base['update']:.2f}x | {p['p50']:.2f} / {p['p90']:.2f} / {p['max']:.2f} "
                 f"(n={p['n']}) | {p['p90'] / ping['hx1']['p90']:.2f}x | {p['write_ms']:.0f} |"
             )
         lines.append("")

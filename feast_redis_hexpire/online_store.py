@@ -53,6 +53,7 @@ from .reads import (
     decode_columns,
     entity_keys,
     freshness_statuses,
+    hmget_cluster_direct,
     hmget_direct,
     native_entity_keys,
     plan_reads,
@@ -423,10 +424,12 @@ class RedisHexpireOnlineStore(OnlineStore):
             replies = hmget_direct(client, commands)
             if replies is not None:
                 return replies
-        elif len(commands) == 1:  # a cluster, one entity: a plain command skips the pipeline
-            key, fields = commands[0]
-            return [client.hmget(key, fields)]
-        with client.pipeline(transaction=False) as pipe:  # a cluster, or a retry after an I/O error
+        else:  # a cluster: one send per primary, all sent before any reply is read
+            replies = hmget_cluster_direct(client, commands)
+            if replies is not None:
+                return replies
+        # a retry after an I/O error, or a cluster redirection: redis-py's pipeline follows it
+        with client.pipeline(transaction=False) as pipe:
             for key, fields in commands:
                 pipe.hmget(key, fields)
             return pipe.execute()

@@ -13,7 +13,8 @@ from feast import RepoConfig, utils
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from redis.exceptions import ResponseError
+from redis.cluster import RedisCluster
+from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
 
 from . import codec, layout, response, wire
 from .connection import read_replies, send_commands
@@ -106,27 +107,65 @@ def combine_fields(
     return list(index), positions
 
 
+# Replies that mean the cluster's slot map moved: the read goes again through redis-py's cluster
+# pipeline, which follows the redirection and refreshes the map.
+_REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
+
+
 def hmget_direct(client: redis.Redis, commands: list[tuple[bytes, list[str]]]) -> list | None:
     """The HMGETs written in one send on one pooled connection and their replies read back: a
     third of a redis-py pipeline's client work. None after an I/O error (the caller retries
     through the pipeline; reads are safe to repeat); an error reply is raised after every
     reply was read, so the connection stays in step."""
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        sent = send_commands(conn, [("HMGET", key, *fields) for key, fields in commands])
-        replies = read_replies(conn, len(commands)) if sent else None
-        if replies is None:
-            conn.disconnect()
+    return _hmget_on([(client, list(range(len(commands))))], commands)
+
+
+def hmget_cluster_direct(client: RedisCluster, commands: list[tuple[bytes, list[str]]]) -> list | None:
+    """:func:`hmget_direct` on a cluster: the HMGETs grouped by the primary that serves each
+    key's slot, sent to every primary before any reply is read (one round trip, not one per
+    primary in turn). None after an I/O error or a redirection (the caller reads through the
+    cluster pipeline)."""
+    groups: dict[str, tuple[Any, list[int]]] = {}
+    for n, (key, _) in enumerate(commands):
+        node = client.get_node_from_key(key)
+        if node is None:
             return None
-    except BaseException:  # replies may still be on the wire: this connection is out of step
-        conn.disconnect()
-        raise
+        groups.setdefault(node.name, (node, []))[1].append(n)
+    return _hmget_on([(client.get_redis_connection(node), nos) for node, nos in groups.values()], commands)
+
+
+def _hmget_on(
+    targets: list[tuple[redis.Redis, list[int]]], commands: list[tuple[bytes, list[str]]]
+) -> list | None:
+    """Send each target server its commands (by number), then read every reply. A connection is
+    returned to its pool only once all its replies were read; otherwise it is disconnected."""
+    taken: list[tuple[Any, Any, list[int]]] = []
+    replies: list[Any] = [None] * len(commands)
+    done = False
+    try:
+        for client, nos in targets:
+            pool = client.connection_pool
+            conn = pool.get_connection()
+            taken.append((pool, conn, nos))
+            if not send_commands(conn, [("HMGET", commands[n][0], *commands[n][1]) for n in nos]):
+                return None
+        for _, conn, nos in taken:
+            got = read_replies(conn, len(nos))
+            if got is None:
+                return None
+            for n, reply in zip(nos, got):
+                replies[n] = reply
+        done = True
     finally:
-        pool.release(conn)
-    for reply in replies:
-        if isinstance(reply, ResponseError):  # e.g. WRONGTYPE: the key holds no hash
-            raise reply
+        for pool, conn, _ in taken:
+            if not done:  # replies may still be on the wire: this connection is out of step
+                conn.disconnect()
+            pool.release(conn)
+    errors = [reply for reply in replies if isinstance(reply, ResponseError)]
+    if any(isinstance(e, _REDIRECTS) for e in errors):
+        return None
+    if errors:  # e.g. WRONGTYPE: the key holds no hash
+        raise errors[0]
     return replies
 
 

@@ -101,7 +101,7 @@ WRITE_ROWS = Script(
 local ts_field, key_ttl, field_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local skip_check, hsetex = ARGV[4] == '1', ARGV[5] == '1'
 local SLICE, MAX_AT = 2000, $max_at
-local now_ms
+local now_ms, from_now, from_now_at
 local function now()
   if not now_ms then
     local t = redis.call('TIME')
@@ -122,8 +122,9 @@ end
 -- One row: ARGV[i] event time, ARGV[i + 1] expiry by event time, fields ARGV[first..last].
 local function write(key, i, first, last)
   local expire_at = tonumber(ARGV[i + 1])
+  local stored
   if not skip_check then
-    local stored = redis.call('HGET', key, ts_field)
+    stored = redis.call('HGET', key, ts_field)
     if stored and tonumber(stored) >= tonumber(ARGV[i]) then
       pin_key(key)
       return 0
@@ -142,12 +143,18 @@ local function write(key, i, first, last)
     pin_key(key)
     return 1
   end
-  if expire_at == 0 then
-    expire_at = now() + field_ttl
+  local at
+  if expire_at == 0 then  -- TTL counted from now: the same expiry for every row of the call
+    if not from_now then
+      from_now = now() + field_ttl
+      from_now_at = string.format('%.0f', from_now)
+    end
+    expire_at, at = from_now, from_now_at
   elseif expire_at <= now() then
     return -1
+  else
+    at = string.format('%.0f', expire_at)
   end
-  local at = string.format('%.0f', expire_at)
   if expire_at > MAX_AT then
     return '$code field expiry ' .. at .. ' ms is after ' .. MAX_AT ..
       ' ms, the latest Redis accepts; nothing of the row was written to ' .. key
@@ -159,12 +166,24 @@ local function write(key, i, first, last)
     end
   end
   local ts_at = at
-  local stored_at = redis.pcall('HPEXPIRETIME', key, 'FIELDS', 1, ts_field)
-  if failed(stored_at) then
-    return '$code HPEXPIRETIME failed: ' .. stored_at.err .. '; nothing of the row was written to ' .. key
+  -- The stored "_ts" expiry matters only when there is a stored "_ts": the event-time check
+  -- above read it (a row of a new entity skips this read).
+  if skip_check or stored then
+    local stored_at = redis.pcall('HPEXPIRETIME', key, 'FIELDS', 1, ts_field)
+    if failed(stored_at) then
+      return '$code HPEXPIRETIME failed: ' .. stored_at.err .. '; nothing of the row was written to ' .. key
+    end
+    if type(stored_at) == 'table' and tonumber(stored_at[1]) and tonumber(stored_at[1]) > expire_at then
+      ts_at = string.format('%.0f', tonumber(stored_at[1]))
+    end
   end
-  if type(stored_at) == 'table' and tonumber(stored_at[1]) and tonumber(stored_at[1]) > expire_at then
-    ts_at = string.format('%.0f', tonumber(stored_at[1]))
+  if hsetex and short and ts_at == at then
+    local reply = redis.pcall('HSETEX', key, 'PXAT', at, 'FIELDS', (last - first + 1) / 2 + 1,
+      ts_field, ARGV[i], unpack(ARGV, first, last))
+    if failed(reply) then
+      return '$code HSETEX failed: ' .. reply.err .. '; nothing of the row was written to ' .. key
+    end
+    return 1
   end
   local fields = {ts_field}
   for j = first, last, 2 do fields[#fields + 1] = ARGV[j] end
@@ -173,16 +192,7 @@ local function write(key, i, first, last)
     return '$code ' .. reason .. '; the row was removed from ' .. key .. ', not left without a TTL'
   end
   if hsetex then
-    local reply
-    if short and ts_at == at then
-      reply = redis.pcall('HSETEX', key, 'PXAT', at, 'FIELDS', (last - first + 1) / 2 + 1, ts_field, ARGV[i],
-        unpack(ARGV, first, last))
-      if failed(reply) then
-        return '$code HSETEX failed: ' .. reply.err .. '; nothing of the row was written to ' .. key
-      end
-      return 1
-    end
-    reply = redis.pcall('HSETEX', key, 'PXAT', ts_at, 'FIELDS', 1, ts_field, ARGV[i])
+    local reply = redis.pcall('HSETEX', key, 'PXAT', ts_at, 'FIELDS', 1, ts_field, ARGV[i])
     if failed(reply) then
       return '$code HSETEX failed: ' .. reply.err .. '; nothing of the row was written to ' .. key
     end

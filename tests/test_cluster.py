@@ -146,6 +146,39 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
     assert rc.exists("other:user:u0001") and rc.get("fs:user:not-a-hash") == b"x"
 
 
+def test_reads_follow_a_slot_moved_to_another_master(tmp_path, cluster, rc):
+    """The store sends each master its HMGETs straight from its slot map; once a slot moved, the
+    old master answers MOVED and the read goes through redis-py's cluster pipeline, which follows
+    it: the answers stay exact."""
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
+    store.materialize_incremental(end_date=datetime.now(UTC))
+    features = ["user_batch_features:risk_segment", "user_batch_features:tx_count_7d"]
+    rows = [{"user_id": u} for u in USERS]
+    before = store.get_online_features(features=features, entity_rows=rows).to_dict()
+    assert None not in before["risk_segment"]
+
+    key = b"fs:user:u0001"
+    slot = rc.keyslot(key)
+    src = cluster.owner_function()(key)
+    dst = next(m for m in cluster.masters if m.port != src.port)
+    with src.client() as s, dst.client() as d:
+        src_id, dst_id = s.execute_command("CLUSTER MYID"), d.execute_command("CLUSTER MYID")
+        d.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        s.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        moving = s.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
+        assert key.decode() in moving
+        s.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *moving)
+        for node in cluster.masters:
+            with node.client() as c:
+                c.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+        s.config_resetstat()
+        after = store.get_online_features(features=features, entity_rows=rows).to_dict()
+        assert after == before
+        moved = {k: v for k, v in s.info("errorstats").items() if "MOVED" in k}
+        assert moved, "the read should have met the old slot map (a MOVED reply) and followed it"
+    assert store.get_online_features(features=features, entity_rows=rows).to_dict() == before
+
+
 class ReadEvents:
     """Read events (socket reads with data) each master processed since the last reset, on
     connections kept open (opening one costs read events of its own). A pipelined batch that

@@ -306,20 +306,18 @@ WHY = {
     "push100": "As for 1 row: Feast's DataFrame -> Arrow -> proto conversion per push is the same "
     'for both stores and dominates; compare the "store\'s part" rows.',
     "gof1_p50": "A 1-entity call is mostly fixed per-call Python work: Feast's FeatureStore and "
-    "provider wrappers and OnlineResponse, redis-py's connection checkout, and the store's own "
-    "key building, decoding and response filling (about 30 protobuf messages for 5 features). "
-    "The cached read plan removes Feast's request resolution and entity conversion (compare the "
-    "previous-path row); the response is still built message by message, not serialized once.",
-    "gof100_p50": "Building 100 keys, decoding 500 values into ValueProtos and filling Feast's "
-    "response message by message, on top of 100 HMGETs; the built-in store's own share of this "
-    "read is what is left to beat, not Redis (the raw row shows the round trip).",
+    "provider wrappers and OnlineResponse, and the store's own plan lookup, key, value encoding, "
+    "metrics and the response bytes (two views, five features). The HMGET goes out on the store's "
+    "own socket and the response is assembled as protobuf bytes and parsed once; what is left is "
+    "Python per call, which a loaded machine stretches (client CPU row).",
+    "gof100_p50": "100 HMGETs plus 100 keys and 500 values turned into protobuf bytes in Python; "
+    "compare the client CPU row, which a loaded machine disturbs less than the wall time.",
     "gof1_p50/raw": "Raw redis-py's one HMGET is about 0.05 ms of client CPU and returns a list of "
-    "bytes; get_online_features spends about 0.2-0.3 ms of Python per call (client CPU rows) on "
-    "Feast's wrappers, keys, typed values and the protobuf response. On a loaded 2-core machine a "
-    "call that needs more CPU also waits longer for it, so the wall ratio is larger than the CPU "
-    "ratio. Reaching 1.5x needs the response serialized in one piece and a reply reader that "
-    "skips redis-py's per-reply layers, which the issue's prototype measured on a quiet machine.",
-    "gof100_p50/raw": "The same HMGETs plus building keys, decoding values and the protobuf "
+    "bytes; get_online_features also runs Feast's FeatureStore and provider wrappers and "
+    "OnlineResponse, the store's plan lookup, value encoding, metrics (Feast's and the store's) "
+    "and builds the protobuf response. On a loaded 2-core machine a call that needs more CPU also "
+    "waits longer for it, so the wall ratio is larger than the CPU ratio.",
+    "gof100_p50/raw": "The same HMGETs plus building keys, encoding values and the protobuf "
     "response in Python (client CPU rows).",
     "direct1/push": "The writer's call is one row's conversion plus one round trip; on a loaded "
     "machine the round trip's wait for the CPU dominates it, while push's own work is CPU-bound.",
@@ -328,10 +326,10 @@ WHY = {
     "hashes; the plugin's shorter keys (`hx:user:u012345` vs a 39-byte serialized entity key) and "
     "text values win back part of it. The listpack ends just above a jemalloc size class "
     "(MEMORY USAGE row); a few bytes less per hash would drop it a class.",
-    "plugin_per_fv": "Raw pipelined HMGETs return bytes; the store's read also builds keys, decodes "
-    "every value into a ValueProto and fills Feast's response (Feast's "
-    "`_populate_response_from_feature_data`, which converts each row's datetime to a Timestamp). "
-    "That Python work, not Redis, is the difference (client CPU column).",
+    "plugin_per_fv": "Raw pipelined HMGETs return bytes; the store's read also builds keys, encodes "
+    "every value as protobuf bytes and merges them into Feast's response (the work of Feast's "
+    "`_populate_response_from_feature_data`). That Python work, not Redis, is the difference "
+    "(client CPU column).",
     "plugin_online_read": "Key building and decoding values into ValueProtos on top of the same "
     "HMGETs (client CPU column).",
 }

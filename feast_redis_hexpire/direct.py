@@ -45,6 +45,23 @@ def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
+_PACKED: dict[int, tuple[Sequence[str], bytes, bytes]] = {}  # id(field list) -> (list, head, tail)
+
+
+def _packed_fields(fields: Sequence[str]) -> tuple[bytes, bytes]:
+    """The array header and the packed fields of an HMGET with ``fields``, cached while that
+    list object lives (a route's field list serves every read of its plan)."""
+    known = _PACKED.get(id(fields))
+    if known is not None and known[0] is fields:
+        return known[1], known[2]
+    head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
+    tail = b"".join([_bulk(f.encode()) for f in fields])
+    if len(_PACKED) > 256:
+        _PACKED.clear()
+    _PACKED[id(fields)] = (fields, head, tail)  # holds the list: its id is not reused meanwhile
+    return head, tail
+
+
 def pack_hmgets(commands: Sequence[tuple[bytes, Sequence[str]]]) -> bytes:
     """The HMGETs in the protocol's request form (an array of bulk strings), what
     ``hiredis.pack_command`` gives; the fields part is packed once per field list."""
@@ -52,11 +69,10 @@ def pack_hmgets(commands: Sequence[tuple[bytes, Sequence[str]]]) -> bytes:
     fields: Any = None
     head = tail = b""
     for key, these in commands:
-        if these is not fields:  # a route's commands share one field list object
+        if these is not fields:
             fields = these
-            head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(these) + 2)
-            tail = b"".join([_bulk(f.encode()) for f in these])
-        out.append(head + _bulk(key) + tail)
+            head, tail = _packed_fields(these)
+        out.append(head + b"$%d\r\n%s\r\n" % (len(key), key) + tail)
     return b"".join(out)
 
 

@@ -316,6 +316,15 @@ class Route:
         """:func:`value_columns` of one view of the route."""
         ts = part.ts_position
         ts_raw = [reply[ts] for reply in replies]
+        if len(replies) == 1:  # one entity
+            reply = replies[0]
+            try:
+                return ts_raw, [
+                    [None if reply[pos] is None else encode(reply[pos])]
+                    for pos, encode in zip(part.positions, part.encoders)
+                ]
+            except (ValueError, TypeError):
+                pass  # the loop below names the feature and the key
         columns = []
         for name, pos, encode in zip(part.names, part.positions, part.encoders):
             raws = [reply[pos] for reply in replies]

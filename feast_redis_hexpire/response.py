@@ -74,8 +74,15 @@ def _scatter(column: list, fanout: Sequence[list[int]] | None, output_len: int, 
 
 def _stamps(result: ViewResult) -> bytes:
     """The ``event_timestamps`` entries every vector of the view shares."""
-    memo: dict[bytes, bytes] = {}  # rows written together share their event time
     status = result.row_status
+    if len(result.ts_raw) == 1 and result.fanout is None:  # one entity
+        raw = result.ts_raw[0]
+        return (
+            wire.NULL_STAMP
+            if raw is None or (status is not None and status[0] is None)
+            else wire.stamp(int(raw))
+        )
+    memo: dict[bytes, bytes] = {}  # rows written together share their event time
     stamps = []
     for i, raw in enumerate(result.ts_raw):
         if raw is None or (status is not None and status[i] is None):

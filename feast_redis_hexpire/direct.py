@@ -14,7 +14,9 @@ A connection is reused only when it is in step: every reply of the read was read
 HMGET's array of exactly the fields asked (or an error reply), and nothing is left over. Any
 other outcome (a timeout, a reset, a protocol error, an unexpected reply, an interrupt) closes
 it, and the read returns None: the caller reads again through redis-py, whose retry policy
-(``retries``) and errors then apply. A replayed read is safe: reads change nothing.
+(``retries``) and errors then apply. An error reply leaves the connection in step (it is kept);
+the read returns False and redis-py reads again, to raise the error as redis-py names it. A
+replayed read is safe: reads change nothing.
 
 After a fork the child drops the parent's connections without touching them (the parent still
 uses its sockets) and opens its own.
@@ -142,10 +144,11 @@ class DirectReads:
             sock.close()
             raise
 
-    def hmget(self, commands: Sequence[tuple[bytes, Sequence[str]]]) -> list[Any] | None:
-        """The replies of one HMGET per (key, fields); None when the connection failed, the
-        handshake was refused or a reply was an error (the caller reads through redis-py).
-        Every reply is read before returning, so a connection put back is in step."""
+    def hmget(self, commands: Sequence[tuple[bytes, Sequence[str]]]) -> list[Any] | None | bool:
+        """The replies of one HMGET per (key, fields); None when the connection failed or the
+        handshake was refused, False when a reply was an error (the caller reads through
+        redis-py either way). Every reply is read before returning, so a connection put back is
+        in step."""
         if self.refused:
             return None
         try:
@@ -177,9 +180,11 @@ class DirectReads:
                 self._idle.append(conn)
             else:  # anything else, an interrupt included: this connection is out of step
                 conn.close()
-        # An error reply (WRONGTYPE, NOPERM, LOADING ...): redis-py's path reads again and raises
+        if not ok:
+            return None
+        # An error reply (WRONGTYPE, NOPERM, LOADING ...): False, redis-py reads again and raises
         # it as the exception class redis-py gives it.
-        return replies if ok and clean else None
+        return replies if clean else False
 
     def close(self) -> None:
         """Close every idle connection (those in use close when their read fails or is done)."""

@@ -415,12 +415,13 @@ class RedisHexpireOnlineStore(OnlineStore):
     def _hmget_replies(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
         cfg = config.online_store
         direct = direct_reads(cfg, clients.connection_settings(cfg))  # one server: own sockets
-        if direct is not None:
-            replies = direct.hmget(commands)
-            if replies is not None:
-                return replies
+        answer = direct.hmget(commands) if direct is not None else False
+        if isinstance(answer, list):
+            return answer
         client = self.client(config)
-        if isinstance(client, redis.Redis):  # one server: skip the pipeline machinery
+        if answer is None:  # the own socket failed: no second try here, redis-py's retries decide
+            pass
+        elif isinstance(client, redis.Redis):  # one server: skip the pipeline machinery
             replies = hmget_direct(client, commands)
             if replies is not None:
                 return replies

@@ -14,7 +14,7 @@ import pytest
 from conftest import apply_repo, hexpire_store, user_key, wait_for, write_repo
 from feast import FeatureStore
 from feast.protos.feast.types.Value_pb2 import Value
-from redis.exceptions import AuthenticationError
+from redis.exceptions import AuthenticationError, TimeoutError
 
 from feast_redis_hexpire import clients
 from feast_redis_hexpire.config import RedisHexpireOnlineStoreConfig
@@ -121,7 +121,9 @@ def test_interleaved_faults_never_answer_another_entity(make_repo, r):
     assert wrong == [], wrong[:5]
     assert {"answered", "ResponseError", "TimeoutError"} <= set(outcomes), outcomes
     assert read(store, USERS[:25]) == [OWN[u] for u in USERS[:25]]
-    assert own_sockets(r), "reads did not go back to the store's own sockets"
+    # Idle sockets killed while idle are found dead on their next use and dropped (that read
+    # goes through redis-py); then reads are back on a new own socket.
+    wait_for("reads back on the store's own socket", lambda: read(store, ["u0004"]) == [4] and own_sockets(r))
 
 
 def test_password_acl_user_and_db(tmp_path, r, server):
@@ -191,3 +193,21 @@ def test_packed_hmgets_are_what_hiredis_packs():
     commands = [(b"fs:user:u1", shared), (b"fs:user:%00\xff", shared), (b"k", ["x"])]
     expected = b"".join(hiredis.pack_command((b"HMGET", key, *fields)) for key, fields in commands)
     assert pack_hmgets(commands) == expected
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_unresponsive_server_one_own_attempt_then_redis_pys_retries(make_repo, tmp_path, retries):
+    """A read that times out on the own socket goes once through redis-py's pipeline, which
+    makes the first try plus ``retries``: one more connection than redis-py alone, no more."""
+    from test_faults import Blackhole
+
+    store = apply_repo(make_repo())
+    hole = Blackhole()
+    try:
+        repo = write_repo(tmp_path / "hole", f"127.0.0.1:{hole.port}", retries=retries, socket_timeout=0.2)
+        config = FeatureStore(repo_path=str(repo)).config
+        with pytest.raises(TimeoutError):
+            hexpire_store(store)._hmget(config, [(b"fs:user:u0001", ["tx_count_7d"])])
+        assert len(hole.accepted) == 1 + retries + 1
+    finally:
+        hole.close()

@@ -26,6 +26,8 @@ VALUES = {
     "float_val": [0.0, 1.5, 3.4e38, -1.1754944e-38, math.inf, math.nan],
     "bool_val": [True, False],
 }
+# Kinds of the installed Feast's Value (json, uuid, decimal came after 0.55).
+KINDS = sorted(k for k in VALUES if k in Value.DESCRIPTOR.fields_by_name)
 
 
 def entry(value: Value) -> bytes:
@@ -39,7 +41,7 @@ def parsed(entries: list[bytes]) -> GetOnlineFeaturesResponse.FeatureVector:
 
 
 @pytest.mark.parametrize("encoding", ["text", "proto"])
-@pytest.mark.parametrize("kind", sorted(VALUES))
+@pytest.mark.parametrize("kind", KINDS)
 def test_value_entries_parse_to_the_decoders_values(kind, encoding):
     decode = codec.decoder(kind, encoding)
     encode = wire.value_encoder(decode, kind, encoding)

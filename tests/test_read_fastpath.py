@@ -439,3 +439,31 @@ def test_no_read_ever_answers_with_another_entitys_values(make_repo, r):
 
 def _user_key(user: str) -> EntityKey:
     return EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user)])
+
+
+@pytest.mark.parametrize("meta", META)
+def test_plans_without_a_route_match_feasts_generic_method(store, r, meta):
+    """Views keyed differently (a compound entity beside a user view) and aliased join keys
+    take the per-read planning instead of a plan's route; the answers stay Feast's."""
+    load(store)
+    view = apply_compound_view(store)
+    now = datetime.now(UTC)
+    key = EntityKey(
+        join_keys=["user_id", "merchant_id"],
+        entity_values=[Value(string_val="u0001"), Value(string_val="m1")],
+    )
+    hexpire_store(store).online_write_batch(
+        store.config, view, [(key, {"pair_tx": Value(int64_val=7)}, now, None)], None
+    )
+    entity_rows = {"user_id": ["u0001", "u0002", "u0001", "nobody"], "merchant_id": ["m1", "m1", "m2", "m1"]}
+    for full_names in (False, True):
+        ours, feast = answers(store, [*FEATURES, "user_merchant:pair_tx"], entity_rows, full_names, meta)
+        assert ours == feast
+    batch = store.get_feature_view("user_batch_features")
+    service = FeatureService(
+        name="aliased_reads",
+        features=[batch[["risk_segment", "tx_count_7d"]].with_join_key_map({"user_id": "buyer_id"})],
+    )
+    store.apply([service])
+    ours, feast = answers(store, store.get_feature_service("aliased_reads"), {"buyer_id": ROWS}, True, meta)
+    assert ours == feast

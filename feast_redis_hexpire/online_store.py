@@ -326,12 +326,14 @@ class RedisHexpireOnlineStore(OnlineStore):
         metrics.rows(table.name, mode, "failed", len(rows))  # METRICS HOOK (rows not acknowledged)
         shown = ", ".join(keys[i].decode(errors="replace") for i in rows[:10])
         more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
-        before = f"rows 0..{start - 1} were acknowledged" if start else "no row was acknowledged"
-        others = "; the batch's other rows were" if len(rows) < done else ""
+        status = [f"rows 0..{start - 1} were acknowledged"] if start else []
+        if len(rows) < done:
+            status.append("the batch's other rows were acknowledged")
+        status = (status or ["no row was acknowledged"]) + ["later rows were not sent"]
         raise StoreUnavailableError(
             f"feature view {table.name!r}: {'; '.join(clause for clause, _ in unacked)}; not "
-            f"acknowledged: {shown}{more}; a failover may lose them ({before}{others}; later rows "
-            f"were not sent); rerunning the write converges"
+            f"acknowledged: {shown}{more}; a failover may lose them ({'; '.join(status)}); "
+            f"rerunning the write converges"
         )
 
     def online_write_batch(

@@ -555,6 +555,7 @@ async def run_acked_batch_async(
     if not isinstance(client, aredis.RedisCluster):
         results, acks = await run_acked_async(client, script, calls, ack)
         return results, [(None, list(range(len(calls))), acks)]
+    await client.initialize()  # a new asyncio cluster client reads its slot map on first use
     replies: list[Any] = [None] * len(calls)
     nodes: list[NodeAck] = []
     for name, node, rows in _node_groups(client, calls):

@@ -9,7 +9,9 @@ Run with ``-s`` to see the failover reports: ``pytest -m cluster tests/test_clus
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,14 +28,18 @@ from conftest import (
     assert_expiry,
     feast_objects,
     old_redis_server,
+    online_store_of,
+    user_key,
+    wait_for,
     write_data,
     write_repo,
     write_window,
 )
+from feast.protos.feast.types.Value_pb2 import Value
 
 from feast_redis_hexpire.config import RedisHexpireOnlineStoreConfig
 from feast_redis_hexpire.connection import make_async_client, make_client
-from feast_redis_hexpire.exceptions import ConfigError, ServerUnsupportedError
+from feast_redis_hexpire.exceptions import ConfigError, ServerUnsupportedError, StoreUnavailableError
 from feast_redis_hexpire.scripts import WRITE_ROWS
 from feast_redis_hexpire.synth import streaming_frame
 from feast_redis_hexpire.topology import LocalCluster, kill
@@ -343,6 +349,71 @@ def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
             o for o in report.writes(True) if o.n in on_victim and times["cut"] < o.at < times["killed"]
         ]
         assert len(report.lost) <= len(acked_in_window)
+
+
+def test_ack_replicas_waits_on_each_shard_and_names_the_rows_of_a_short_one(tmp_path, cluster, rc):
+    # ack_replicas on a cluster: each master's share of a batch is followed by WAIT on that
+    # master's connection; a master whose replica stopped acknowledging fails only its own rows.
+    with pytest.raises(ConfigError) as too_many:
+        apply_repo(cluster_repo(tmp_path / "too_many", cluster, ack_replicas=2))
+    assert "ack_replicas: 2, but the master at 127.0.0.1:" in str(too_many.value)
+    assert any(f"127.0.0.1:{m.port} has 1 replica(s)" in str(too_many.value) for m in cluster.masters)
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster, ack_replicas=1, ack_timeout_seconds=0.5))
+    store.materialize_incremental(end_date=datetime.now(UTC))
+    owner = cluster.owner_function()
+    victim = owner(b"fs:user:u0001")
+    its_replica = cluster.replicas[cluster.masters.index(victim)]
+    with its_replica.client() as replica:
+        assert replica.execute_command("ROLE")[0] == b"slave"
+        replica.execute_command("READONLY")  # a cluster replica serves reads only after READONLY
+        assert replica.hget("fs:user:u0001", "risk_segment") is not None  # acknowledged: on the replica
+    online = online_store_of(store)
+    view = store.get_feature_view("user_batch_features")
+    users = [f"k{n:02d}" for n in range(15)]
+    mine = [u for u in users if owner(f"fs:user:{u}".encode()) is victim]
+    assert 0 < len(mine) < len(users)
+    os.kill(its_replica.process.pid, signal.SIGSTOP)  # the victim's replica stops acknowledging
+    try:
+        for label, write in (
+            ("sync", lambda rows: online.online_write_batch(store.config, view, rows, None)),
+            (
+                "async",
+                lambda rows: asyncio.run(online.online_write_batch_async(store.config, view, rows, None)),
+            ),
+        ):
+            with pytest.raises(StoreUnavailableError) as info:
+                write(ack_rows(users, label))
+            text = str(info.value)
+            assert f"written to 127.0.0.1:{victim.port} but acknowledged by only 0 of 1 replica(s)" in text
+            named = text.split("not acknowledged: ")[1].split(";")[0].split(", ")
+            assert named == [f"fs:user:{u}" for u in mine], label  # exactly the victim's rows
+            assert "the batch's other rows were acknowledged" in text
+            for u in users:  # every row was written; the other shards' rows are on their replicas
+                assert rc.hget(f"fs:user:{u}", "risk_segment") == label.encode()
+                if u not in mine:
+                    node = cluster.replicas[cluster.masters.index(owner(f"fs:user:{u}".encode()))]
+                    with node.client() as replica:
+                        replica.execute_command("READONLY")
+                        assert replica.hget(f"fs:user:{u}", "risk_segment") == label.encode()
+    finally:
+        os.kill(its_replica.process.pid, signal.SIGCONT)
+    wait_for(
+        "writes to be acknowledged again after the replica resumed",
+        lambda: _acked(online, store, view, ack_rows(users, "again")),
+    )
+
+
+def ack_rows(users: list[str], segment: str) -> list[Any]:
+    now = datetime.now(UTC)
+    return [(user_key(u), {"risk_segment": Value(string_val=segment)}, now, None) for u in users]
+
+
+def _acked(online: Any, store: Any, view: Any, rows: list[Any]) -> bool:
+    try:
+        online.online_write_batch(store.config, view, rows, None)
+        return True
+    except StoreUnavailableError:
+        return False
 
 
 def test_db_other_than_0_is_refused_for_a_cluster():

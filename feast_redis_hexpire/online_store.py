@@ -32,7 +32,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoPermissionError, ResponseError
 
 from . import clients, codec, layout, metrics
-from .config import RedisHexpireOnlineStoreConfig
+from .config import RedisHexpireOnlineStoreConfig, RedisType
 from .connection import IO_ERRORS, address, has_hsetex, require_hfe
 from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
 from .exceptions import (
@@ -284,7 +284,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         want_local = 1 if cfg.ack_aof else 0
         out: list[tuple[str, list[int]]] = []
         for name, calls, acks in nodes:
-            where = name or address(cfg)
+            where = name or self._master_address(config)
             rows = sorted(row for i in calls for row in rows_of_calls[i])
             if isinstance(acks, Exception):
                 out.append((f"rows {_spans(rows)} sent to {where} are not confirmed written ({acks})", rows))
@@ -302,6 +302,18 @@ class RedisHexpireOnlineStore(OnlineStore):
             )
             out.append((clause, rows))
         return out
+
+    def _master_address(self, config: RepoConfig) -> str:
+        """The configured address; through Sentinel with the master it names now (error path)."""
+        cfg: RedisHexpireOnlineStoreConfig = config.online_store
+        if cfg.redis_type != RedisType.redis_sentinel:
+            return address(cfg)
+        try:
+            host, port = self.client(config).connection_pool.get_master_address()
+            master = f"{host}:{port}"
+        except (ResponseError, *IO_ERRORS) as e:  # the sentinels are out of reach too
+            master = f"unknown ({e})"
+        return f"master {cfg.sentinel_master!r} at {master} ({address(cfg)})"
 
     def _batch_done(
         self,

@@ -265,3 +265,24 @@ def run(
             report.unacked_present += 1
     client.close()
     return report
+
+
+def ack_rows(users: list[str], segment: str) -> list[Any]:
+    """online_write_batch rows of the sample repo's batch view: ``risk_segment`` = ``segment``."""
+    from conftest import user_key
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    now = datetime.now(UTC)
+    return [(user_key(u), {"risk_segment": Value(string_val=segment)}, now, None) for u in users]
+
+
+def acked(store: FeatureStore, view: Any, rows: list[Any]) -> bool:
+    """Whether writing ``rows`` was acknowledged (ack_replicas), for waits with a deadline."""
+    from feast_redis_hexpire.exceptions import StoreUnavailableError
+    from feast_redis_hexpire.online_store import hexpire_store
+
+    try:
+        hexpire_store(store).online_write_batch(store.config, view, rows, None)
+        return True
+    except StoreUnavailableError:
+        return False

@@ -29,13 +29,11 @@ from conftest import (
     feast_objects,
     old_redis_server,
     online_store_of,
-    user_key,
     wait_for,
     write_data,
     write_repo,
     write_window,
 )
-from feast.protos.feast.types.Value_pb2 import Value
 
 from feast_redis_hexpire.config import RedisHexpireOnlineStoreConfig
 from feast_redis_hexpire.connection import make_async_client, make_client
@@ -382,7 +380,7 @@ def test_ack_replicas_waits_on_each_shard_and_names_the_rows_of_a_short_one(tmp_
             ),
         ):
             with pytest.raises(StoreUnavailableError) as info:
-                write(ack_rows(users, label))
+                write(failover.ack_rows(users, label))
             text = str(info.value)
             assert f"written to 127.0.0.1:{victim.port} but acknowledged by only 0 of 1 replica(s)" in text
             named = text.split("not acknowledged: ")[1].split(";")[0].split(", ")
@@ -399,21 +397,8 @@ def test_ack_replicas_waits_on_each_shard_and_names_the_rows_of_a_short_one(tmp_
         os.kill(its_replica.process.pid, signal.SIGCONT)
     wait_for(
         "writes to be acknowledged again after the replica resumed",
-        lambda: _acked(online, store, view, ack_rows(users, "again")),
+        lambda: failover.acked(store, view, failover.ack_rows(users, "again")),
     )
-
-
-def ack_rows(users: list[str], segment: str) -> list[Any]:
-    now = datetime.now(UTC)
-    return [(user_key(u), {"risk_segment": Value(string_val=segment)}, now, None) for u in users]
-
-
-def _acked(online: Any, store: Any, view: Any, rows: list[Any]) -> bool:
-    try:
-        online.online_write_batch(store.config, view, rows, None)
-        return True
-    except StoreUnavailableError:
-        return False
 
 
 def test_db_other_than_0_is_refused_for_a_cluster():

@@ -258,21 +258,35 @@ class RedisHexpireOnlineStore(OnlineStore):
             return FieldTTLError(text.replace(f"{FIELD_TTL_ERROR} ", ""))
         return HexpireError(text)
 
-    def _failure(self, config: RepoConfig, table: Any, start: int, total: int, err: Exception) -> Exception:
+    def _failure(
+        self, config: RepoConfig, table: Any, start: int, keys: list[bytes], err: Exception
+    ) -> Exception:
+        """The error of a batch that failed as a whole: rows ``start``.. are not confirmed
+        written, named by their keys."""
+        total = len(keys)
         _count_failure(config, table, total - start, err)  # METRICS HOOK (failed writes)
-        where = address(config.online_store)
+        where = (
+            self._master_address(config)
+            if config.online_store.ack_command()
+            else address(config.online_store)
+        )
+        named = ", ".join(k.decode(errors="replace") for k in keys[start : start + 10])
+        named += f" and {total - start - 10} more" if total - start > 10 else ""
         if isinstance(err, NoPermissionError):  # every row of the batch was refused alike
             return StoreUnavailableError(
                 f"feature view {table.name!r}: the Redis user at {where} may not write: {err}; "
                 f"nothing of rows {start}..{total - 1} was written (see docs/ACL.md)"
             )
         if isinstance(err, ResponseError):
-            return HexpireError(f"feature view {table.name!r}: the server at {where} refused a write: {err}")
+            return HexpireError(
+                f"feature view {table.name!r}: the server at {where} refused a write: {err}; rows "
+                f"{start}..{total - 1} are not confirmed written: {named}"
+            )
         done = f"rows 0..{start - 1} were written" if start else "no row is confirmed written"
         return StoreUnavailableError(
             f"writing feature view {table.name!r} to {where} failed: {err}; rows {start}..{total - 1} "
-            f"of this batch may not be written ({done}); rerunning the write converges, older "
-            f"rows are skipped by event time"
+            f"of this batch may not be written ({done}): {named}; rerunning the write converges, "
+            f"older rows are skipped by event time"
         )
 
     def _unacked(
@@ -287,7 +301,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             where = name or self._master_address(config)
             rows = sorted(row for i in calls for row in rows_of_calls[i])
             if isinstance(acks, Exception):
-                out.append((f"rows {_spans(rows)} sent to {where} are not confirmed written ({acks})", rows))
+                out.append((f"{_spans(rows)} sent to {where} but not confirmed written ({acks})", rows))
                 continue
             local = min(int(a[0]) if isinstance(a, list) else want_local for a in acks)
             replicas = min(int(a[1]) if isinstance(a, list) else int(a) for a in acks)
@@ -297,7 +311,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             if local < want_local:
                 what += " and not the master's AOF"
             clause = (
-                f"rows {_spans(rows)} were written to {where} but acknowledged by only {what} "
+                f"{_spans(rows)} written to {where} but acknowledged by only {what} "
                 f"within {cfg.ack_timeout_seconds} s (ack_replicas)"
             )
             out.append((clause, rows))
@@ -381,7 +395,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             try:
                 sent = next(replies)
             except (ResponseError, *IO_ERRORS) as e:
-                raise self._failure(config, table, start, len(data), e) from e
+                raise self._failure(config, table, start, keys, e) from e
             seconds = time.perf_counter() - began
             done = self._batch_done(config, table, keys, mode, start, plans.popleft(), sent, failed, seconds)
             if progress:
@@ -414,7 +428,7 @@ class RedisHexpireOnlineStore(OnlineStore):
                 else:
                     sent = await run_acked_batch_async(client, WRITE_ROWS, calls, ack)
             except (ResponseError, *IO_ERRORS) as e:
-                raise self._failure(config, table, start, len(data), e) from e
+                raise self._failure(config, table, start, keys, e) from e
             seconds = time.perf_counter() - began
             done = self._batch_done(config, table, keys, mode, start, rows_of_calls, sent, failed, seconds)
             if progress:
@@ -816,7 +830,7 @@ class RedisHexpireOnlineStore(OnlineStore):
 
 
 def _spans(rows: list[int]) -> str:
-    """Sorted row numbers as ranges: ``0..3, 7, 9..10``."""
+    """Sorted row numbers as ranges with their verb: ``rows 0..3, 7 were``, ``row 5 was``."""
     spans: list[str] = []
     first = prev = rows[0] if rows else 0
     for row in rows[1:] + [None]:  # type: ignore[list-item]
@@ -826,7 +840,7 @@ def _spans(rows: list[int]) -> str:
         spans.append(f"{first}..{prev}" if prev > first else str(first))
         if row is not None:
             first = prev = row
-    return ", ".join(spans)
+    return f"row {spans[0]} was" if len(rows) == 1 else f"rows {', '.join(spans)} were"
 
 
 def _check_event_expiry(view: str, data: Sequence[Row], field_ttl_ms: int) -> None:

@@ -315,29 +315,48 @@ def test_cluster_with_one_old_primary_is_refused_naming_it(tmp_path):
                 assert c.dbsize() == 0, "a refused apply writes nothing"
 
 
-def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
+@pytest.mark.parametrize(
+    "kind,ack",
+    [("redis", False), ("redis", True), ("valkey", True)],
+    ids=["redis", "redis-ack", "valkey-ack"],
+)
+def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path, kind, ack):
     # The loss case made deterministic: the replica is cut off, the master acknowledges writes
     # only it holds, then dies; the promoted replica never had them. The report must find them.
-    with LocalCluster("redis") as fresh:
-        store = apply_repo(cluster_repo(tmp_path / "repo", fresh))
+    # With ack_replicas: 1 the cut-off master acknowledges none of them: nothing acknowledged is
+    # lost, and each write that failed names its row; the killed master is restarted (it
+    # rejoins as the new master's replica) so that writes are acknowledged again.
+    settings = {"ack_replicas": 1, "ack_timeout_seconds": 0.3} if ack else {}
+    with LocalCluster(kind) as fresh:
+        store = apply_repo(cluster_repo(tmp_path / "repo", fresh, **settings))
         store.materialize_incremental(end_date=datetime.now(UTC))
         victim, its_replica = fresh.masters[0], fresh.replicas[0]
         owner = fresh.owner_function()
         on_victim = {n for n in range(5000) if owner(b"fs:user:w%05d" % n) is victim}
         cut, times = failover.cut_then_kill(victim, its_replica, on_master=on_victim.__contains__)
+
+        def new_master() -> None:
+            promoted = fresh.wait_promoted(victim)
+            if ack:
+                failover.rejoin(victim, promoted)
+
         report = failover.run(
             store,
             kill=cut,
-            wait_new_master=lambda: fresh.wait_promoted(victim),
+            wait_new_master=new_master,
             raw=lambda: raw_client(fresh),
             key_of=lambda n: b"fs:user:w%05d" % n,
             before=60,
             after=60,
             on_victim=on_victim.__contains__,
         )
-        label = f"cluster redis: replica cut off, then SIGKILL 127.0.0.1:{victim.port}"
+        option = ", ack_replicas 1" if ack else ""
+        label = f"cluster {kind}{option}: replica cut off, then SIGKILL 127.0.0.1:{victim.port}"
         print("\n" + report.summary(label))
         assert not report.errors_after_recovery()
+        if ack:
+            failover.check_acked(report, times)
+            return
         assert report.lost, "writes acknowledged by the cut-off master must be reported lost"
         assert not report.lost_not_a_suffix(), "a write survived an earlier lost one"
         for n, ago in report.lost:

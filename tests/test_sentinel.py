@@ -166,24 +166,46 @@ def check_failover(tmp_path: Path, sentinel: LocalSentinel, use_async: bool) -> 
     assert not report.lost_not_a_suffix(), "a write survived an earlier lost one"
 
 
-def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
-    # The loss case made deterministic (see failover.cut_then_kill); redis only, to keep CI short.
-    with LocalSentinel("redis") as fresh:
-        store = apply_repo(sentinel_repo(tmp_path / "repo", fresh))
+@pytest.mark.parametrize(
+    "kind,ack",
+    [("redis", False), ("redis", True), ("valkey", True)],
+    ids=["redis", "redis-ack", "valkey-ack"],
+)
+def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path, kind, ack):
+    # The loss case made deterministic (see failover.cut_then_kill). With ack_replicas: 1 the
+    # cut-off master acknowledges none of its writes: nothing acknowledged is lost and every
+    # failed write names its row; the killed master is restarted (the sentinels make it the new
+    # master's replica) so that writes are acknowledged again.
+    settings = {"ack_replicas": 1, "ack_timeout_seconds": 0.3} if ack else {}
+    with LocalSentinel(kind) as fresh:
+        store = apply_repo(sentinel_repo(tmp_path / "repo", fresh, **settings))
         store.materialize_incremental(end_date=datetime.now(UTC))
-        cut, times = failover.cut_then_kill(fresh.master, fresh.replica)
+        old = fresh.master
+        cut, times = failover.cut_then_kill(old, fresh.replica)
+
+        def new_master() -> None:
+            promoted = fresh.wait_failover(old)
+            if ack:
+                failover.rejoin(old, promoted)
+
         report = failover.run(
             store,
             kill=cut,
-            wait_new_master=lambda: fresh.wait_failover(fresh.master),
+            wait_new_master=new_master,
             raw=lambda: master_client(fresh),
             key_of=lambda n: b"fs:user:w%05d" % n,
             before=60,
             after=60,
         )
-        label = f"sentinel redis: replica cut off, then SIGKILL 127.0.0.1:{fresh.master.port}"
-        print("\n" + report.summary(label))
+        option = ", ack_replicas 1" if ack else ""
+        print(
+            "\n"
+            + report.summary(f"sentinel {kind}{option}: replica cut off, then SIGKILL 127.0.0.1:{old.port}")
+        )
         assert not report.errors_after_recovery()
+        if ack:
+            failover.check_acked(report, times)
+            return
         assert report.lost, "writes acknowledged by the cut-off master must be reported lost"
         assert not report.lost_not_a_suffix(), "a write survived an earlier lost one"
         for _, ago in report.lost:

@@ -33,7 +33,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 
 from . import clients, codec, layout, metrics
 from .config import RedisHexpireOnlineStoreConfig, RedisType
-from .connection import IO_ERRORS, address, has_hsetex, require_hfe
+from .connection import IO_ERRORS, address, has_hsetex, primaries, require_hfe
 from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
 from .exceptions import (
     BadValueError,
@@ -918,11 +918,7 @@ def _require_acks(client: Any, cfg: RedisHexpireOnlineStoreConfig) -> None:
     (on a cluster: every master), and ack_aof only with the master's AOF on."""
     if not (cfg.ack_replicas or cfg.ack_aof):
         return
-    if isinstance(client, redis.RedisCluster):
-        masters = [(f"{n.host}:{n.port}", client.get_redis_connection(n)) for n in client.get_primaries()]
-    else:
-        masters = [(address(cfg), client)]
-    for where, server in masters:
+    for where, server in primaries(client, cfg):
         connected = int(server.info("replication").get("connected_slaves", 0))
         if connected < cfg.ack_replicas:
             raise ConfigError(

@@ -149,6 +149,17 @@ def rejoin(old: LocalRedis, new_master: LocalRedis, timeout: float = 60.0) -> No
             time.sleep(0.05)
 
 
+def ack_timeline(report: FailoverReport, times: dict) -> str:
+    """When the replica was promoted and the killed master was back as its replica."""
+    unacked = [o for o in report.writes(False) if "acknowledged by only" in (o.error or "")]
+    return (
+        f"  promoted +{times['promoted'] - report.killed_at:.2f} s after the kill, old master back as "
+        f"its replica +{times['rejoined'] - report.killed_at:.2f} s; {len(unacked)} of "
+        f"{len(report.writes(False))} failed writes were 'acknowledged by only 0 of 1' (the rest: "
+        f"connection errors during the failover)"
+    )
+
+
 def check_acked(report: FailoverReport, times: dict) -> None:
     """With ``ack_replicas: 1``: no acknowledged write lost, and every write that was not
     acknowledged failed with an error naming its entity's key."""

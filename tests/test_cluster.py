@@ -337,8 +337,10 @@ def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path, kind
 
         def new_master() -> None:
             promoted = fresh.wait_promoted(victim)
+            times["promoted"] = time.monotonic()
             if ack:
                 failover.rejoin(victim, promoted)
+                times["rejoined"] = time.monotonic()
 
         report = failover.run(
             store,
@@ -355,6 +357,7 @@ def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path, kind
         print("\n" + report.summary(label))
         assert not report.errors_after_recovery()
         if ack:
+            print(failover.ack_timeline(report, times))
             failover.check_acked(report, times)
             return
         assert report.lost, "writes acknowledged by the cut-off master must be reported lost"

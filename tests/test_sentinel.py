@@ -10,6 +10,7 @@ import asyncio
 import os
 import random
 import signal
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -185,8 +186,10 @@ def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path, kind
 
         def new_master() -> None:
             promoted = fresh.wait_failover(old)
+            times["promoted"] = time.monotonic()
             if ack:
                 failover.rejoin(old, promoted)
+                times["rejoined"] = time.monotonic()
 
         report = failover.run(
             store,
@@ -204,6 +207,7 @@ def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path, kind
         )
         assert not report.errors_after_recovery()
         if ack:
+            print(failover.ack_timeline(report, times))
             failover.check_acked(report, times)
             return
         assert report.lost, "writes acknowledged by the cut-off master must be reported lost"

@@ -3,8 +3,9 @@
 Connects with the repo's online-store config and reports each check as ok / warning / error,
 with the reason and the fix: the server and its commands, the eviction policy, persistence, the
 listpack limits against the repo's widest hash, replication (and, with ack_replicas / ack_aof,
-the replicas and AOF each master needs), cluster slot coverage, the ACL of the configured user, each view's TTLs as the store applies them, and the memory per entity of a
-sample of the project's keys::
+the replicas and AOF each master needs), cluster slot coverage, the ACL of the configured user,
+each view's TTLs as the store applies them, and the memory per entity of a sample of the
+project's keys::
 
     findings = diagnose(FeatureStore("feature_repo"))
     print(render(findings))

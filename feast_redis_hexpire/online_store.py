@@ -301,7 +301,8 @@ class RedisHexpireOnlineStore(OnlineStore):
             where = name or self._master_address(config)
             rows = sorted(row for i in calls for row in rows_of_calls[i])
             if isinstance(acks, Exception):
-                out.append((f"{_spans(rows)} sent to {where} but not confirmed written ({acks})", rows))
+                error = f"{type(acks).__name__}: {acks}"
+                out.append((f"{_spans(rows)} sent to {where} but not confirmed written ({error})", rows))
                 continue
             local = min(int(a[0]) if isinstance(a, list) else want_local for a in acks)
             replicas = min(int(a[1]) if isinstance(a, list) else int(a) for a in acks)

@@ -427,6 +427,76 @@ def test_ack_replicas_waits_on_each_shard_and_names_the_rows_of_a_short_one(tmp_
     )
 
 
+def _move_slot(slot: int, source: Any, target: Any, finish: bool = True) -> None:
+    """CLUSTER SETSLOT's migration steps for an empty slot: IMPORTING / MIGRATING, then (with
+    ``finish``) NODE on both, which bumps the target's epoch so every node learns the owner."""
+    with source.client() as src, target.client() as dst:
+        src_id, dst_id = (c.execute_command("CLUSTER", "MYID") for c in (src, dst))
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        if finish:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+
+def test_ack_replicas_ask_and_moved_fail_their_rows_by_name(tmp_path, cluster, rc):
+    # A slot being migrated (ASK) and then moved (MOVED) under a client whose slot map still
+    # names the old owner: that node's rows are reported failed with the redirect, never
+    # silently; the other rows of the batch are written and acknowledged; after a MOVED the
+    # client follows the slot.
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster, ack_replicas=1, ack_timeout_seconds=2))
+    view = store.get_feature_view("user_batch_features")
+    owner = cluster.owner_function()
+    moving = next(
+        f"m{n:03d}" for n in range(1000) if rc.cluster_countkeysinslot(rc.keyslot(f"fs:user:m{n:03d}")) == 0
+    )
+    key = f"fs:user:{moving}".encode()
+    slot, source = rc.keyslot(key), owner(key)
+    target = next(m for m in cluster.masters if m is not source)
+    other = next(f"o{n:03d}" for n in range(1000) if owner(f"fs:user:o{n:03d}".encode()) is not source)
+    assert failover.acked(store, view, failover.ack_rows([other], "warm"))  # the client has its slot map
+    try:
+        _move_slot(slot, source, target, finish=False)
+        with pytest.raises(StoreUnavailableError) as info:
+            online_store_of(store).online_write_batch(
+                store.config, view, failover.ack_rows([other, moving], "ask"), None
+            )
+        text = str(info.value)
+        assert f"row 1 was sent to 127.0.0.1:{source.port} but not confirmed written (AskError: " in text, (
+            text
+        )
+        assert (
+            f"not acknowledged: fs:user:{moving};" in text
+            and "the batch's other rows were acknowledged" in text
+        )
+        assert rc.hget(f"fs:user:{other}", "risk_segment") == b"ask"
+        _move_slot(slot, source, target)
+        with pytest.raises(StoreUnavailableError) as info:
+            online_store_of(store).online_write_batch(
+                store.config, view, failover.ack_rows([moving], "moved"), None
+            )
+        text = str(info.value)
+        assert f"row 0 was sent to 127.0.0.1:{source.port} but not confirmed written (MovedError: " in text, (
+            text
+        )
+        assert f"not acknowledged: fs:user:{moving};" in text
+        wait_for(
+            "the write to follow the slot",
+            lambda: failover.acked(store, view, failover.ack_rows([moving], "followed")),
+        )
+        with target.client() as t:
+            assert t.hget(key, "risk_segment") == b"followed"
+    finally:
+        rc.delete(key)
+        wait_for("the slot to be empty", lambda: rc.cluster_countkeysinslot(slot) == 0)
+        for node in (source, target):  # back, for the module's other tests
+            with node.client() as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        if cluster.owner_function()(key) is not source:
+            _move_slot(slot, target, source)
+        wait_for("every node to see the slot back", lambda: cluster.owner_function()(key) is source)
+
+
 def test_db_other_than_0_is_refused_for_a_cluster():
     cfg = RedisHexpireOnlineStoreConfig(connection_string="127.0.0.1:7000,db=2", redis_type="redis_cluster")
     for make in (make_client, make_async_client):

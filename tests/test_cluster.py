@@ -470,6 +470,12 @@ def test_ack_replicas_ask_and_moved_fail_their_rows_by_name(tmp_path, cluster, r
             and "the batch's other rows were acknowledged" in text
         )
         assert rc.hget(f"fs:user:{other}", "risk_segment") == b"ask"
+        with pytest.raises(
+            StoreUnavailableError, match=f"not confirmed written \\(AskError: .*fs:user:{moving};"
+        ):
+            rows = failover.ack_rows([other, moving], "ask-async")
+            asyncio.run(online_store_of(store).online_write_batch_async(store.config, view, rows, None))
+        assert rc.hget(f"fs:user:{other}", "risk_segment") == b"ask-async"
         _move_slot(slot, source, target)
         with pytest.raises(StoreUnavailableError) as info:
             online_store_of(store).online_write_batch(

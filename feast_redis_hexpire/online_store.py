@@ -32,8 +32,8 @@ from redis.crc import key_slot
 from redis.exceptions import NoPermissionError, ResponseError
 
 from . import clients, codec, layout, metrics
-from .config import RedisHexpireOnlineStoreConfig
-from .connection import IO_ERRORS, address, has_hsetex, require_hfe
+from .config import RedisHexpireOnlineStoreConfig, RedisType
+from .connection import IO_ERRORS, address, has_hsetex, primaries, require_hfe
 from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
 from .exceptions import (
     BadValueError,
@@ -62,8 +62,9 @@ from .scripts import (
     UNLINK_IF_OURS,
     WRITE_ROWS,
     Call,
-    run_acked,
-    run_acked_async,
+    NodeAck,
+    run_acked_batch,
+    run_acked_batch_async,
     run_batches,
     run_pipelined,
     run_pipelined_async,
@@ -209,6 +210,8 @@ class RedisHexpireOnlineStore(OnlineStore):
         results: list[int] = []
         refused = 0
         for rows, reply in zip(rows_of_calls, replies):
+            if reply is None:  # its node failed (ack_replicas on a cluster): reported by the caller
+                continue
             for row, result in zip(rows, reply):
                 if isinstance(result, int):
                     results.append(result)
@@ -256,40 +259,108 @@ class RedisHexpireOnlineStore(OnlineStore):
             return FieldTTLError(text.replace(f"{FIELD_TTL_ERROR} ", ""))
         return HexpireError(text)
 
-    def _failure(self, config: RepoConfig, table: Any, start: int, total: int, err: Exception) -> Exception:
+    def _failure(
+        self, config: RepoConfig, table: Any, start: int, keys: list[bytes], err: Exception
+    ) -> Exception:
+        """The error of a batch that failed as a whole: rows ``start``.. are not confirmed
+        written, named by their keys."""
+        total = len(keys)
         _count_failure(config, table, total - start, err)  # METRICS HOOK (failed writes)
-        where = address(config.online_store)
+        where = (
+            self._master_address(config)
+            if config.online_store.ack_command()
+            else address(config.online_store)
+        )
+        named = ", ".join(k.decode(errors="replace") for k in keys[start : start + 10])
+        named += f" and {total - start - 10} more" if total - start > 10 else ""
         if isinstance(err, NoPermissionError):  # every row of the batch was refused alike
             return StoreUnavailableError(
                 f"feature view {table.name!r}: the Redis user at {where} may not write: {err}; "
                 f"nothing of rows {start}..{total - 1} was written (see docs/ACL.md)"
             )
         if isinstance(err, ResponseError):
-            return HexpireError(f"feature view {table.name!r}: the server at {where} refused a write: {err}")
+            return HexpireError(
+                f"feature view {table.name!r}: the server at {where} refused a write: {err}; rows "
+                f"{start}..{total - 1} are not confirmed written: {named}"
+            )
         done = f"rows 0..{start - 1} were written" if start else "no row is confirmed written"
         return StoreUnavailableError(
             f"writing feature view {table.name!r} to {where} failed: {err}; rows {start}..{total - 1} "
-            f"of this batch may not be written ({done}); rerunning the write converges, older "
-            f"rows are skipped by event time"
+            f"of this batch may not be written ({done}): {named}; rerunning the write converges, "
+            f"older rows are skipped by event time"
         )
 
-    def _check_acks(self, config: RepoConfig, table: Any, start: int, count: int, acks: list) -> None:
-        """Raise when a batch's WAIT / WAITAOF came back short: its rows count as failed."""
+    def _unacked(
+        self, config: RepoConfig, rows_of_calls: list[list[int]], nodes: list[NodeAck]
+    ) -> list[tuple[str, list[int]]]:
+        """Per node of a batch whose rows are not acknowledged (an error, or a WAIT / WAITAOF
+        that came back short): a clause naming the node and the rows, and the rows."""
         cfg: RedisHexpireOnlineStoreConfig = config.online_store
         want_local = 1 if cfg.ack_aof else 0
-        local = min(int(a[0]) if isinstance(a, list) else want_local for a in acks)
-        replicas = min(int(a[1]) if isinstance(a, list) else int(a) for a in acks)
-        if local >= want_local and replicas >= cfg.ack_replicas:
-            return
-        metrics.rows(table.name, policy_for(table, cfg).mode, "failed", count)  # METRICS HOOK
-        what = f"{replicas} of {cfg.ack_replicas} replica(s)" + (" (AOF)" if cfg.ack_aof else "")
-        if local < want_local:
-            what += " and not the master's AOF"
-        done = f"rows 0..{start - 1} were acknowledged" if start else "no row was acknowledged"
+        out: list[tuple[str, list[int]]] = []
+        for name, calls, acks in nodes:
+            where = name or self._master_address(config)
+            rows = sorted(row for i in calls for row in rows_of_calls[i])
+            if isinstance(acks, Exception):
+                error = f"{type(acks).__name__}: {acks}"
+                out.append((f"{_spans(rows)} sent to {where} but not confirmed written ({error})", rows))
+                continue
+            local = min(int(a[0]) if isinstance(a, list) else want_local for a in acks)
+            replicas = min(int(a[1]) if isinstance(a, list) else int(a) for a in acks)
+            if local >= want_local and replicas >= cfg.ack_replicas:
+                continue
+            what = f"{replicas} of {cfg.ack_replicas} replica(s)" + (" (AOF)" if cfg.ack_aof else "")
+            if local < want_local:
+                what += " and not the master's AOF"
+            clause = (
+                f"{_spans(rows)} written to {where} but acknowledged by only {what} "
+                f"within {cfg.ack_timeout_seconds} s (ack_replicas)"
+            )
+            out.append((clause, rows))
+        return out
+
+    def _master_address(self, config: RepoConfig) -> str:
+        """The configured address; through Sentinel with the master it names now (error path)."""
+        cfg: RedisHexpireOnlineStoreConfig = config.online_store
+        if cfg.redis_type != RedisType.redis_sentinel:
+            return address(cfg)
+        try:
+            host, port = self.client(config).connection_pool.get_master_address()
+            master = f"{host}:{port}"
+        except (ResponseError, *IO_ERRORS) as e:  # the sentinels are out of reach too
+            master = f"unknown ({e})"
+        return f"master {cfg.sentinel_master!r} at {master} ({address(cfg)})"
+
+    def _batch_done(
+        self,
+        config: RepoConfig,
+        table: Any,
+        keys: list[bytes],
+        mode: str,
+        start: int,
+        rows_of_calls: list[list[int]],
+        sent: tuple[list, list[NodeAck]],
+        failed: list[tuple[int, str]],
+        seconds: float,
+    ) -> int:
+        """Count one batch's results (rows the server refused go to ``failed``); raise naming
+        every row not acknowledged (ack_replicas / ack_aof). Returns the batch's row count."""
+        batch, nodes = sent
+        done = self._collect(table, mode, rows_of_calls, batch, failed, seconds)
+        unacked = self._unacked(config, rows_of_calls, nodes) if nodes else []
+        if not unacked:
+            return done
+        rows = sorted(row for _, part in unacked for row in part)
+        metrics.rows(table.name, mode, "failed", len(rows))  # METRICS HOOK (rows not acknowledged)
+        shown = ", ".join(keys[i].decode(errors="replace") for i in rows[:10])
+        more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+        status = [f"rows 0..{start - 1} were acknowledged"] if start else []
+        if len(rows) < done:
+            status.append("the batch's other rows were acknowledged")
+        status = (status or ["no row was acknowledged"]) + ["later rows were not sent"]
         raise StoreUnavailableError(
-            f"feature view {table.name!r}: rows {start}..{start + count - 1} were written to "
-            f"{address(cfg)} but acknowledged by only {what} within {cfg.ack_timeout_seconds} s "
-            f"(ack_replicas); a failover may lose them ({done}; later rows were not sent); "
+            f"feature view {table.name!r}: {'; '.join(clause for clause, _ in unacked)}; not "
+            f"acknowledged: {shown}{more}; a failover may lose them ({'; '.join(status)}); "
             f"rerunning the write converges"
         )
 
@@ -305,26 +376,6 @@ class RedisHexpireOnlineStore(OnlineStore):
         client = self.client(config)
         mode, keys, encode = self._write_calls(config, table, data, isinstance(client, redis.RedisCluster))
         size = config.online_store.write_batch_size
-        ack = config.online_store.ack_command()
-        if ack is not None:  # ack_replicas / ack_aof: each batch, then WAIT on its connection
-            failed_acked: list[tuple[int, str]] = []
-            for start in range(0, len(data), size):
-                chunk = data[start : start + size]
-                calls, rows_of_calls = encode(start, chunk)
-                began = time.perf_counter()
-                try:
-                    batch, acks = run_acked(client, WRITE_ROWS, calls, ack)
-                except (ResponseError, *IO_ERRORS) as e:
-                    raise self._failure(config, table, start, len(data), e) from e
-                done = self._collect(
-                    table, mode, rows_of_calls, batch, failed_acked, time.perf_counter() - began
-                )
-                self._check_acks(config, table, start, len(chunk), acks)
-                if progress:
-                    progress(done)
-            if failed_acked:
-                raise self._row_failures(config, table, keys, failed_acked, len(data))
-            return
         starts = range(0, len(data), size)
         plans: deque[list[list[int]]] = deque()  # rows of each call of the batches sent
 
@@ -334,15 +385,21 @@ class RedisHexpireOnlineStore(OnlineStore):
                 plans.append(rows_of_calls)
                 yield calls
 
-        replies = run_batches(client, WRITE_ROWS, batches())
+        ack = config.online_store.ack_command()
+        replies: Iterator[tuple[list, list[NodeAck]]]
+        if ack is None:  # batches overlap on one connection (run_batches)
+            replies = ((batch, []) for batch in run_batches(client, WRITE_ROWS, batches()))
+        else:  # ack_replicas / ack_aof: each batch, then WAIT on each of its nodes' connections
+            replies = (run_acked_batch(client, WRITE_ROWS, calls, ack) for calls in batches())
         failed: list[tuple[int, str]] = []
         for start in starts:  # one batch per start, replies in order
             began = time.perf_counter()
             try:
-                batch = next(replies)
+                sent = next(replies)
             except (ResponseError, *IO_ERRORS) as e:
-                raise self._failure(config, table, start, len(data), e) from e
-            done = self._collect(table, mode, plans.popleft(), batch, failed, time.perf_counter() - began)
+                raise self._failure(config, table, start, keys, e) from e
+            seconds = time.perf_counter() - began
+            done = self._batch_done(config, table, keys, mode, start, plans.popleft(), sent, failed, seconds)
             if progress:
                 progress(done)
         if failed:
@@ -364,20 +421,18 @@ class RedisHexpireOnlineStore(OnlineStore):
         ack = config.online_store.ack_command()
         failed: list[tuple[int, str]] = []
         for start in range(0, len(data), size):
-            chunk = data[start : start + size]
-            calls, rows_of_calls = encode(start, chunk)
+            calls, rows_of_calls = encode(start, data[start : start + size])
             began = time.perf_counter()
-            acks: list = []
+            sent: tuple[list, list[NodeAck]]
             try:
                 if ack is None:
-                    batch = await run_pipelined_async(client, WRITE_ROWS, calls)
+                    sent = (await run_pipelined_async(client, WRITE_ROWS, calls), [])
                 else:
-                    batch, acks = await run_acked_async(client, WRITE_ROWS, calls, ack)
+                    sent = await run_acked_batch_async(client, WRITE_ROWS, calls, ack)
             except (ResponseError, *IO_ERRORS) as e:
-                raise self._failure(config, table, start, len(data), e) from e
-            done = self._collect(table, mode, rows_of_calls, batch, failed, time.perf_counter() - began)
-            if ack is not None:
-                self._check_acks(config, table, start, len(chunk), acks)
+                raise self._failure(config, table, start, keys, e) from e
+            seconds = time.perf_counter() - began
+            done = self._batch_done(config, table, keys, mode, start, rows_of_calls, sent, failed, seconds)
             if progress:
                 progress(done)
         if failed:
@@ -778,6 +833,20 @@ class RedisHexpireOnlineStore(OnlineStore):
         return ViewLayout.of(config, table, self.client(config)).keys.key(entity_key)
 
 
+def _spans(rows: list[int]) -> str:
+    """Sorted row numbers as ranges with their verb: ``rows 0..3, 7 were``, ``row 5 was``."""
+    spans: list[str] = []
+    first = prev = rows[0] if rows else 0
+    for row in rows[1:] + [None]:  # type: ignore[list-item]
+        if row is not None and row == prev + 1:
+            prev = row
+            continue
+        spans.append(f"{first}..{prev}" if prev > first else str(first))
+        if row is not None:
+            first = prev = row
+    return f"row {spans[0]} was" if len(rows) == 1 else f"rows {', '.join(spans)} were"
+
+
 def _check_event_expiry(view: str, data: Sequence[Row], field_ttl_ms: int) -> None:
     """With ``ttl_from: event``, refuse a batch holding a row whose fields would expire after the
     latest time Redis accepts (an event far in the future), before anything is written."""
@@ -849,14 +918,16 @@ def _count_failure(config: RepoConfig, table: Any, rows: int, err: Exception) ->
 
 
 def _require_acks(client: Any, cfg: RedisHexpireOnlineStoreConfig) -> None:
-    """At `feast apply`: ack_replicas no larger than the replicas connected now, and ack_aof only
-    with the master's AOF on."""
-    if cfg.ack_replicas:
-        connected = int(client.info("replication").get("connected_slaves", 0))
+    """At `feast apply`: ack_replicas no larger than the replicas connected now to each master
+    (on a cluster: every master), and ack_aof only with the master's AOF on."""
+    if not (cfg.ack_replicas or cfg.ack_aof):
+        return
+    for where, server in primaries(client, cfg):
+        connected = int(server.info("replication").get("connected_slaves", 0))
         if connected < cfg.ack_replicas:
             raise ConfigError(
-                f"ack_replicas: {cfg.ack_replicas}, but the master at {address(cfg)} has {connected} "
-                f"replica(s) connected; every write would fail"
+                f"ack_replicas: {cfg.ack_replicas}, but the master at {where} has {connected} "
+                f"replica(s) connected; every write to it would fail"
             )
-    if cfg.ack_aof and not int(client.info("persistence").get("aof_enabled", 0)):
-        raise ConfigError(f"ack_aof: true, but the master at {address(cfg)} runs without AOF (appendonly no)")
+        if cfg.ack_aof and not int(server.info("persistence").get("aof_enabled", 0)):
+            raise ConfigError(f"ack_aof: true, but the master at {where} runs without AOF (appendonly no)")

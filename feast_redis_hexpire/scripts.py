@@ -14,10 +14,12 @@ from string import Template
 from typing import Any
 
 import redis
+import redis.asyncio as aredis
+from redis.asyncio.cluster import PipelineCommand
 from redis.cluster import ClusterPipeline
-from redis.exceptions import NoScriptError, RedisClusterException
+from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 
-from .connection import read_replies, send_commands
+from .connection import IO_ERRORS, read_replies, send_commands
 from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
 
 __all__ = [
@@ -28,10 +30,13 @@ __all__ = [
     "UNLINK_IF_OURS",
     "WRITE_ROWS",
     "Call",
+    "NodeAck",
     "Script",
     "run_batches",
     "run_acked",
     "run_acked_async",
+    "run_acked_batch",
+    "run_acked_batch_async",
     "run_pipelined",
 ]
 
@@ -501,6 +506,117 @@ async def run_acked_async(
             pipe.execute_command(*ack)
             again = await pipe.execute(raise_on_error=False)
         acks.append(again.pop())
+        for i, result in zip(missing, again):
+            results[i] = result
+    _raise_first(results + acks)
+    return results, acks
+
+
+# One node's part of an acknowledged batch: (the node "host:port", or None for a single server /
+# a sentinel's master; the indices of the batch's calls sent to it; the WAIT / WAITAOF replies,
+# or the error that failed the node's calls, in which case none of them is confirmed).
+NodeAck = tuple[str | None, list[int], list[Any] | Exception]
+# Errors that fail one node's part of a batch on a cluster (the other nodes' parts stand):
+# MOVED / ASK / CLUSTERDOWN replies, a slot no node serves, the node's connection.
+_NODE_ERRORS = (ResponseError, RedisClusterException, *IO_ERRORS)
+
+
+def run_acked_batch(
+    client: Any, script: Script, calls: Sequence[Call], ack: Sequence[Any]
+) -> tuple[list[Any], list[NodeAck]]:
+    """One write batch followed by ``ack`` on the connection of each node it went to: the
+    replies (None for calls of a node that failed) and one :data:`NodeAck` per node.
+
+    On a single server it is :func:`run_acked` (an error raises). On a cluster the calls are
+    grouped by the master that owns their slot (``get_node_from_key``) and each group is sent,
+    with its own WAIT / WAITAOF, through that node's client (``get_redis_connection``): a WAIT
+    only covers writes made on its own connection. A node whose group fails is reported in its
+    NodeAck; the cluster client's slot map is then refreshed by one routed command, so the next
+    batch goes to the node that serves the slot now."""
+    if not isinstance(client, redis.RedisCluster):
+        results, acks = run_acked(client, script, calls, ack)
+        return results, [(None, list(range(len(calls))), acks)]
+    replies: list[Any] = [None] * len(calls)
+    nodes: list[NodeAck] = []
+    for name, node, rows in _node_groups(client, calls):
+        try:
+            if isinstance(node, Exception):
+                raise node
+            server = client.get_redis_connection(node)
+            results, acks = run_acked(server, script, [calls[i] for i in rows], ack)
+        except _NODE_ERRORS as e:
+            nodes.append((name, rows, e))
+            try:  # redis-py follows MOVED / reconnects and updates its slot map on this command
+                client.exists(calls[rows[0]][0][0])
+            except _NODE_ERRORS:
+                pass
+            continue
+        for i, result in zip(rows, results):
+            replies[i] = result
+        nodes.append((name, rows, acks))
+    return replies, nodes
+
+
+async def run_acked_batch_async(
+    client: Any, script: Script, calls: Sequence[Call], ack: Sequence[Any]
+) -> tuple[list[Any], list[NodeAck]]:
+    """:func:`run_acked_batch` for a redis.asyncio client; on a cluster each node's group and its
+    ack go through the node's ``execute_pipeline`` (one connection, in order)."""
+    if not isinstance(client, aredis.RedisCluster):
+        results, acks = await run_acked_async(client, script, calls, ack)
+        return results, [(None, list(range(len(calls))), acks)]
+    await client.initialize()  # a new asyncio cluster client reads its slot map on first use
+    replies: list[Any] = [None] * len(calls)
+    nodes: list[NodeAck] = []
+    for name, node, rows in _node_groups(client, calls):
+        try:
+            if isinstance(node, Exception):
+                raise node
+            results, acks = await _acked_on_node_async(node, script, [calls[i] for i in rows], ack)
+        except _NODE_ERRORS as e:
+            nodes.append((name, rows, e))
+            try:
+                await client.exists(calls[rows[0]][0][0])
+            except _NODE_ERRORS:
+                pass
+            continue
+        for i, result in zip(rows, results):
+            replies[i] = result
+        nodes.append((name, rows, acks))
+    return replies, nodes
+
+
+def _node_groups(client: Any, calls: Sequence[Call]) -> list[tuple[str, Any, list[int]]]:
+    """(node "host:port", node or the error of its lookup, indices of its calls) per master the
+    calls' slots belong to, from the client's slot map."""
+    groups: dict[str, tuple[Any, list[int]]] = {}
+    for i, (keys, _) in enumerate(calls):
+        try:
+            node: Any = client.get_node_from_key(keys[0])
+            name = f"{node.host}:{node.port}"
+        except RedisClusterException as e:  # no node serves the slot right now
+            node, name = e, f"slot {client.keyslot(keys[0])} (no node)"
+        groups.setdefault(name, (node, []))[1].append(i)
+    return [(name, node, rows) for name, (node, rows) in groups.items()]
+
+
+async def _acked_on_node_async(
+    node: Any, script: Script, calls: Sequence[Call], ack: Sequence[Any]
+) -> tuple[list[Any], list[Any]]:
+    async def send(part: Sequence[Call]) -> tuple[list[Any], Any]:
+        commands = [PipelineCommand(i, *command) for i, command in enumerate(_evalshas(script, part))]
+        commands.append(PipelineCommand(len(part), *ack))
+        await node.execute_pipeline(commands)
+        results = [c.result for c in commands]
+        return results[:-1], results[-1]
+
+    results, first = await send(calls)
+    acks = [first]
+    missing = _missing(results)
+    if missing:
+        await node.execute_command("SCRIPT", "LOAD", script.lua)
+        again, second = await send([calls[i] for i in missing])
+        acks.append(second)
         for i, result in zip(missing, again):
             results[i] = result
     _raise_first(results + acks)

@@ -28,6 +28,8 @@ from __future__ import annotations
 import base64
 import json
 import math
+import zlib
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Callable
 
@@ -35,9 +37,20 @@ import numpy as np
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.value_type import ValueType
 
-from .constants import NULL_VALUE, PROTO_MARKER
+from .constants import NULL_VALUE, PACKED_FORMAT, PACKED_TS_WIDTH, PROTO_MARKER
 
-__all__ = ["decode_ts", "decode_value", "decoder", "encode_ts", "encode_value", "expected_kind"]
+__all__ = [
+    "decode_ts",
+    "decode_value",
+    "decoder",
+    "encode_ts",
+    "encode_value",
+    "expected_kind",
+    "pack_values",
+    "packed_head",
+    "unpack_columns",
+    "unpack_values",
+]
 
 _STRING_KINDS = {"string_val", "json_val", "uuid_val", "time_uuid_val", "decimal_val"}
 _INT_KINDS = {"int32_val", "int64_val", "unix_timestamp_val"}
@@ -210,3 +223,111 @@ def encode_ts(ts: datetime) -> int:
 
 def decode_ts(raw: bytes) -> datetime:
     return _EPOCH + timedelta(microseconds=int(raw))
+
+
+# ---- value_layout: packed (the framing is described in the module docstring) ----
+
+_MISSING = b"\x00"
+_TS_FORMAT = b"%0" + str(PACKED_TS_WIDTH).encode() + b"d"
+
+
+def packed_head(features: Sequence[str], encoding: str) -> bytes:
+    """The first bytes of every packed value of a view: the format byte and the fingerprint of
+    its value ``encoding`` and feature names in declared order. Types are not in it: a retyped
+    feature decodes with its new type, as in the fields layout (or fails naming it)."""
+    text = "\n".join([encoding, *features])
+    return PACKED_FORMAT + zlib.crc32(text.encode()).to_bytes(4, "big")
+
+
+def _varint(n: int) -> bytes:
+    if n < 128:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 128:
+        out.append(n & 127 | 128)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def pack_values(head: bytes, ts_us: int, encoded: Sequence[bytes | None]) -> bytes:
+    """One packed value: ``head``, the event time ``ts_us`` and each feature's stored bytes
+    (:func:`encode_value`), or None for a feature the row does not have."""
+    parts = [head, _TS_FORMAT % ts_us]
+    for raw in encoded:
+        if raw is None:
+            parts.append(_MISSING)
+        else:
+            parts.append(_varint(len(raw) + 1))
+            parts.append(raw)
+    return b"".join(parts)
+
+
+def unpack_values(raw: bytes, head: bytes, count: int) -> tuple[bytes, list[bytes | None]] | None:
+    """(event time digits, each feature's stored bytes or None when missing) of a packed value;
+    None when it was packed for another feature list or value encoding (see packed_head).
+    ValueError when ``raw`` is not a packed value of this format."""
+    if raw[:1] != head[:1]:
+        raise ValueError(
+            f"not a value of value_layout: packed (format byte {head[:1]!r}); was it written with "
+            f"value_layout: fields?"
+        )
+    if raw[: len(head)] != head:
+        return None
+    start = len(head) + PACKED_TS_WIDTH
+    ts = raw[len(head) : start]
+    values: list[bytes | None] = []
+    pos, end = start, len(raw)
+    while pos < end:
+        n, shift = raw[pos], 0
+        pos += 1
+        if n >= 128:
+            n &= 127
+            while True:
+                shift += 7
+                byte = raw[pos]
+                pos += 1
+                n |= (byte & 127) << shift
+                if byte < 128:
+                    break
+        if n == 0:
+            values.append(None)
+        else:
+            values.append(raw[pos : pos + n - 1])
+            pos += n - 1
+    if len(ts) != PACKED_TS_WIDTH or pos != end or len(values) != count:
+        raise ValueError(f"truncated packed value ({len(values)} of {count} features)")
+    return ts, values
+
+
+def unpack_columns(
+    packed: Sequence[bytes | None], head: bytes, count: int, wanted: Sequence[int]
+) -> tuple[list[bytes | None], list[list[bytes | None]], list[int]]:
+    """The read path's decode step for packed views: from each entity's packed value (None: the
+    view's field is missing), the event-time digits per entity and, per wanted feature (its
+    position among the view's ``count`` features), its stored bytes per entity (None: missing),
+    as the fields layout's HMGET replies give them. Entities whose value was packed for another
+    feature list read as not found; their positions are returned too. A value that is not
+    packed raises ValueError (with the entity's position in ``args[1]``)."""
+    ts_raw: list[bytes | None] = []
+    columns: list[list[bytes | None]] = [[] for _ in wanted]
+    stale: list[int] = []
+    for i, raw in enumerate(packed):
+        unpacked = None
+        if raw is not None:
+            try:
+                unpacked = unpack_values(raw, head, count)
+            except (ValueError, IndexError) as e:
+                raise ValueError(str(e), i) from e
+            if unpacked is None:
+                stale.append(i)
+        if unpacked is None:
+            ts_raw.append(None)
+            for column in columns:
+                column.append(None)
+            continue
+        ts_raw.append(unpacked[0])
+        values = unpacked[1]
+        for column, index in zip(columns, wanted):
+            column.append(values[index])
+    return ts_raw, columns, stale

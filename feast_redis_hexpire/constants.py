@@ -12,6 +12,12 @@ FIELD_OWNERS_KEY = "_fields"
 NULL_VALUE = b"\x00"
 PROTO_MARKER = b"\x00P"
 
+# value_layout: packed (codec.py): one hash field per view, named by the view, whose value starts
+# with this format byte, then a 4-byte fingerprint of the view's features, then the event time as
+# PACKED_TS_WIDTH ASCII characters (zero-padded microseconds since the epoch, sign included).
+PACKED_FORMAT = b"\x01"
+PACKED_TS_WIDTH = 18
+
 # Feature-view tags that override the store-wide policy for one view.
 TAG_MODE = "hexpire.mode"  # "batch" or "streaming"
 TAG_KEY_TTL = "hexpire.key_ttl_seconds"  # batch views: key-level TTL

@@ -37,6 +37,11 @@ class ViewLayout:
     fields: dict[str, tuple[str, str | None]]  # feature -> (hash field, codec kind)
     encoding: str
     decoders: dict[str, Callable[[bytes], ValueProto]]  # feature -> codec.decoder(kind)
+    # value_layout: packed: every feature's field (and ts_field) is the view's one field, whose
+    # values start with ``head`` (codec.packed_head); ``order``: feature -> position in them.
+    packed: bool = False
+    head: bytes = b""
+    order: dict[str, int] | None = None
 
     @classmethod
     def of(cls, config: RepoConfig, table: Any, client: Any = None) -> ViewLayout:
@@ -52,6 +57,7 @@ class ViewLayout:
             cfg.key_prefix,
             cfg.field_names,
             cfg.value_encoding,
+            cfg.value_layout,
             versioning,
             len(table.features),
             naming.generation(),
@@ -71,17 +77,26 @@ class ViewLayout:
         cfg: RedisHexpireOnlineStoreConfig = config.online_store
         names = view_names(table, versioning, streaming=False)
         kinds = {f.name: codec.expected_kind(f.dtype.to_value_type()) for f in table.features}
-        stored = naming.feature_fields(config, client, names)
+        packed = cfg.value_layout == "packed"
+        if packed:  # one field per view, named by the view: no per-feature names to look up
+            stored = [names.name] * len(names.features)
+        else:
+            stored = naming.feature_fields(config, client, names)
         fields = {f: (field, kinds[f]) for f, field in zip(names.features, stored)}
         entities = [e for e in (getattr(table, "entities", None) or ())]
         return cls(
             name=names.name,
-            ts_field=layout.ts_field(names.name),
+            ts_field=names.name if packed else layout.ts_field(names.name),
             segment=names.segment,
             keys=layout.KeyBuilder(cfg.prefix_for(config.project), entities),
             fields=fields,
             encoding=cfg.value_encoding,
             decoders={f: codec.decoder(kind, cfg.value_encoding) for f, (_, kind) in fields.items()},
+            packed=packed,
+            head=codec.packed_head(names.features, cfg.value_encoding)
+            if packed
+            else b"",
+            order={f: i for i, f in enumerate(names.features)} if packed else None,
         )
 
 

@@ -93,9 +93,7 @@ class ViewLayout:
             encoding=cfg.value_encoding,
             decoders={f: codec.decoder(kind, cfg.value_encoding) for f, (_, kind) in fields.items()},
             packed=packed,
-            head=codec.packed_head(names.features, cfg.value_encoding)
-            if packed
-            else b"",
+            head=codec.packed_head(names.features, cfg.value_encoding) if packed else b"",
             order={f: i for i, f in enumerate(names.features)} if packed else None,
         )
 

@@ -373,23 +373,40 @@ def _short_refs() -> list[str]:
     return ["risk_segment", "tx_count_7d", "avg_amount_30d", "tx_count_5m", "failed_logins_15m"]
 
 
-# BENCHMARKS.md holds one section bench/write_cpu.py writes; bench/run.py rewrites the rest of the
-# file and keeps that section.
+# BENCHMARKS.md holds sections other scripts write (bench/write_cpu.py, bench/memory.py), each
+# between its markers; bench/run.py rewrites the rest of the file and keeps them.
 WRITE_CPU_START = "<!-- bench/write_cpu.py: start -->"
 WRITE_CPU_END = "<!-- bench/write_cpu.py: end -->"
+MARKED_SCRIPTS = ("bench/write_cpu.py", "bench/memory.py")
+
+
+def _markers(script: str) -> tuple[str, str]:
+    return f"<!-- {script}: start -->", f"<!-- {script}: end -->"
+
+
+def marked_section(path: Path, script: str) -> str:
+    """The section of ``path`` that ``script`` writes (markers included), or ""."""
+    text = path.read_text() if path.exists() else ""
+    start, end = _markers(script)
+    if start not in text or end not in text:
+        return ""
+    return text[text.index(start) : text.index(end) + len(end)] + "\n"
 
 
 def write_cpu_section(path: Path) -> str:
-    """The bench/write_cpu.py section of ``path`` (markers included), or ""."""
+    """Every section of ``path`` another script writes (markers included), or "": what
+    bench/run.py keeps when it rewrites the file."""
+    return "\n".join(s for s in (marked_section(path, m) for m in MARKED_SCRIPTS) if s)
+
+
+def replace_marked_section(path: Path, script: str, body: str) -> None:
+    """Put ``body`` between ``script``'s markers in ``path``, replacing what was there (or appending)."""
     text = path.read_text() if path.exists() else ""
-    if WRITE_CPU_START not in text or WRITE_CPU_END not in text:
-        return ""
-    return text[text.index(WRITE_CPU_START) : text.index(WRITE_CPU_END) + len(WRITE_CPU_END)] + "\n"
+    old = marked_section(path, script)
+    start, end = _markers(script)
+    new = f"{start}\n{body.rstrip()}\n{end}\n"
+    path.write_text(text.replace(old, new) if old else text.rstrip() + "\n\n" + new)
 
 
 def replace_write_cpu_section(path: Path, body: str) -> None:
-    """Put ``body`` between the markers in ``path``, replacing what was there (or appending)."""
-    text = path.read_text() if path.exists() else ""
-    old = write_cpu_section(path)
-    new = f"{WRITE_CPU_START}\n{body.rstrip()}\n{WRITE_CPU_END}\n"
-    path.write_text(text.replace(old, new) if old else text.rstrip() + "\n\n" + new)
+    replace_marked_section(path, "bench/write_cpu.py", body)

@@ -37,7 +37,7 @@ import numpy as np
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.value_type import ValueType
 
-from .constants import NULL_VALUE, PACKED_FORMAT, PACKED_TS_WIDTH, PROTO_MARKER
+from .constants import NULL_VALUE, PACKED_FORMAT, PACKED_TS_OFFSET, PACKED_TS_WIDTH, PROTO_MARKER
 
 __all__ = [
     "decode_ts",
@@ -228,7 +228,6 @@ def decode_ts(raw: bytes) -> datetime:
 # ---- value_layout: packed (the framing is described in the module docstring) ----
 
 _MISSING = b"\x00"
-_TS_FORMAT = b"%0" + str(PACKED_TS_WIDTH).encode() + b"d"
 
 
 def packed_head(features: Sequence[str], encoding: str) -> bytes:
@@ -253,7 +252,7 @@ def _varint(n: int) -> bytes:
 def pack_values(head: bytes, ts_us: int, encoded: Sequence[bytes | None]) -> bytes:
     """One packed value: ``head``, the event time ``ts_us`` and each feature's stored bytes
     (:func:`encode_value`), or None for a feature the row does not have."""
-    parts = [head, _TS_FORMAT % ts_us]
+    parts = [head, (ts_us + PACKED_TS_OFFSET).to_bytes(PACKED_TS_WIDTH, "big")]
     for raw in encoded:
         if raw is None:
             parts.append(_MISSING)
@@ -263,8 +262,8 @@ def pack_values(head: bytes, ts_us: int, encoded: Sequence[bytes | None]) -> byt
     return b"".join(parts)
 
 
-def unpack_values(raw: bytes, head: bytes, count: int) -> tuple[bytes, list[bytes | None]] | None:
-    """(event time digits, each feature's stored bytes or None when missing) of a packed value;
+def unpack_values(raw: bytes, head: bytes, count: int) -> tuple[int, list[bytes | None]] | None:
+    """(event time in microseconds, each feature's stored bytes or None when missing) of a packed value;
     None when it was packed for another feature list or value encoding (see packed_head).
     ValueError when ``raw`` is not a packed value of this format."""
     if raw[:1] != head[:1]:
@@ -275,7 +274,7 @@ def unpack_values(raw: bytes, head: bytes, count: int) -> tuple[bytes, list[byte
     if raw[: len(head)] != head:
         return None
     start = len(head) + PACKED_TS_WIDTH
-    ts = raw[len(head) : start]
+    ts = int.from_bytes(raw[len(head) : start], "big") - PACKED_TS_OFFSET
     values: list[bytes | None] = []
     pos, end = start, len(raw)
     while pos < end:
@@ -295,21 +294,22 @@ def unpack_values(raw: bytes, head: bytes, count: int) -> tuple[bytes, list[byte
         else:
             values.append(raw[pos : pos + n - 1])
             pos += n - 1
-    if len(ts) != PACKED_TS_WIDTH or pos != end or len(values) != count:
+    if start > end or pos != end or len(values) != count:
         raise ValueError(f"truncated packed value ({len(values)} of {count} features)")
     return ts, values
 
 
 def unpack_columns(
     packed: Sequence[bytes | None], head: bytes, count: int, wanted: Sequence[int]
-) -> tuple[list[bytes | None], list[list[bytes | None]], list[int]]:
+) -> tuple[list[int | None], list[list[bytes | None]], list[int]]:
     """The read path's decode step for packed views: from each entity's packed value (None: the
-    view's field is missing), the event-time digits per entity and, per wanted feature (its
+    view's field is missing), the event time per entity (integer microseconds, which the
+    response builder takes as it takes a ``_ts`` field's digits) and, per wanted feature (its
     position among the view's ``count`` features), its stored bytes per entity (None: missing),
     as the fields layout's HMGET replies give them. Entities whose value was packed for another
     feature list read as not found; their positions are returned too. A value that is not
     packed raises ValueError (with the entity's position in ``args[1]``)."""
-    ts_raw: list[bytes | None] = []
+    ts_raw: list[int | None] = []
     columns: list[list[bytes | None]] = [[] for _ in wanted]
     stale: list[int] = []
     for i, raw in enumerate(packed):

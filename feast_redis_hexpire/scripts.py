@@ -255,7 +255,8 @@ return results
 # ARGV[6]   the head of the view's packed values (format byte and feature-list fingerprint)
 # then per row r, in KEYS order: its absolute field expiry in unix ms when TTLs count from the
 # event time (else "0"), "1" when the row lacks some of the view's features (else "0"), and its
-# packed value. The event time is read from the value: PACKED_TS_WIDTH characters after the head.
+# packed value. The event time is read from the value: PACKED_TS_WIDTH bytes after the head,
+# offset big-endian, compared byte by byte (exact; Lua's string < follows the server's locale).
 # Returns one result per row, as WRITE_ROWS: 1 written, 0 not newer than the stored row (nothing
 # written, key TTL re-pinned), -1 already expired by its event time, or the row's error as a
 # string. Each row runs under pcall.
@@ -330,6 +331,14 @@ local function merge(new, stored)
   end
   return table.concat(parts)
 end
+-- Whether packed value a's event time is at or after b's.
+local function not_older(a, b)
+  for j = TS_FROM, TS_TO do
+    local x, y = string.byte(a, j), string.byte(b, j)
+    if x ~= y then return x > y end
+  end
+  return true
+end
 local function write(key, expire_at, partial, value)
   local stored = false
   if partial or not skip_check then
@@ -339,8 +348,7 @@ local function write(key, expire_at, partial, value)
     return 'field ' .. fld .. ' of ' .. key .. ' is not a value of value_layout: packed (format ' ..
       string.byte(head, 1) .. '); nothing of the row was written'
   end
-  if stored and not skip_check and
-      tonumber(string.sub(stored, TS_FROM, TS_TO)) >= tonumber(string.sub(value, TS_FROM, TS_TO)) then
+  if stored and not skip_check and not_older(stored, value) then
     pin_key(key)
     return 0
   end

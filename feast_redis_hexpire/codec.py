@@ -221,7 +221,8 @@ def encode_ts(ts: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def decode_ts(raw: bytes) -> datetime:
+def decode_ts(raw: bytes | int) -> datetime:
+    """The event time of a ``_ts`` field's digits, or of a packed value's microseconds."""
     return _EPOCH + timedelta(microseconds=int(raw))
 
 

@@ -69,7 +69,7 @@ from .scripts import (
     run_pipelined,
     run_pipelined_async,
 )
-from .views import ViewLayout, view_names
+from .views import ViewLayout, check_stored_layout, view_names
 
 __all__ = ["RedisHexpireOnlineStore"]
 
@@ -723,6 +723,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         try:
             require_hfe(client, config.online_store)
             _require_acks(client, config.online_store)
+            check_stored_layout(config, client, list(views.values()))  # value_layout changed?
         except IO_ERRORS as e:
             raise StoreUnavailableError(f"cannot reach Redis at {address(config.online_store)}: {e}") from e
         if config.online_store.full_scan_for_deletion:

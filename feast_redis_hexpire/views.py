@@ -11,6 +11,8 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from . import codec, layout, naming
 from .config import RedisHexpireOnlineStoreConfig
+from .constants import PACKED_FORMAT
+from .exceptions import ConfigError
 from .policy import is_streaming
 
 try:  # Feast >= 0.63: online feature-view versioning (a "_v<N>" suffix when enabled)
@@ -21,7 +23,10 @@ except ImportError:  # older Feast has no versioned views: a view's name is its 
         return str(table.name)
 
 
-__all__ = ["ViewLayout", "view_names"]
+__all__ = ["ViewLayout", "check_stored_layout", "view_names"]
+
+# At feast apply, how many keys of each entity are sampled for data in the other value_layout.
+LAYOUT_SAMPLE_KEYS = 100
 
 _LAYOUT_ATTR = "_hexpire_layout"
 
@@ -109,3 +114,44 @@ def view_names(table: Any, versioning: bool, streaming: bool | None = None) -> n
         features=tuple(f.name for f in table.features if f.name not in set(join_keys)),
         streaming=is_streaming(table) if streaming is None else streaming,
     )
+
+
+def check_stored_layout(config: RepoConfig, client: Any, tables: Any) -> None:
+    """At ``feast apply``: refuse the ``value_layout`` setting when a sample of the views' hashes
+    (up to LAYOUT_SAMPLE_KEYS keys per entity) holds a view's data in the other layout. Nothing
+    is changed or deleted: switching layouts means writing the data again."""
+    cfg: RedisHexpireOnlineStoreConfig = config.online_store
+    packed = cfg.value_layout == "packed"
+    versioning = getattr(config.registry, "enable_online_feature_view_versioning", False)
+    prefix = cfg.prefix_for(config.project)
+    segments: dict[str, list[str]] = {}
+    for table in tables:
+        names = view_names(table, versioning, streaming=False)
+        segments.setdefault(names.segment, []).append(names.name)
+    for segment, views in sorted(segments.items()):
+        # Where the other layout keeps each view: fields layout "_ts:<view>", packed "<view>".
+        probes = [view if not packed else layout.ts_field(view) for view in views]
+        keys = []
+        for key in client.scan_iter(match=layout.scan_pattern(prefix, segment), count=1000):
+            keys.append(key)
+            if len(keys) >= LAYOUT_SAMPLE_KEYS:
+                break
+        if not keys:
+            continue
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, probes)
+            replies = pipe.execute(raise_on_error=False)
+        for key, reply in zip(keys, replies):
+            if not isinstance(reply, list):
+                continue  # not a hash: not ours
+            for view, value in zip(views, reply):
+                if value is None or (not packed and not value.startswith(PACKED_FORMAT)):
+                    continue
+                other = "fields" if packed else "packed"
+                raise ConfigError(
+                    f"value_layout: {cfg.value_layout}, but key {key.decode(errors='replace')} holds "
+                    f"feature view {view!r} in the {other} layout; nothing was changed. Set value_layout: "
+                    f"{other} again, or write the data anew: `feast teardown` (removes this project's "
+                    f"keys) or a new key_prefix, then `feast apply` and materialize"
+                )

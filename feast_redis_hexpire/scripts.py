@@ -126,8 +126,7 @@ local function write(key, i, first, last)
   if not skip_check then
     local stored = redis.call('HGET', key, ts_field)
     if stored and not tonumber(stored) then
-      return 'field ' .. ts_field .. ' of ' .. key .. ' is not an event time (value_layout changed ' ..
-        'without feast apply?); nothing of the row was written'
+      return 'field ' .. ts_field .. ' of ' .. key .. ' is not an event time; nothing of the row was written'
     end
     if stored and tonumber(stored) >= tonumber(ARGV[i]) then
       pin_key(key)

@@ -176,6 +176,20 @@ def value_layout() -> str:
 LAYOUTS = ["fields", "packed"]
 
 
+def stored(store: FeatureStore, r: Any, key: str, view: str, feature: str) -> bytes | None:
+    """The stored bytes of one feature of one entity, in either value layout (packed: unpacked
+    from the view's field)."""
+    from feast_redis_hexpire import codec
+    from feast_redis_hexpire.views import ViewLayout
+
+    lay = ViewLayout.of(store.config, store.get_feature_view(view))
+    if not lay.packed:
+        return r.hget(key, lay.fields[feature][0])
+    raw = r.hget(key, lay.ts_field)
+    unpacked = None if raw is None else codec.unpack_values(raw, lay.head, len(lay.fields))
+    return None if unpacked is None or lay.order is None else unpacked[1][lay.order[feature]]
+
+
 def _layout_setting(value_layout: str) -> dict[str, str]:
     return {} if value_layout == "fields" else {"value_layout": value_layout}
 

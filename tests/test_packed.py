@@ -367,3 +367,29 @@ def test_inspect_and_layout_show_the_packed_values(store, repo, r):
     )  # fmt: skip
     views = {v["view"]: v for v in json.loads(out.stdout)}
     assert views[BATCH]["value_layout"] == "packed" and views[BATCH]["ts_field"] == BATCH
+
+
+def test_the_demo_shows_a_packed_store(server, r, tmp_path, value_layout):
+    from feast_redis_hexpire.demo import repo as demo_repo
+    from feast_redis_hexpire.demo.core import Demo
+
+    repo = demo_repo.write_demo_repo(
+        tmp_path / "demo", server.connection_string, stream_field_ttl_seconds=60, value_layout="packed"
+    )
+    demo = Demo.create(repo, users_per_tick=2, interval=0.2, worker_seed=1)
+    demo.worker.pause()
+    demo.worker.start()
+    try:
+        assert demo.bulk_load(5, 600)["count"] == 5
+        user = demo.population[0]
+        demo.store.push("user_events_push", streaming_frame([user], random.Random(2)))
+        read_back = {f["name"]: f for f in demo.read(user)["features"]}
+        assert read_back["risk_segment"]["status"] == "PRESENT" and read_back["risk_segment"]["event_time"]
+        assert read_back["risk_segment"]["field"] == f"{BATCH}[risk_segment]"
+        assert read_back["tx_count_5m"]["field_ttl_ms"] > 0 and read_back["tx_count_5m"]["event_time"]
+        fields = {f["field"]: f for f in demo.inspect(user)["fields"]}
+        assert fields[f"{STREAM}[tx_count_5m]"]["value"] is not None
+        assert demo.state()["fresh_users"] == 1
+        assert demo.reset()["deleted"] == 5 and r.dbsize() == 0
+    finally:
+        demo.worker.stop()

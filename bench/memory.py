@@ -11,6 +11,12 @@ FLUSHALL, then after ``online_write_batch`` of every user's batch row (the rows 
 over), then after every user's streaming row (the rows push hands over); the differences divided
 by the number of users, median of ``--rounds`` rounds, the stores alternating within a round
 (as bench/run.py's memory phase does). ``OBJECT ENCODING`` of one entity's hash is shown too.
+
+The same run also measures what the packed layout costs elsewhere, for fields and packed side by
+side: server CPU per streaming row (``INFO cpu`` delta over ``online_write_batch`` of every user's
+row) for complete rows and for partial rows (one feature of five, which packed merges in Lua),
+and get_online_features p50 / p99 of the fraud_model features (3 batch + 2 streaming) for 1 and
+100 entities (blocks alternating between the stores, bench/timing.py).
 """
 
 from __future__ import annotations
@@ -22,23 +28,27 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import machine_info, replace_marked_section, server_info  # noqa: E402
+from timing import interleaved, percentile  # noqa: E402
 from workload import (  # noqa: E402
     BUILTIN_STORE,
     PLUGIN_STORE,
     Bench,
     batch_proto_rows,
+    feature_refs,
     make_bench,
     now_utc,
     streaming_proto_rows,
 )
 
 from feast_redis_hexpire.local_redis import LocalRedis  # noqa: E402
+from feast_redis_hexpire.synth import user_id  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STORES = {
@@ -89,7 +99,47 @@ def measure(r: Any, benches: dict[str, Bench], users: int, rounds: int) -> dict[
     }
 
 
-def run_kind(kind: str, users: int, rounds: int) -> dict[str, Any]:
+def server_cpu(r: Any) -> float:
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def costs(r: Any, benches: dict[str, Bench], users: int, reads: int) -> dict[str, dict[str, float]]:
+    """Server CPU per streaming row (complete, partial) and read latency, fields vs packed."""
+    out: dict[str, dict[str, float]] = {}
+    labels = ["fields", "packed"]
+    for label in labels:
+        bench = benches[label]
+        flush(r)
+        bench.write(bench.batch_view, batch_proto_rows(bench))
+        full = streaming_proto_rows(bench, users, now_utc())
+        before = server_cpu(r)
+        bench.write(bench.stream_view, full)
+        complete = (server_cpu(r) - before) * 1e6 / users
+        later = now_utc() + timedelta(seconds=1)
+        partial = [(k, {"tx_count_5m": v["tx_count_5m"]}, later, c) for k, v, _, c in full]
+        before = server_cpu(r)
+        bench.write(bench.stream_view, partial)
+        out[label] = {"stream_row_us": complete, "partial_row_us": (server_cpu(r) - before) * 1e6 / users}
+    refs = feature_refs()
+    for n in (1, 100):
+        rows = [{"user_id": user_id(i)} for i in range(1, n + 1)]
+        calls = {
+            label: (
+                lambda b=benches[label], rows=rows: b.store.get_online_features(
+                    features=refs, entity_rows=rows
+                )
+            )
+            for label in labels
+        }
+        samples, _ = interleaved(calls, reads, warmup=20)
+        for label in labels:
+            out[label][f"read{n}_p50"] = percentile(samples[label], 50)
+            out[label][f"read{n}_p99"] = percentile(samples[label], 99)
+    return out
+
+
+def run_kind(kind: str, users: int, rounds: int, reads: int) -> dict[str, Any]:
     with LocalRedis(kind) as server, tempfile.TemporaryDirectory() as tmp:
         r = server.client()
         conn = server.connection_string
@@ -100,7 +150,8 @@ def run_kind(kind: str, users: int, rounds: int) -> dict[str, Any]:
         }
         load_start = load()
         memory = measure(r, benches, users, rounds)
-        return {"server": server_info(r), "memory": memory, "load": (load_start, load())}
+        cost = costs(r, benches, users, reads) if reads else {}
+        return {"server": server_info(r), "memory": memory, "costs": cost, "load": (load_start, load())}
 
 
 def render(kind: str, res: dict[str, Any], users: int, run: int) -> str:
@@ -129,6 +180,23 @@ def render(kind: str, res: dict[str, Any], users: int, run: int) -> str:
         f"{mem['fields']['both'] / mem['packed']['both']:.2f}x.",
         "",
     ]
+    cost = res["costs"]
+    if cost:
+        f, p = cost["fields"], cost["packed"]
+        lines += [
+            "| cost | `fields` | `packed` | packed vs fields |",
+            "|---|---|---|---|",
+        ]
+        for key, name in (
+            ("stream_row_us", "server CPU per streaming row, all 5 features (µs)"),
+            ("partial_row_us", "server CPU per streaming row, 1 of 5 features (µs; packed merges)"),
+            ("read1_p50", "get_online_features p50, 1 entity (ms)"),
+            ("read1_p99", "get_online_features p99, 1 entity (ms)"),
+            ("read100_p50", "get_online_features p50, 100 entities (ms)"),
+            ("read100_p99", "get_online_features p99, 100 entities (ms)"),
+        ):
+            lines.append(f"| {name} | {f[key]:.3f} | {p[key]:.3f} | {p[key] / f[key]:.2f}x |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -137,6 +205,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--reads", type=int, default=1000, help="reads per store and size; 0 skips the costs")
     parser.add_argument("--server", choices=["redis", "valkey", "both"], default="both")
     parser.add_argument("--write", action="store_true", help="put the result in BENCHMARKS.md")
     args = parser.parse_args()
@@ -150,12 +219,13 @@ def main() -> None:
         f"cores, {info['date (UTC)']} UTC. Sample repo (6 batch + 5 streaming features), "
         f"`key_ttl_seconds: 86400`, `stream_field_ttl_seconds: 3600`; `INFO memory used_memory` "
         f"after the writes minus after FLUSHALL, per user, median of {args.rounds} rounds, stores "
-        f"alternating.",
+        f"alternating. Then, on the same servers, what packed costs elsewhere ({args.reads} reads "
+        f"per store and size).",
         "",
     ]
     for run in range(1, args.runs + 1):
         for kind in kinds:
-            text = render(kind, run_kind(kind, args.users, args.rounds), args.users, run)
+            text = render(kind, run_kind(kind, args.users, args.rounds, args.reads), args.users, run)
             print(text, flush=True)
             parts.append(text)
     if args.write:

@@ -263,41 +263,53 @@ def pack_values(head: bytes, ts_us: int, encoded: Sequence[bytes | None]) -> byt
     return b"".join(parts)
 
 
-def unpack_values(raw: bytes, head: bytes, count: int) -> tuple[int, list[bytes | None]] | None:
-    """(event time in microseconds, each feature's stored bytes or None when missing) of a packed value;
-    None when it was packed for another feature list or value encoding (see packed_head).
-    ValueError when ``raw`` is not a packed value of this format."""
-    if raw[:1] != head[:1]:
-        raise ValueError(
-            f"not a value of value_layout: packed (format byte {head[:1]!r}); was it written with "
-            f"value_layout: fields?"
-        )
-    if raw[: len(head)] != head:
-        return None
-    start = len(head) + PACKED_TS_WIDTH
-    ts = int.from_bytes(raw[len(head) : start], "big") - PACKED_TS_OFFSET
+def _entries(raw: bytes, pos: int) -> tuple[list[bytes | None], int]:
+    """The entries of a packed value from ``pos`` (after the event time), and where they end."""
     values: list[bytes | None] = []
-    pos, end = start, len(raw)
+    append = values.append
+    end = len(raw)
     while pos < end:
-        n, shift = raw[pos], 0
+        n = raw[pos]
         pos += 1
-        if n >= 128:
+        if n >= 128:  # a value of 127 bytes or more: the varint goes on
             n &= 127
+            shift = 7
             while True:
-                shift += 7
                 byte = raw[pos]
                 pos += 1
                 n |= (byte & 127) << shift
                 if byte < 128:
                     break
-        if n == 0:
-            values.append(None)
+                shift += 7
+        if n:
+            n += pos - 1
+            append(raw[pos:n])
+            pos = n
         else:
-            values.append(raw[pos : pos + n - 1])
-            pos += n - 1
-    if start > end or pos != end or len(values) != count:
+            append(None)
+    return values, pos
+
+
+def _not_packed(head: bytes) -> ValueError:
+    return ValueError(
+        f"not a value of value_layout: packed (format byte {head[:1]!r}); was it written with "
+        f"value_layout: fields?"
+    )
+
+
+def unpack_values(raw: bytes, head: bytes, count: int) -> tuple[int, list[bytes | None]] | None:
+    """(event time in microseconds, each feature's stored bytes or None when missing) of a packed
+    value; None when it was packed for another feature list or value encoding (see packed_head).
+    ValueError when ``raw`` is not a packed value of this format."""
+    if raw[:1] != head[:1]:
+        raise _not_packed(head)
+    if not raw.startswith(head):
+        return None
+    start = len(head) + PACKED_TS_WIDTH
+    values, pos = _entries(raw, start)
+    if start > len(raw) or pos != len(raw) or len(values) != count:
         raise ValueError(f"truncated packed value ({len(values)} of {count} features)")
-    return ts, values
+    return int.from_bytes(raw[len(head) : start], "big") - PACKED_TS_OFFSET, values
 
 
 def unpack_columns(
@@ -311,24 +323,30 @@ def unpack_columns(
     feature list read as not found; their positions are returned too. A value that is not
     packed raises ValueError (with the entity's position in ``args[1]``)."""
     ts_raw: list[int | None] = []
-    columns: list[list[bytes | None]] = [[] for _ in wanted]
+    rows: list[list[bytes | None] | None] = []
     stale: list[int] = []
+    size = len(head)
+    start = size + PACKED_TS_WIDTH
+    from_bytes = int.from_bytes
     for i, raw in enumerate(packed):
-        unpacked = None
-        if raw is not None:
-            try:
-                unpacked = unpack_values(raw, head, count)
-            except (ValueError, IndexError) as e:
-                raise ValueError(str(e), i) from e
-            if unpacked is None:
-                stale.append(i)
-        if unpacked is None:
+        if raw is None:
             ts_raw.append(None)
-            for column in columns:
-                column.append(None)
+            rows.append(None)
             continue
-        ts_raw.append(unpacked[0])
-        values = unpacked[1]
-        for column, index in zip(columns, wanted):
-            column.append(values[index])
+        if not raw.startswith(head):
+            if raw[:1] != head[:1]:
+                raise ValueError(str(_not_packed(head)), i)
+            stale.append(i)
+            ts_raw.append(None)
+            rows.append(None)
+            continue
+        try:
+            values, pos = _entries(raw, start)
+        except IndexError:
+            pos = -1
+        if pos != len(raw) or len(values) != count:
+            raise ValueError(f"truncated packed value ({len(values)} of {count} features)", i)
+        ts_raw.append(from_bytes(raw[size:start], "big") - PACKED_TS_OFFSET)
+        rows.append(values)
+    columns = [[None if row is None else row[j] for row in rows] for j in wanted]
     return ts_raw, columns, stale

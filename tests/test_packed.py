@@ -393,3 +393,15 @@ def test_the_demo_shows_a_packed_store(server, r, tmp_path, value_layout):
         assert demo.reset()["deleted"] == 5 and r.dbsize() == 0
     finally:
         demo.worker.stop()
+
+
+def test_teardown_and_deleting_a_view_remove_only_packed_fields_of_this_project(store, r):
+    now = datetime.now(UTC)
+    write(store, BATCH, [batch_row("u0001", now, 1)])
+    write(store, STREAM, [stream_row("u0001", now, 1), stream_row("u0002", now, 1)])
+    r.hset("fs:user:other", "some_field", "x")  # another application's hash under the pattern
+    online = online_store_of(store)
+    removed = online.delete_view_fields(store.config, store.get_feature_view(STREAM))
+    assert removed == 2 and {f.decode() for f in r.hkeys(KEY)} == {BATCH} and not r.exists("fs:user:u0002")
+    unlinked = online.remove_project_keys(store.config, [store.get_feature_view(BATCH)])
+    assert unlinked == 1 and r.keys("fs:*") == [b"fs:user:other"]

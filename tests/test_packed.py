@@ -405,3 +405,23 @@ def test_teardown_and_deleting_a_view_remove_only_packed_fields_of_this_project(
     assert removed == 2 and {f.decode() for f in r.hkeys(KEY)} == {BATCH} and not r.exists("fs:user:u0002")
     unlinked = online.remove_project_keys(store.config, [store.get_feature_view(BATCH)])
     assert unlinked == 1 and r.keys("fs:*") == [b"fs:user:other"]
+
+
+def test_async_writes_use_the_packed_script_with_its_ttls_and_ordering(store, r):
+    import asyncio
+
+    online = online_store_of(store)
+    view = store.get_feature_view(STREAM)
+    now = datetime.now(UTC)
+
+    async def run():
+        await online.online_write_batch_async(store.config, view, [stream_row("u0001", now, 1)], None)
+        older = [stream_row("u0001", now - timedelta(seconds=1), 2)]
+        await online.online_write_batch_async(store.config, view, older, None)
+        await online.close()
+
+    with write_window() as window:
+        asyncio.run(run())
+    assert {f.decode() for f in r.hkeys(KEY)} == {STREAM}
+    assert_expiry(r.hpexpiretime(KEY, STREAM), window, 300, "async write")
+    assert read(store, STREAM)[1]["tx_count_5m"].int64_val == 1

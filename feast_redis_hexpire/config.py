@@ -155,6 +155,13 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
         description="`text`: readable values decoded by the view's schema (see Storage "
         "layout); `proto`: serialized ValueProto bytes like Feast's redis store.",
     )
+    value_layout: Literal["fields", "packed"] = Field(
+        "fields",
+        description="`fields`: one hash field per feature plus `_ts:<view>` (readable in "
+        "redis-cli); `packed`: one field per view, named by the view, holding its event time and "
+        "values (less memory; see Value layouts). Change it only through `feast apply`, which "
+        "refuses while the views hold data in the other layout.",
+    )
     freshness_check: Literal["off", "flag", "drop"] = Field(
         "off",
         description="Read-time check of a view's `ttl` against the stored event time: `flag` "

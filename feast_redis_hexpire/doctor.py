@@ -448,7 +448,7 @@ class _Doctor:
 
     def _fields(self, view: Any) -> list[str]:
         lay = ViewLayout.of(self.config, view)
-        return [lay.ts_field, *(f for f, _ in lay.fields.values())]
+        return list(dict.fromkeys([lay.ts_field, *(f for f, _ in lay.fields.values())]))  # packed: one
 
     def view_ttls(self) -> None:
         for segment, views in self.segments.items():

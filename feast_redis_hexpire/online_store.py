@@ -60,16 +60,18 @@ from .scripts import (
     DELETE_VIEW_FIELDS,
     FIELD_TTL_ERROR,
     UNLINK_IF_OURS,
+    WRITE_PACKED,
     WRITE_ROWS,
     Call,
     NodeAck,
+    Script,
     run_acked_batch,
     run_acked_batch_async,
     run_batches,
     run_pipelined,
     run_pipelined_async,
 )
-from .views import ViewLayout, view_names
+from .views import ViewLayout, check_stored_layout, view_names
 
 __all__ = ["RedisHexpireOnlineStore"]
 
@@ -157,15 +159,17 @@ class RedisHexpireOnlineStore(OnlineStore):
         by_event = policy.streaming and cfg.ttl_from == "event"
         if by_event:
             _check_event_expiry(view.name, data, policy.field_ttl_ms)
-        head = [
+        head: list[Any] = [
             view.ts_field,
             str(policy.key_ttl_ms),
             str(policy.field_ttl_ms) if not by_event else "0",
             "1" if cfg.skip_dedup else "0",
             "1" if policy.streaming and self._hsetex(config) else "0",
         ]
+        if view.packed:
+            head.append(view.head)
         per_call = cfg.write_rows_per_call
-        fields, encoding = view.fields, view.encoding
+        row_args = _packed_row if view.packed else _fields_row
 
         def encode(start: int, chunk: Sequence[Row]) -> tuple[list[Call], list[list[int]]]:
             groups: dict[int, list[int]] = {}
@@ -181,20 +185,18 @@ class RedisHexpireOnlineStore(OnlineStore):
                     for i in part:
                         _, values, event_ts, _ = data[i]
                         ts_us = codec.encode_ts(event_ts)
-                        pairs: list[Any] = []
-                        for feature, value in values.items():
-                            spec = fields.get(feature)
-                            if spec is None:
-                                continue  # a join key listed among a stream view's features
-                            pairs.append(spec[0])
-                            pairs.append(codec.encode_value(value, spec[1], encoding))
                         expire_at = ts_us // 1000 + policy.field_ttl_ms if by_event else 0
-                        argv += (ts_us, expire_at, len(pairs) // 2, *pairs)
+                        argv += row_args(view, values, ts_us, expire_at)
                     calls.append(([keys[i] for i in part], argv))
                     rows_of_calls.append(part)
             return calls, rows_of_calls
 
         return policy.mode, keys, encode
+
+    @staticmethod
+    def _script(config: RepoConfig, table: Any) -> Script:
+        """The write script of the view's value layout."""
+        return WRITE_PACKED if ViewLayout.of(config, table).packed else WRITE_ROWS
 
     def _collect(
         self,
@@ -375,6 +377,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             return
         client = self.client(config)
         mode, keys, encode = self._write_calls(config, table, data, isinstance(client, redis.RedisCluster))
+        script = self._script(config, table)
         size = config.online_store.write_batch_size
         starts = range(0, len(data), size)
         plans: deque[list[list[int]]] = deque()  # rows of each call of the batches sent
@@ -388,9 +391,9 @@ class RedisHexpireOnlineStore(OnlineStore):
         ack = config.online_store.ack_command()
         replies: Iterator[tuple[list, list[NodeAck]]]
         if ack is None:  # batches overlap on one connection (run_batches)
-            replies = ((batch, []) for batch in run_batches(client, WRITE_ROWS, batches()))
+            replies = ((batch, []) for batch in run_batches(client, script, batches()))
         else:  # ack_replicas / ack_aof: each batch, then WAIT on each of its nodes' connections
-            replies = (run_acked_batch(client, WRITE_ROWS, calls, ack) for calls in batches())
+            replies = (run_acked_batch(client, script, calls, ack) for calls in batches())
         failed: list[tuple[int, str]] = []
         for start in starts:  # one batch per start, replies in order
             began = time.perf_counter()
@@ -417,6 +420,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         client = self.async_client(config)
         by_slot = isinstance(client, aredis.RedisCluster)
         mode, keys, encode = self._write_calls(config, table, data, by_slot)
+        script = self._script(config, table)
         size = config.online_store.write_batch_size
         ack = config.online_store.ack_command()
         failed: list[tuple[int, str]] = []
@@ -426,9 +430,9 @@ class RedisHexpireOnlineStore(OnlineStore):
             sent: tuple[list, list[NodeAck]]
             try:
                 if ack is None:
-                    sent = (await run_pipelined_async(client, WRITE_ROWS, calls), [])
+                    sent = (await run_pipelined_async(client, script, calls), [])
                 else:
-                    sent = await run_acked_batch_async(client, WRITE_ROWS, calls, ack)
+                    sent = await run_acked_batch_async(client, script, calls, ack)
             except (ResponseError, *IO_ERRORS) as e:
                 raise self._failure(config, table, start, keys, e) from e
             seconds = time.perf_counter() - began
@@ -777,6 +781,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         try:
             require_hfe(client, config.online_store)
             _require_acks(client, config.online_store)
+            check_stored_layout(config, client, list(views.values()))  # value_layout changed?
         except IO_ERRORS as e:
             raise StoreUnavailableError(f"cannot reach Redis at {address(config.online_store)}: {e}") from e
         if config.online_store.full_scan_for_deletion:
@@ -845,6 +850,28 @@ def _spans(rows: list[int]) -> str:
         if row is not None:
             first = prev = row
     return f"row {spans[0]} was" if len(rows) == 1 else f"rows {', '.join(spans)} were"
+
+
+def _fields_row(view: ViewLayout, values: dict[str, ValueProto], ts_us: int, expire_at: int) -> list[Any]:
+    """WRITE_ROWS arguments of one row: event time, expiry, n, and n field, value pairs."""
+    pairs: list[Any] = []
+    for feature, value in values.items():
+        spec = view.fields.get(feature)
+        if spec is None:
+            continue  # a join key listed among a stream view's features
+        pairs.append(spec[0])
+        pairs.append(codec.encode_value(value, spec[1], view.encoding))
+    return [ts_us, expire_at, len(pairs) // 2, *pairs]
+
+
+def _packed_row(view: ViewLayout, values: dict[str, ValueProto], ts_us: int, expire_at: int) -> list[Any]:
+    """WRITE_PACKED arguments of one row: expiry, "1" when it lacks a feature, its packed value."""
+    encoded: list[bytes | None] = []
+    for feature, (_, kind) in view.fields.items():
+        value = values.get(feature)
+        encoded.append(None if value is None else codec.encode_value(value, kind, view.encoding))
+    partial = "1" if None in encoded else "0"
+    return [expire_at, partial, codec.pack_values(view.head, ts_us, encoded)]
 
 
 def _check_event_expiry(view: str, data: Sequence[Row], field_ttl_ms: int) -> None:

@@ -23,12 +23,14 @@ import pandas as pd
 import pytest
 import redis
 from conftest import (
+    LAYOUTS,
     SERVER_KINDS,
     apply_repo,
     assert_expiry,
     feast_objects,
     old_redis_server,
     online_store_of,
+    stored,
     wait_for,
     write_data,
     write_repo,
@@ -84,11 +86,19 @@ def hmget_calls(cluster: LocalCluster) -> dict[int, int]:
     return out
 
 
-def test_sample_repo_across_shards(tmp_path, cluster, rc):
+@pytest.mark.parametrize("value_layout", LAYOUTS)
+def test_sample_repo_across_shards(tmp_path, cluster, rc, value_layout):
     # Keys that teardown must leave alone: another project's, and a non-hash under our pattern.
     rc.hset("other:user:u0001", mapping={"risk_segment": "low", "_ts:user_batch_features": 1})
     rc.set("fs:user:not-a-hash", "x")
-    store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster, value_layout=value_layout))
+    packed = value_layout == "packed"
+    tx_field = "user_streaming_features" if packed else "tx_count_5m"  # the field holding it
+    risk_field = "user_batch_features" if packed else "risk_segment"
+
+    def tx(k):
+        return int(stored(store, rc, k, "user_streaming_features", "tx_count_5m"))
+
     with write_window() as materialized:
         store.materialize_incremental(end_date=datetime.now(UTC))
 
@@ -100,8 +110,8 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
 
     with write_window() as pushed:
         store.push("user_events_push", streaming_frame(USERS[:10], random.Random(3)))
-    assert_expiry([rc.hpexpiretime(k, "tx_count_5m")[0] for k in keys[:10]], pushed, 300, "pushed")
-    assert all(rc.httl(k, "risk_segment")[0] == -1 for k in keys)
+    assert_expiry([rc.hpexpiretime(k, tx_field)[0] for k in keys[:10]], pushed, 300, "pushed")
+    assert all(rc.httl(k, risk_field)[0] == -1 for k in keys)
 
     # One HMGET per entity, each sent straight to the master owning its slot.
     for node in cluster.masters:
@@ -113,8 +123,10 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
     per_master = hmget_calls(cluster)
     for port, calls in per_master.items():
         assert calls == sum(1 for k in keys if owner(k).port == port), per_master
-    assert result["risk_segment"] == [rc.hget(k, "risk_segment").decode() for k in keys]
-    assert result["tx_count_5m"][:10] == [int(rc.hget(k, "tx_count_5m")) for k in keys[:10]]
+    assert result["risk_segment"] == [
+        stored(store, rc, k, "user_batch_features", "risk_segment").decode() for k in keys
+    ]
+    assert result["tx_count_5m"][:10] == [tx(k) for k in keys[:10]]
     assert result["tx_count_5m"][10:] == [None] * 10
 
     # The asyncio cluster client: push + read through the async paths, starting from an empty
@@ -128,8 +140,8 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
 
     with write_window() as pushed:
         result = asyncio.run(async_round())
-    assert result["tx_count_5m"] == [int(rc.hget(k, "tx_count_5m")) for k in keys]
-    assert_expiry([rc.hpexpiretime(k, "tx_count_5m")[0] for k in keys[10:]], pushed, 300, "pushed async")
+    assert result["tx_count_5m"] == [tx(k) for k in keys]
+    assert_expiry([rc.hpexpiretime(k, tx_field)[0] for k in keys[10:]], pushed, 300, "pushed async")
 
     # A deleted view's fields leave every hash on every shard (update() scans all masters).
     gone = {"user_streaming_features", "fraud_model"}
@@ -141,8 +153,8 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
         ],
         partial=False,
     )
-    assert [rc.hget(k, "tx_count_5m") for k in keys] == [None] * len(keys)
-    assert all(rc.hget(k, "risk_segment") is not None for k in keys)
+    assert [rc.hget(k, tx_field) for k in keys] == [None] * len(keys)
+    assert all(rc.hget(k, risk_field) is not None for k in keys)
 
     # Teardown scans every master and removes exactly the project's hashes.
     store.teardown()

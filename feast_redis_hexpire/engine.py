@@ -51,7 +51,7 @@ from pydantic import ValidationError
 from . import codec
 from .constants import NULL_VALUE
 from .exceptions import BadValueError, ConfigError
-from .layout import escape_id
+from .layout import ESCAPED, escape_id
 from .online_store import RedisHexpireOnlineStore
 from .views import ViewLayout
 
@@ -63,6 +63,8 @@ STORE_TYPE = "feast_redis_hexpire.RedisHexpireOnlineStore"
 Column = list[Any] | None
 _INT64_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
 _INT32_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.uint8(), pa.uint16())
+# An id holding one of these characters is percent-escaped in its key (layout.escape_id).
+_NEEDS_ESCAPE = "[" + "".join(f"\\x{{{ord(c):02x}}}" for c in ESCAPED) + "]"
 _US_PER_UNIT = {"s": 1_000_000, "ms": 1000, "us": 1}
 
 
@@ -305,13 +307,12 @@ def _event_us(column: Any) -> list[int] | None:
 
 def _keys(table: Any, view: Any, entity_columns: list[Any], layout: ViewLayout) -> list[bytes]:
     """Every row's hash key, as ``layout.keys.key`` makes it of Feast's entity key."""
-    if layout.keys.head is not None and len(entity_columns) == 1:
-        column = table.column(entity_columns[0].name)
-        value_type = entity_columns[0].dtype.to_value_type()
-        ids = _id_texts(column, value_type)
+    head = layout.keys.head
+    if head is not None and len(entity_columns) == 1:
+        ids = _id_texts(table.column(entity_columns[0].name), entity_columns[0].dtype.to_value_type())
         if ids is not None:
-            head = layout.keys.head
-            return [(head + i).encode() for i in ids]
+            keys = pc.binary_join_element_wise(pa.scalar(head), ids, "")
+            return keys.cast(pa.binary()).to_pylist()  # type: ignore[no-any-return]
     # Feast's entity keys (as _convert_arrow_to_proto builds them), then the store's key builder
     values = [_feast_values(table.column(c.name), c.dtype.to_value_type()) for c in entity_columns]
     names = [c.name for c in entity_columns]
@@ -321,17 +322,20 @@ def _keys(table: Any, view: Any, entity_columns: list[Any], layout: ViewLayout) 
         raise BadValueError(f"feature view {layout.name!r}: {e}; nothing was written") from e
 
 
-def _id_texts(column: Any, value_type: ValueType) -> list[str] | None:
-    """A join-key column as the text ``layout.id_text`` gives each id, when Feast's converter
-    would keep each value as it is (a string or an integer column without nulls)."""
+def _id_texts(column: Any, value_type: ValueType) -> Any:
+    """A join-key column as the text ``layout.id_text`` gives each id (an Arrow string array),
+    when Feast's converter keeps each value as it is (a string or an integer column without
+    nulls); else None."""
     if column.null_count:
         return None
     if value_type == ValueType.STRING and _is_string(column.type):
-        return [escape_id(v) for v in column.to_pylist()]
-    if value_type == ValueType.INT64 and column.type in _INT64_TYPES:
-        return [str(v) for v in column.to_pylist()]
-    if value_type == ValueType.INT32 and column.type in _INT32_TYPES:
-        return [str(v) for v in column.to_pylist()]
+        if pc.any(pc.match_substring_regex(column, _NEEDS_ESCAPE)).as_py():
+            return pa.array([escape_id(v) for v in column.to_pylist()], pa.string())
+        return column
+    if (value_type == ValueType.INT64 and column.type in _INT64_TYPES) or (
+        value_type == ValueType.INT32 and column.type in _INT32_TYPES
+    ):
+        return column.cast(pa.string())
     return None
 
 

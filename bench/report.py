@@ -373,23 +373,33 @@ def _short_refs() -> list[str]:
     return ["risk_segment", "tx_count_7d", "avg_amount_30d", "tx_count_5m", "failed_logins_15m"]
 
 
-# BENCHMARKS.md holds one section bench/write_cpu.py writes; bench/run.py rewrites the rest of the
-# file and keeps that section.
+# BENCHMARKS.md holds sections other scripts write (bench/write_cpu.py, bench/engine.py), each
+# between its markers; bench/run.py rewrites the rest of the file and keeps them.
 WRITE_CPU_START = "<!-- bench/write_cpu.py: start -->"
 WRITE_CPU_END = "<!-- bench/write_cpu.py: end -->"
+ENGINE_START = "<!-- bench/engine.py: start -->"
+ENGINE_END = "<!-- bench/engine.py: end -->"
+KEPT_SECTIONS = ((WRITE_CPU_START, WRITE_CPU_END), (ENGINE_START, ENGINE_END))
 
 
-def write_cpu_section(path: Path) -> str:
-    """The bench/write_cpu.py section of ``path`` (markers included), or ""."""
+def write_cpu_section(path: Path, start: str = WRITE_CPU_START, end: str = WRITE_CPU_END) -> str:
+    """The section of ``path`` between ``start`` and ``end`` (markers included), or ""."""
     text = path.read_text() if path.exists() else ""
-    if WRITE_CPU_START not in text or WRITE_CPU_END not in text:
+    if start not in text or end not in text:
         return ""
-    return text[text.index(WRITE_CPU_START) : text.index(WRITE_CPU_END) + len(WRITE_CPU_END)] + "\n"
+    return text[text.index(start) : text.index(end) + len(end)] + "\n"
 
 
-def replace_write_cpu_section(path: Path, body: str) -> None:
+def kept_sections(path: Path) -> str:
+    """Every section of KEPT_SECTIONS in ``path``, one after the other."""
+    return "\n".join(s for s in (write_cpu_section(path, a, b) for a, b in KEPT_SECTIONS) if s)
+
+
+def replace_write_cpu_section(
+    path: Path, body: str, start: str = WRITE_CPU_START, end: str = WRITE_CPU_END
+) -> None:
     """Put ``body`` between the markers in ``path``, replacing what was there (or appending)."""
     text = path.read_text() if path.exists() else ""
-    old = write_cpu_section(path)
-    new = f"{WRITE_CPU_START}\n{body.rstrip()}\n{WRITE_CPU_END}\n"
+    old = write_cpu_section(path, start, end)
+    new = f"{start}\n{body.rstrip()}\n{end}\n"
     path.write_text(text.replace(old, new) if old else text.rstrip() + "\n\n" + new)

@@ -31,7 +31,7 @@ from feast.protos.feast.serving.ServingService_pb2 import GetOnlineFeaturesRespo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import Result, machine_info, render, server_info, write_cpu_section  # noqa: E402
+from report import Result, kept_sections, machine_info, render, server_info  # noqa: E402
 from timing import interleaved, percentile, timed, timed_cpu  # noqa: E402
 from workload import (  # noqa: E402
     BATCH_VIEW,
@@ -470,7 +470,7 @@ def main() -> None:
     for n in range(1, repeat + 1):
         runs.append(one_run(args, params, n))
         text = render(runs, info, params, command.strip(), args.server)
-        kept = write_cpu_section(args.out)  # bench/write_cpu.py's section stays
+        kept = kept_sections(args.out)  # bench/write_cpu.py's and bench/engine.py's sections stay
         args.out.write_text(text.rstrip() + "\n\n" + kept if kept else text)
     print(text)
     log(f"wrote {args.out}")

@@ -6,8 +6,10 @@ write's time), the same skipped / expired rows and the same per-row errors, thro
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
+import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,11 @@ import pytest
 import yaml
 from conftest import Window, online_store_of, write_repo, write_window
 from feast import FeatureStore
+from test_ack import replica  # noqa: F401 -- the fixture: one replica of the test server
 
 from feast_redis_hexpire.demo.repo import apply as apply_repo
 from feast_redis_hexpire.engine import ArrowMaterializationEngine, write_arrow
-from feast_redis_hexpire.exceptions import ConfigError, HexpireError
+from feast_redis_hexpire.exceptions import ConfigError, HexpireError, StoreUnavailableError
 from feast_redis_hexpire.synth import batch_rows, streaming_frame, user_id
 
 ENGINE = "feast_redis_hexpire.engine.ArrowMaterializationEngine"
@@ -315,3 +318,52 @@ def test_float_texts_are_the_codec_texts():
         assert texts is not None
         expected = [codec.encode_value(Value(**{kind: v}), kind) for v in column.to_pylist()]
         assert [t.encode() if isinstance(t, str) else t for t in texts] == expected
+
+
+def test_views_it_leaves_to_feasts_default_engine_are_materialized_by_it(tmp_path, server, r):
+    """A view this engine does not handle itself (here: one with validation on) goes to Feast's
+    default engine, which writes what this engine writes for the same view without it."""
+    from feast.infra.common.materialization_job import MaterializationJobStatus, MaterializationTask
+
+    now = datetime.now(UTC)
+    repo = make_engine_repo(tmp_path / "repo", server.connection_string, now)
+    set_engine(repo, {"type": ENGINE})
+    store = apply_repo(repo)
+    engine = store._get_provider().batch_engine
+    written = []
+    for validate in (False, True):
+        r.flushall()
+        view = store.get_feature_view("user_batch_features")
+        view.enable_validation = validate
+        task = MaterializationTask(
+            project=store.project, feature_view=view, start_time=now - timedelta(days=1), end_time=now
+        )
+        [job] = engine.materialize(store.registry, task)
+        assert job.status() == MaterializationJobStatus.SUCCEEDED, job.error()
+        written.append(contents(r))
+    assert type(engine._default).__name__ == "LocalComputeEngine"  # the second run went there
+    assert written[1] == written[0] and len(written[0]) == 40
+
+
+def test_acknowledgements_hold_for_the_engine(tmp_path, server, r, replica):  # noqa: F811
+    """ack_replicas: each batch waits for the replica; without it the rows are named as not
+    acknowledged, as for online_write_batch."""
+    now = datetime.now(UTC)
+    repo = make_engine_repo(
+        tmp_path / "repo", server.connection_string, now, ack_replicas=1, ack_timeout_seconds=0.5,
+        write_batch_size=16,
+    )  # fmt: skip
+    set_engine(repo, {"type": ENGINE})
+    store = apply_repo(repo)
+    store.materialize(now - timedelta(days=1), now, ["user_batch_features"])
+    assert replica.client().dbsize() == r.dbsize() == 40  # acknowledged: the replica has every row
+    r.flushall()
+    os.kill(replica.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(
+            StoreUnavailableError, match=r"rows 0\.\.15 were written to .* acknowledged by only 0 of 1"
+        ):
+            store.materialize(now - timedelta(days=1), now, ["user_batch_features"])
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+    assert r.dbsize() == 16  # the next batch was not sent

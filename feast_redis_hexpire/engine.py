@@ -14,8 +14,9 @@ metrics and per-row errors as a write through ``online_write_batch``. Select it 
       type: feast_redis_hexpire.engine.ArrowMaterializationEngine
 
 What it does not do itself, it leaves to Feast's default engine, unchanged: views with a
-transformation, aggregations, a filter, validation, derived views (a source view), views without
-entities or with a vector index, and views also written offline. A column whose Arrow type has no
+transformation (or udf), aggregations, a filter, validation, derived views (a source view), views
+without entities or with a vector index, views also written offline, and a task asking for every
+row rather than the latest per entity. A column whose Arrow type has no
 direct encoding here (lists, JSON, maps, timestamps as values, nulls in an integer column, ...),
 and every column under ``value_encoding: proto``, is converted with Feast's own converter and
 ``codec.encode_value``; a table whose columns are missing, or whose event times are not an Arrow
@@ -146,7 +147,7 @@ class ArrowMaterializationEngine(ComputeEngine):
         job_id = f"{view.name}-{task.start_time}-{task.end_time}"
         try:
             store = self._store()
-            if _needs_default_engine(view):
+            if _needs_default_engine(view) or not getattr(task, "only_latest", True):
                 return self._default_engine().materialize(registry, task, **kwargs)[0]  # type: ignore[no-any-return]
             self._write_view(store, registry, task)
         except Exception as e:  # noqa: BLE001 - Feast raises the job's error for the caller
@@ -173,7 +174,7 @@ class ArrowMaterializationEngine(ComputeEngine):
             table = table.rename_columns([mapping.get(c, c) for c in table.column_names])
         if table.num_rows == 0:
             return
-        # Feast's setting (0.62+): rows per online-store call; unset means one call.
+        # Feast's setting (0.63+): rows per online-store call; unset means one call.
         settings = getattr(self.repo_config, "materialization_config", None)
         per_call = getattr(settings, "online_write_batch_size", None)
         batches = table.to_batches(max_chunksize=per_call) if per_call else [table]
@@ -216,6 +217,7 @@ def _needs_default_engine(view: Any) -> bool:
         getattr(view, "batch_source", None) is None
         or getattr(view, "source_views", None)
         or getattr(view, "feature_transformation", None)
+        or getattr(view, "udf", None)
         or getattr(view, "aggregations", None)
         or getattr(view, "filter", None)
         or getattr(view, "enable_validation", False)

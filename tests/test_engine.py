@@ -25,6 +25,7 @@ from test_ack import replica  # noqa: F401 -- the fixture: one replica of the te
 from feast_redis_hexpire.demo.repo import apply as apply_repo
 from feast_redis_hexpire.engine import ArrowMaterializationEngine, write_arrow
 from feast_redis_hexpire.exceptions import ConfigError, HexpireError, StoreUnavailableError
+from feast_redis_hexpire.scripts import WRITE_ROWS
 from feast_redis_hexpire.synth import batch_rows, streaming_frame, user_id
 
 ENGINE = "feast_redis_hexpire.engine.ArrowMaterializationEngine"
@@ -248,9 +249,12 @@ def test_a_bad_row_is_reported_by_row_as_by_the_default_engine(tmp_path, server,
     assert re.sub(r"row \d+ \(", "row N (", errors[1]) == re.sub(r"row \d+ \(", "row N (", errors[0])
 
 
-def test_batches_rows_per_call_progress_and_counters(tmp_path, server, r):
-    """write_batch_size (rows per round trip, each reported to the progress callback) and
-    write_rows_per_call (rows per script call) hold as for online_write_batch."""
+def test_batches_rows_per_call_progress_and_metrics(tmp_path, server, r):
+    """write_batch_size (rows per round trip, each reported to the progress callback and timed),
+    write_rows_per_call (rows per script call) and the store's counters and Prometheus metrics
+    hold as for online_write_batch."""
+    from prometheus_client import REGISTRY
+
     now = datetime.now(UTC)
     repo = make_engine_repo(
         tmp_path / "repo", server.connection_string, now, write_batch_size=16, write_rows_per_call=5
@@ -259,11 +263,23 @@ def test_batches_rows_per_call_progress_and_counters(tmp_path, server, r):
     view = store.get_feature_view("user_batch_features")
     online = online_store_of(store)
     table = pa.Table.from_pandas(batch_rows(40, 1, now - timedelta(hours=1)), preserve_index=False)
-    calls = lambda: int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))  # noqa: E731
-    before, seen = calls(), []
+
+    def counts() -> tuple[int, float, float]:
+        calls = int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+        written = {"view": "user_batch_features", "mode": "batch", "outcome": "written"}
+        rows = REGISTRY.get_sample_value("feast_hexpire_rows_total", written) or 0.0
+        batches = (
+            REGISTRY.get_sample_value("feast_hexpire_write_batch_seconds_count", {"mode": "batch"}) or 0.0
+        )
+        return calls, rows, batches
+
+    r.script_load(WRITE_ROWS.lua)  # no NOSCRIPT round to count
+    before, seen = counts(), []
     write_arrow(online, store.config, view, table, seen.append)
+    after = counts()
     assert seen == [16, 16, 8]
-    assert calls() - before == 4 + 4 + 2  # 16 rows in calls of 5, 5, 5, 1; 8 rows in 5, 3
+    assert after[0] - before[0] == 4 + 4 + 2  # 16 rows in calls of 5, 5, 5, 1; 8 rows in 5, 3
+    assert (after[1] - before[1], after[2] - before[2]) == (40, 3)
     assert online.stats["written"] == 40 and r.dbsize() == 40
 
 

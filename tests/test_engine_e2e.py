@@ -1,7 +1,9 @@
-"""The Arrow materialization engine through the real `feast` CLI: `feast materialize` and
-`feast materialize-incremental` write through it (with its progress bar), and `feast apply`
-refuses it, naming the setting, when the online store is not this plugin. Redis only: the CLI's
-wiring does not depend on the server (tests/test_engine.py compares contents on both)."""
+"""The Arrow materialization engine end to end (slower than tests/test_engine.py, so not in the
+Feast 0.55 matrix run): through the real `feast` CLI, `feast materialize` and
+`feast materialize-incremental` write through it (with its progress bar) and `feast apply`
+refuses it, naming the setting, when the online store is not this plugin (Redis only: the CLI's
+wiring does not depend on the server); and on a 3-master cluster it writes what Feast's default
+engine writes (both servers)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_engine import ENGINE, make_engine_repo, set_engine
+from conftest import SERVER_KINDS, apply_repo
+from test_engine import ENGINE, make_engine_repo, run_both, set_engine
 
 from feast_redis_hexpire.synth import user_id
+from feast_redis_hexpire.topology import LocalCluster
 
 FEAST = Path(sys.executable).with_name("feast")
 
@@ -61,3 +65,27 @@ def test_feast_apply_refuses_the_engine_on_another_online_store(tmp_path, server
     assert "batch_engine:" in run.stderr and "online_store type is 'redis'" in run.stderr
     assert "set online_store type: feast_redis_hexpire.RedisHexpireOnlineStore" in run.stderr
     assert r.dbsize() == 0
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(600)  # six nodes
+@pytest.mark.parametrize("kind", SERVER_KINDS)
+def test_cluster_contents_match_the_default_engine(tmp_path, kind):
+    """Rows grouped by hash slot, one script call per slot group: the same hashes and TTLs."""
+    import redis
+
+    now = datetime.now(UTC)
+    with LocalCluster(kind) as cluster:
+        node = cluster.live_masters()[0]
+        rc = redis.RedisCluster(host="127.0.0.1", port=node.port)
+        try:
+            repo = make_engine_repo(
+                tmp_path / "repo", cluster.connection_string, now, redis_type="redis_cluster"
+            )
+            apply_repo(repo)
+            both = run_both(rc, repo, lambda store: store.materialize(now - timedelta(days=1), now))
+            (default, default_ttl, default_stats), (engine, engine_ttl, engine_stats) = both
+            assert engine == default and engine_ttl == default_ttl and engine_stats == default_stats
+            assert len(engine) == 46 and engine_stats["written"] > 0
+        finally:
+            rc.close()

@@ -56,7 +56,12 @@ from .layout import ESCAPED, escape_id
 from .online_store import RedisHexpireOnlineStore
 from .views import ViewLayout
 
-__all__ = ["ArrowMaterializationEngine", "ArrowMaterializationEngineConfig", "ArrowMaterializationJob"]
+__all__ = [
+    "ArrowMaterializationEngine",
+    "ArrowMaterializationEngineConfig",
+    "ArrowMaterializationJob",
+    "write_arrow",
+]
 
 STORE_TYPE = "feast_redis_hexpire.RedisHexpireOnlineStore"
 # Encoded values of one column (str, bytes or int, as the store sends them), or None: Feast's

@@ -33,7 +33,7 @@ from feast import FeatureStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import ENGINE_END, ENGINE_START, machine_info, replace_write_cpu_section, server_info  # noqa: E402
+from report import machine_info, replace_section, server_info  # noqa: E402
 from workload import BATCH_VIEW, BUILTIN_STORE, PLUGIN_STORE, make_bench, now_utc  # noqa: E402
 
 from feast_redis_hexpire.local_redis import LocalRedis  # noqa: E402
@@ -170,7 +170,7 @@ def main() -> None:
         runs.append(one_run(args.server, args.users, args.rounds))
         text = render(runs, info, args.users, args.rounds, command)
         if not args.no_write:
-            replace_write_cpu_section(args.out, text, ENGINE_START, ENGINE_END)
+            replace_section(args.out, "bench/engine.py", text)
     print(text)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -373,33 +374,25 @@ def _short_refs() -> list[str]:
     return ["risk_segment", "tx_count_7d", "avg_amount_30d", "tx_count_5m", "failed_logins_15m"]
 
 
-# BENCHMARKS.md holds sections other scripts write (bench/write_cpu.py, bench/engine.py), each
-# between its markers; bench/run.py rewrites the rest of the file and keeps them.
-WRITE_CPU_START = "<!-- bench/write_cpu.py: start -->"
-WRITE_CPU_END = "<!-- bench/write_cpu.py: end -->"
-ENGINE_START = "<!-- bench/engine.py: start -->"
-ENGINE_END = "<!-- bench/engine.py: end -->"
-KEPT_SECTIONS = ((WRITE_CPU_START, WRITE_CPU_END), (ENGINE_START, ENGINE_END))
-
-
-def write_cpu_section(path: Path, start: str = WRITE_CPU_START, end: str = WRITE_CPU_END) -> str:
-    """The section of ``path`` between ``start`` and ``end`` (markers included), or ""."""
-    text = path.read_text() if path.exists() else ""
-    if start not in text or end not in text:
-        return ""
-    return text[text.index(start) : text.index(end) + len(end)] + "\n"
+# BENCHMARKS.md: bench/run.py rewrites the file and keeps every section another bench script
+# wrote between its markers, "<!-- bench/NAME.py: start -->" and "<!-- bench/NAME.py: end -->".
+_SECTION = re.compile(r"<!-- (bench/[\w.-]+): start -->.*?<!-- \1: end -->\n?", re.S)
 
 
 def kept_sections(path: Path) -> str:
-    """Every section of KEPT_SECTIONS in ``path``, one after the other."""
-    return "\n".join(s for s in (write_cpu_section(path, a, b) for a, b in KEPT_SECTIONS) if s)
-
-
-def replace_write_cpu_section(
-    path: Path, body: str, start: str = WRITE_CPU_START, end: str = WRITE_CPU_END
-) -> None:
-    """Put ``body`` between the markers in ``path``, replacing what was there (or appending)."""
+    """Every marked section of ``path`` (markers included), in file order, or ""."""
     text = path.read_text() if path.exists() else ""
-    old = write_cpu_section(path, start, end)
+    return "".join(m.group(0).rstrip("\n") + "\n\n" for m in _SECTION.finditer(text))
+
+
+def replace_section(path: Path, script: str, body: str) -> None:
+    """Put ``body`` between ``script``'s markers in ``path`` (e.g. script "bench/write_cpu.py"),
+    replacing what was there, or append the section."""
+    text = path.read_text() if path.exists() else ""
+    start, end = f"<!-- {script}: start -->", f"<!-- {script}: end -->"
     new = f"{start}\n{body.rstrip()}\n{end}\n"
-    path.write_text(text.replace(old, new) if old else text.rstrip() + "\n\n" + new)
+    if start in text and end in text:
+        text = text[: text.index(start)] + new + text[text.index(end) + len(end) :].lstrip("\n")
+    else:
+        text = text.rstrip() + "\n\n" + new
+    path.write_text(text)

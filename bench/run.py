@@ -3,6 +3,7 @@
     python bench/run.py                  # 100k users, two full repetitions -> BENCHMARKS.md
     python bench/run.py --quick          # 10k users, fewer iterations (smoke run)
     python bench/run.py --server valkey
+    python bench/run.py --cluster --phases gof --out cluster.md   # 3-master cluster, reads only
 
 Every repetition starts its own server (LocalRedis) and two copies of the sample repo under
 different projects: ``hx`` (this plugin) and ``builtin`` (``type: redis``), both with
@@ -28,6 +29,7 @@ from typing import Any
 from feast import utils
 from feast.infra.online_stores.online_store import OnlineStore
 from feast.protos.feast.serving.ServingService_pb2 import GetOnlineFeaturesResponse
+from redis.cluster import RedisCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -52,6 +54,7 @@ from workload import (  # noqa: E402
 from feast_redis_hexpire import codec  # noqa: E402
 from feast_redis_hexpire.local_redis import LocalRedis  # noqa: E402
 from feast_redis_hexpire.synth import streaming_frame, user_id  # noqa: E402
+from feast_redis_hexpire.topology import LocalCluster  # noqa: E402
 from feast_redis_hexpire.writer import StreamWriter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +89,9 @@ def server_cpu(r: Any) -> float:
 
 
 def flush(r: Any) -> int:
+    if isinstance(r, RedisCluster):  # every master; memory is not read in cluster runs
+        r.flushall(asynchronous=False, target_nodes=RedisCluster.PRIMARIES)
+        return 0
     r.flushall(asynchronous=False)
     gc.collect()
     time.sleep(0.2)
@@ -418,14 +424,27 @@ def _per_fv_call(b: Bench, grouped_refs: Any, jkv: Any, name_map: Any, template:
 def one_run(args: argparse.Namespace, params: dict[str, int], run_no: int) -> Result:
     users = params["users"]
     res = Result(run_no)
-    with LocalRedis(args.server) as server, tempfile.TemporaryDirectory(prefix="hexpire-bench-") as tmp:
-        r = server.client()
-        res.server = server_info(r)
+    server: Any
+    if args.cluster:
+        server = LocalCluster(args.server, masters=3, replicas_per_master=0)
+    else:
+        server = LocalRedis(args.server)
+    with server, tempfile.TemporaryDirectory(prefix="hexpire-bench-") as tmp:
+        extra: dict[str, str] = {}
+        if args.cluster:
+            first = server.masters[0]
+            with first.client() as c:
+                res.server = f"{server_info(c)}, 3-master cluster"
+            r = RedisCluster(host="127.0.0.1", port=first.port)
+            extra = {"redis_type": "redis_cluster"}
+        else:
+            r = server.client()
+            res.server = server_info(r)
         event_time = now_utc() - timedelta(hours=1)
         conn, root = server.connection_string, Path(tmp)
         benches = [
-            make_bench("plugin", root, "hx", conn, PLUGIN_STORE, users, event_time),
-            make_bench("builtin", root, "builtin", conn, BUILTIN_STORE, users, event_time),
+            make_bench("plugin", root, "hx", conn, {**PLUGIN_STORE, **extra}, users, event_time),
+            make_bench("builtin", root, "builtin", conn, {**BUILTIN_STORE, **extra}, users, event_time),
         ]
         log(f"run {run_no}: {users:,} users on {res.server}")
         phases = args.phases
@@ -457,8 +476,13 @@ def main() -> None:
         "--phases", type=lambda t: t.split(","), default=list(PHASES),
         help=f"comma-separated subset of {','.join(PHASES)} (default: all)",
     )  # fmt: skip
+    parser.add_argument(
+        "--cluster", action="store_true", help="a 3-master cluster (no replicas); phases gof and read only"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown report to write")
     args = parser.parse_args()
+    if args.cluster and not set(args.phases) <= {"gof", "read"}:
+        parser.error("--cluster runs the phases gof and read only: add --phases gof,read")
     params = dict(QUICK if args.quick else FULL)
     params["users"] = args.users or params["users"]
     params["rounds"] = 1 if args.quick else 2
@@ -470,7 +494,7 @@ def main() -> None:
     for n in range(1, repeat + 1):
         runs.append(one_run(args, params, n))
         text = render(runs, info, params, command.strip(), args.server)
-        kept = kept_sections(args.out)  # bench/write_cpu.py's and bench/engine.py's sections stay
+        kept = kept_sections(args.out)  # the other bench scripts' sections stay
         args.out.write_text(text.rstrip() + "\n\n" + kept if kept else text)
     print(text)
     log(f"wrote {args.out}")

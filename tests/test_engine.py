@@ -56,6 +56,30 @@ user_types = FeatureView(
     ),
     online=True,
 )
+
+# Keys from two join keys, and from an integer join key.
+merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueType.STRING)
+user_merchant = FeatureView(
+    name="user_merchant",
+    entities=[user, merchant],
+    schema=[Field(name="pair_tx", dtype=Int64)],
+    source=FileSource(
+        name="user_merchant_source",
+        path=str(DATA / "user_merchant.parquet"),
+        timestamp_field="event_timestamp",
+    ),
+    online=True,
+)
+account = Entity(name="account", join_keys=["account_id"], value_type=ValueType.INT64)
+account_stats = FeatureView(
+    name="account_stats",
+    entities=[account],
+    schema=[Field(name="acct_score", dtype=Float64)],
+    source=FileSource(
+        name="account_source", path=str(DATA / "account.parquet"), timestamp_field="event_timestamp"
+    ),
+    online=True,
+)
 """
 ODD_IDS = ["a:b", "100%", "x*y", "sp ace", "ünï", "{tag}"]
 
@@ -124,6 +148,19 @@ def make_engine_repo(path: Path, conn: str, now: datetime, users: int = 40, **on
     import pyarrow.parquet as pq
 
     pq.write_table(types_table(now), data / "user_types.parquet")
+    when = now - timedelta(minutes=20)
+    pairs = [(user_id(i), m) for i in range(1, 6) for m in ("m1", "m:2")]
+    pd.DataFrame(
+        {
+            "user_id": [u for u, _ in pairs],
+            "merchant_id": [m for _, m in pairs],
+            "pair_tx": range(len(pairs)),
+            "event_timestamp": [when] * len(pairs),
+        }
+    ).to_parquet(data / "user_merchant.parquet")
+    pd.DataFrame(
+        {"account_id": [7, -3, 2**40], "acct_score": [0.5, 1.25, -2.0], "event_timestamp": [when] * 3}
+    ).to_parquet(data / "account.parquet")
     return repo
 
 
@@ -206,6 +243,8 @@ def test_same_redis_contents_as_the_default_engine(tmp_path, server, r, ttl_from
     assert engine[b"fs:user:u0005"][b"t_f64"] == b"Infinity"
     assert engine[b"fs:user:u0003"][b"t_str"].startswith(b"\x00P")  # NUL-led: the tagged form
     assert all(v[b"t_str"] != b"old" for k, v in engine.items() if b"t_str" in v)
+    assert engine[b"fs:merchant_id+user_id:m%3A2:u0003"][b"pair_tx"] == b"5"
+    assert engine[b"fs:account:-3"][b"acct_score"] == b"1.25" and b"fs:account:1099511627776" in engine
     stream_fields = [s for _, states in engine_ttl.values() for f, s in states if f == b"tx_count_5m"]
     assert stream_fields and set(stream_fields) == {"field-ttl" if ttl_from == "write" else "event-ttl"}
     assert {state for state, _ in engine_ttl.values()} == {"key-ttl"}

@@ -86,6 +86,6 @@ def test_cluster_contents_match_the_default_engine(tmp_path, kind):
             both = run_both(rc, repo, lambda store: store.materialize(now - timedelta(days=1), now))
             (default, default_ttl, default_stats), (engine, engine_ttl, engine_stats) = both
             assert engine == default and engine_ttl == default_ttl and engine_stats == default_stats
-            assert len(engine) == 46 and engine_stats["written"] > 0
+            assert len(engine) == 40 + 6 + 10 + 3 and engine_stats["written"] > 0
         finally:
             rc.close()

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -79,6 +79,9 @@ logger = logging.getLogger(__name__)
 
 Row = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
 ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Encodes rows start..stop-1 into WRITE_ROWS calls, with the row numbers of each call.
+Encode = Callable[[int, int], tuple[list[Call], list[list[int]]]]
 # One view of a get_online_features read: (view, distinct keys, requested features,
 # response rows of each key (None: key i is row i), number of response rows).
 _ViewRequest = tuple[Any, list[bytes], list[str], list[list[int]] | None, int]
@@ -143,22 +146,50 @@ class RedisHexpireOnlineStore(OnlineStore):
 
     def _write_calls(
         self, config: RepoConfig, table: Any, data: Sequence[Row], by_slot: bool
-    ) -> tuple[str, list[bytes], Callable[[int, Sequence[Row]], tuple[list[Call], list[list[int]]]]]:
-        """The view's mode ("batch"/"streaming"), every row's key, and a function that encodes
-        the chunk of ``data`` starting at a row into WRITE_ROWS calls of up to
-        ``write_rows_per_call`` rows each (of one hash slot when ``by_slot``), with the row
-        numbers of each call. Every row's key is built first, so a bad entity key fails before
-        anything is written."""
-        cfg: RedisHexpireOnlineStoreConfig = config.online_store
+    ) -> tuple[str, list[bytes], Encode]:
+        """The view's mode ("batch"/"streaming"), every row's key, and the row encoder of
+        :meth:`_row_calls` for Feast's rows. Every row's key is built first, so a bad entity key
+        fails before anything is written."""
         view = ViewLayout.of(config, table, self.client(config))
-        policy = policy_for(table, cfg)
         try:
             keys = view.keys.keys(row[0] for row in data)
         except ValueError as e:
             raise BadValueError(f"feature view {view.name!r}: {e}; nothing was written") from e
+        fields, encoding = view.fields, view.encoding
+
+        def pairs_of(i: int) -> list[Any]:
+            pairs: list[Any] = []
+            for feature, value in data[i][1].items():
+                spec = fields.get(feature)
+                if spec is None:
+                    continue  # a join key listed among a stream view's features
+                pairs.append(spec[0])
+                pairs.append(codec.encode_value(value, spec[1], encoding))
+            return pairs
+
+        event_us = [codec.encode_ts(row[2]) for row in data]
+        mode, encode = self._row_calls(config, table, view, keys, event_us, pairs_of, by_slot)
+        return mode, keys, encode
+
+    def _row_calls(
+        self,
+        config: RepoConfig,
+        table: Any,
+        view: ViewLayout,
+        keys: Sequence[bytes],
+        event_us: Sequence[int],
+        pairs_of: Callable[[int], Sequence[Any]],
+        by_slot: bool,
+    ) -> tuple[str, Encode]:
+        """The view's mode, and a function that encodes rows ``start..stop-1`` into WRITE_ROWS
+        calls of up to ``write_rows_per_call`` rows each (of one hash slot when ``by_slot``),
+        with the row numbers of each call. Row i is ``keys[i]``, its event time ``event_us[i]``
+        (microseconds since the epoch) and ``pairs_of(i)``: hash field, encoded value, ..."""
+        cfg: RedisHexpireOnlineStoreConfig = config.online_store
+        policy = policy_for(table, cfg)
         by_event = policy.streaming and cfg.ttl_from == "event"
         if by_event:
-            _check_event_expiry(view.name, data, policy.field_ttl_ms)
+            _check_event_expiry(view.name, event_us, policy.field_ttl_ms)
         head: list[Any] = [
             view.ts_field,
             str(policy.key_ttl_ms),
@@ -169,13 +200,13 @@ class RedisHexpireOnlineStore(OnlineStore):
         if view.packed:
             head.append(view.head)
         per_call = cfg.write_rows_per_call
-        row_args = _packed_row if view.packed else _fields_row
+        row_args = _packed_args(view) if view.packed else _fields_args
 
-        def encode(start: int, chunk: Sequence[Row]) -> tuple[list[Call], list[list[int]]]:
+        def encode(start: int, stop: int) -> tuple[list[Call], list[list[int]]]:
             groups: dict[int, list[int]] = {}
-            for offset in range(len(chunk)):
-                slot = key_slot(keys[start + offset]) if by_slot else 0
-                groups.setdefault(slot, []).append(start + offset)
+            for i in range(start, stop):
+                slot = key_slot(keys[i]) if by_slot else 0
+                groups.setdefault(slot, []).append(i)
             calls: list[Call] = []
             rows_of_calls: list[list[int]] = []
             for rows in groups.values():
@@ -183,15 +214,14 @@ class RedisHexpireOnlineStore(OnlineStore):
                     part = rows[first : first + per_call]
                     argv: list[Any] = list(head)
                     for i in part:
-                        _, values, event_ts, _ = data[i]
-                        ts_us = codec.encode_ts(event_ts)
+                        ts_us = event_us[i]
                         expire_at = ts_us // 1000 + policy.field_ttl_ms if by_event else 0
-                        argv += row_args(view, values, ts_us, expire_at)
+                        argv += row_args(ts_us, expire_at, pairs_of(i))
                     calls.append(([keys[i] for i in part], argv))
                     rows_of_calls.append(part)
             return calls, rows_of_calls
 
-        return policy.mode, keys, encode
+        return policy.mode, encode
 
     @staticmethod
     def _script(config: RepoConfig, table: Any) -> Script:
@@ -377,14 +407,51 @@ class RedisHexpireOnlineStore(OnlineStore):
             return
         client = self.client(config)
         mode, keys, encode = self._write_calls(config, table, data, isinstance(client, redis.RedisCluster))
-        script = self._script(config, table)
+        self._write(config, table, client, mode, keys, encode, progress)
+
+    def write_encoded(
+        self,
+        config: RepoConfig,
+        table: Any,
+        keys: Sequence[bytes],
+        event_us: Sequence[int],
+        pairs_of: Callable[[int], Sequence[Any]],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """``online_write_batch`` of rows already encoded for ``table``'s layout (the Arrow
+        materialization engine, engine.py): row i is ``keys[i]`` (``ViewLayout.keys``), its
+        event time ``event_us[i]`` (microseconds since the epoch) and ``pairs_of(i)``: hash
+        field, value encoded as ``codec.encode_value`` would, and so on. The same calls,
+        batches, acknowledgements, errors, metrics and progress as ``online_write_batch``."""
+        if not keys:
+            return
+        client = self.client(config)
+        view = ViewLayout.of(config, table, client)
+        by_slot = isinstance(client, redis.RedisCluster)
+        mode, encode = self._row_calls(config, table, view, keys, event_us, pairs_of, by_slot)
+        self._write(config, table, client, mode, list(keys), encode, progress)
+
+    def _write(
+        self,
+        config: RepoConfig,
+        table: Any,
+        client: Any,
+        mode: str,
+        keys: list[bytes],
+        encode: Encode,
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """Send every row of ``keys`` as ``encode`` makes the calls, ``write_batch_size`` rows
+        per round trip; raise naming the rows that failed."""
+        total = len(keys)
         size = config.online_store.write_batch_size
-        starts = range(0, len(data), size)
+        script = self._script(config, table)
+        starts = range(0, total, size)
         plans: deque[list[list[int]]] = deque()  # rows of each call of the batches sent
 
         def batches() -> Iterator[list[Call]]:
             for start in starts:
-                calls, rows_of_calls = encode(start, data[start : start + size])
+                calls, rows_of_calls = encode(start, min(start + size, total))
                 plans.append(rows_of_calls)
                 yield calls
 
@@ -406,7 +473,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             if progress:
                 progress(done)
         if failed:
-            raise self._row_failures(config, table, keys, failed, len(data))
+            raise self._row_failures(config, table, keys, failed, total)
 
     async def online_write_batch_async(
         self,
@@ -425,7 +492,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         ack = config.online_store.ack_command()
         failed: list[tuple[int, str]] = []
         for start in range(0, len(data), size):
-            calls, rows_of_calls = encode(start, data[start : start + size])
+            calls, rows_of_calls = encode(start, min(start + size, len(data)))
             began = time.perf_counter()
             sent: tuple[list, list[NodeAck]]
             try:
@@ -852,37 +919,35 @@ def _spans(rows: list[int]) -> str:
     return f"row {spans[0]} was" if len(rows) == 1 else f"rows {', '.join(spans)} were"
 
 
-def _fields_row(view: ViewLayout, values: dict[str, ValueProto], ts_us: int, expire_at: int) -> list[Any]:
+def _fields_args(ts_us: int, expire_at: int, pairs: Sequence[Any]) -> list[Any]:
     """WRITE_ROWS arguments of one row: event time, expiry, n, and n field, value pairs."""
-    pairs: list[Any] = []
-    for feature, value in values.items():
-        spec = view.fields.get(feature)
-        if spec is None:
-            continue  # a join key listed among a stream view's features
-        pairs.append(spec[0])
-        pairs.append(codec.encode_value(value, spec[1], view.encoding))
     return [ts_us, expire_at, len(pairs) // 2, *pairs]
 
 
-def _packed_row(view: ViewLayout, values: dict[str, ValueProto], ts_us: int, expire_at: int) -> list[Any]:
-    """WRITE_PACKED arguments of one row: expiry, "1" when it lacks a feature, its packed value."""
-    encoded: list[bytes | None] = []
-    for feature, (_, kind) in view.fields.items():
-        value = values.get(feature)
-        encoded.append(None if value is None else codec.encode_value(value, kind, view.encoding))
-    partial = "1" if None in encoded else "0"
-    return [expire_at, partial, codec.pack_values(view.head, ts_us, encoded)]
+def _packed_args(view: ViewLayout) -> Callable[[int, int, Sequence[Any]], list[Any]]:
+    """WRITE_PACKED arguments of one row of ``view``: expiry, "1" when the row lacks a feature,
+    and its packed value, from the row's field, encoded value pairs."""
+    names = [spec[0] for spec in view.fields.values()]
+
+    def args(ts_us: int, expire_at: int, pairs: Sequence[Any]) -> list[Any]:
+        got = dict(zip(pairs[::2], pairs[1::2]))
+        encoded = [got.get(name) for name in names]
+        partial = "1" if None in encoded else "0"
+        return [expire_at, partial, codec.pack_values(view.head, ts_us, encoded)]
+
+    return args
 
 
-def _check_event_expiry(view: str, data: Sequence[Row], field_ttl_ms: int) -> None:
+def _check_event_expiry(view: str, event_us: Sequence[int], field_ttl_ms: int) -> None:
     """With ``ttl_from: event``, refuse a batch holding a row whose fields would expire after the
     latest time Redis accepts (an event far in the future), before anything is written."""
-    for i, row in enumerate(data):
-        if codec.encode_ts(row[2]) // 1000 + field_ttl_ms > MAX_FIELD_EXPIRE_AT_MS:
+    for i, ts_us in enumerate(event_us):
+        if ts_us // 1000 + field_ttl_ms > MAX_FIELD_EXPIRE_AT_MS:
+            event_ts = _EPOCH + timedelta(microseconds=ts_us)
             raise BadValueError(
-                f"feature view {view!r}: row {i} has event time {row[2]}; counted from it, its field "
-                f"TTL would end after {MAX_FIELD_EXPIRE_AT_MS} ms since the epoch, the latest Redis "
-                f"accepts; nothing was written"
+                f"feature view {view!r}: row {i} has event time {event_ts}; counted from "
+                f"it, its field TTL would end after {MAX_FIELD_EXPIRE_AT_MS} ms since the epoch, the "
+                f"latest Redis accepts; nothing was written"
             )
 
 

@@ -290,7 +290,7 @@ def _encode(
         if values is None:
             protos = _feast_values(column, value_type)
             values = [codec.encode_value(v, spec[1], layout.encoding) for v in protos]
-        columns += (repeat(spec[0]), values)
+        columns += (repeat(feature.name if layout.packed else spec[0]), values)  # packed: by feature
     keys = _keys(table, view, entity_columns, layout)
     return keys, event_us, list(zip(*columns)) if columns else [()] * len(keys)
 

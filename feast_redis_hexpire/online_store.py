@@ -155,7 +155,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             keys = view.keys.keys(row[0] for row in data)
         except ValueError as e:
             raise BadValueError(f"feature view {view.name!r}: {e}; nothing was written") from e
-        fields, encoding = view.fields, view.encoding
+        fields, encoding, packed = view.fields, view.encoding, view.packed
 
         def pairs_of(i: int) -> list[Any]:
             pairs: list[Any] = []
@@ -163,7 +163,7 @@ class RedisHexpireOnlineStore(OnlineStore):
                 spec = fields.get(feature)
                 if spec is None:
                     continue  # a join key listed among a stream view's features
-                pairs.append(spec[0])
+                pairs.append(feature if packed else spec[0])  # a packed view: by feature
                 pairs.append(codec.encode_value(value, spec[1], encoding))
             return pairs
 
@@ -421,8 +421,9 @@ class RedisHexpireOnlineStore(OnlineStore):
         """``online_write_batch`` of rows already encoded for ``table``'s layout (the Arrow
         materialization engine, engine.py): row i is ``keys[i]`` (``ViewLayout.keys``), its
         event time ``event_us[i]`` (microseconds since the epoch) and ``pairs_of(i)``: hash
-        field, value encoded as ``codec.encode_value`` would, and so on. The same calls,
-        batches, acknowledgements, errors, metrics and progress as ``online_write_batch``."""
+        field (of a packed view: the feature's name), value encoded as ``codec.encode_value``
+        would, and so on. The same calls, batches, acknowledgements, errors, metrics and
+        progress as ``online_write_batch``."""
         if not keys:
             return
         client = self.client(config)
@@ -926,12 +927,12 @@ def _fields_args(ts_us: int, expire_at: int, pairs: Sequence[Any]) -> list[Any]:
 
 def _packed_args(view: ViewLayout) -> Callable[[int, int, Sequence[Any]], list[Any]]:
     """WRITE_PACKED arguments of one row of ``view``: expiry, "1" when the row lacks a feature,
-    and its packed value, from the row's field, encoded value pairs."""
-    names = [spec[0] for spec in view.fields.values()]
+    and its packed value, from the row's pairs (of a packed view: feature name, encoded value)."""
+    features = list(view.fields)
 
     def args(ts_us: int, expire_at: int, pairs: Sequence[Any]) -> list[Any]:
         got = dict(zip(pairs[::2], pairs[1::2]))
-        encoded = [got.get(name) for name in names]
+        encoded = [got.get(feature) for feature in features]
         partial = "1" if None in encoded else "0"
         return [expire_at, partial, codec.pack_values(view.head, ts_us, encoded)]
 

@@ -406,7 +406,7 @@ def test_acknowledgements_hold_for_the_engine(tmp_path, server, r, replica):  # 
     acknowledged, as for online_write_batch."""
     now = datetime.now(UTC)
     repo = make_engine_repo(
-        tmp_path / "repo", server.connection_string, now, ack_replicas=1, ack_timeout_seconds=0.5,
+        tmp_path / "repo", server.connection_string, now, ack_replicas=1, ack_timeout_seconds=3,
         write_batch_size=16,
     )  # fmt: skip
     set_engine(repo, {"type": ENGINE})

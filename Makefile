@@ -38,7 +38,7 @@ test: install-test
 # The core store tests on the oldest supported Feast with the minimum redis-py and hiredis, each
 # in its own venv (.venv-<name>); `make test` covers the newest (the main venv). CI runs both.
 MATRIX_TESTS := tests/test_codec.py tests/test_writes.py tests/test_reads.py tests/test_ttl.py \
-	tests/test_apply_teardown.py tests/test_async.py
+	tests/test_apply_teardown.py tests/test_async.py tests/test_engine.py
 MATRIX_oldest := "feast==0.55.*" "redis==5.3.*" "hiredis==3.0.*"
 MATRIX ?= oldest
 

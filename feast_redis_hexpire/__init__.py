@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RedisHexpireOnlineStore", "RedisHexpireOnlineStoreConfig"]
+__all__ = [
+    "ArrowMaterializationEngine",
+    "ArrowMaterializationEngineConfig",
+    "RedisHexpireOnlineStore",
+    "RedisHexpireOnlineStoreConfig",
+]
 __version__ = "0.1.0"
 
 
@@ -19,4 +24,8 @@ def __getattr__(name: str) -> Any:
         from .config import RedisHexpireOnlineStoreConfig
 
         return RedisHexpireOnlineStoreConfig
+    if name in ("ArrowMaterializationEngine", "ArrowMaterializationEngineConfig"):
+        from . import engine
+
+        return getattr(engine, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

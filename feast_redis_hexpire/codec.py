@@ -28,6 +28,8 @@ from __future__ import annotations
 import base64
 import json
 import math
+import zlib
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Callable
 
@@ -35,9 +37,20 @@ import numpy as np
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.value_type import ValueType
 
-from .constants import NULL_VALUE, PROTO_MARKER
+from .constants import NULL_VALUE, PACKED_FORMAT, PACKED_TS_OFFSET, PACKED_TS_WIDTH, PROTO_MARKER
 
-__all__ = ["decode_ts", "decode_value", "decoder", "encode_ts", "encode_value", "expected_kind"]
+__all__ = [
+    "decode_ts",
+    "decode_value",
+    "decoder",
+    "encode_ts",
+    "encode_value",
+    "expected_kind",
+    "pack_values",
+    "packed_head",
+    "unpack_columns",
+    "unpack_values",
+]
 
 _STRING_KINDS = {"string_val", "json_val", "uuid_val", "time_uuid_val", "decimal_val"}
 _INT_KINDS = {"int32_val", "int64_val", "unix_timestamp_val"}
@@ -208,5 +221,132 @@ def encode_ts(ts: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def decode_ts(raw: bytes) -> datetime:
+def decode_ts(raw: bytes | int) -> datetime:
+    """The event time of a ``_ts`` field's digits, or of a packed value's microseconds."""
     return _EPOCH + timedelta(microseconds=int(raw))
+
+
+# ---- value_layout: packed (the framing is described in the module docstring) ----
+
+_MISSING = b"\x00"
+
+
+def packed_head(features: Sequence[str], encoding: str) -> bytes:
+    """The first bytes of every packed value of a view: the format byte and the fingerprint of
+    its value ``encoding`` and feature names in declared order. Types are not in it: a retyped
+    feature decodes with its new type, as in the fields layout (or fails naming it)."""
+    text = "\n".join([encoding, *features])
+    return PACKED_FORMAT + zlib.crc32(text.encode()).to_bytes(4, "big")
+
+
+def _varint(n: int) -> bytes:
+    if n < 128:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 128:
+        out.append(n & 127 | 128)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def pack_values(head: bytes, ts_us: int, encoded: Sequence[bytes | None]) -> bytes:
+    """One packed value: ``head``, the event time ``ts_us`` and each feature's stored bytes
+    (:func:`encode_value`), or None for a feature the row does not have."""
+    parts = [head, (ts_us + PACKED_TS_OFFSET).to_bytes(PACKED_TS_WIDTH, "big")]
+    for raw in encoded:
+        if raw is None:
+            parts.append(_MISSING)
+        else:
+            parts.append(_varint(len(raw) + 1))
+            parts.append(raw)
+    return b"".join(parts)
+
+
+def _entries(raw: bytes, pos: int) -> tuple[list[bytes | None], int]:
+    """The entries of a packed value from ``pos`` (after the event time), and where they end."""
+    values: list[bytes | None] = []
+    append = values.append
+    end = len(raw)
+    while pos < end:
+        n = raw[pos]
+        pos += 1
+        if n >= 128:  # a value of 127 bytes or more: the varint goes on
+            n &= 127
+            shift = 7
+            while True:
+                byte = raw[pos]
+                pos += 1
+                n |= (byte & 127) << shift
+                if byte < 128:
+                    break
+                shift += 7
+        if n:
+            n += pos - 1
+            append(raw[pos:n])
+            pos = n
+        else:
+            append(None)
+    return values, pos
+
+
+def _not_packed(head: bytes) -> ValueError:
+    return ValueError(
+        f"not a value of value_layout: packed (format byte {head[:1]!r}); was it written with "
+        f"value_layout: fields?"
+    )
+
+
+def unpack_values(raw: bytes, head: bytes, count: int) -> tuple[int, list[bytes | None]] | None:
+    """(event time in microseconds, each feature's stored bytes or None when missing) of a packed
+    value; None when it was packed for another feature list or value encoding (see packed_head).
+    ValueError when ``raw`` is not a packed value of this format."""
+    if raw[:1] != head[:1]:
+        raise _not_packed(head)
+    if not raw.startswith(head):
+        return None
+    start = len(head) + PACKED_TS_WIDTH
+    values, pos = _entries(raw, start)
+    if start > len(raw) or pos != len(raw) or len(values) != count:
+        raise ValueError(f"truncated packed value ({len(values)} of {count} features)")
+    return int.from_bytes(raw[len(head) : start], "big") - PACKED_TS_OFFSET, values
+
+
+def unpack_columns(
+    packed: Sequence[bytes | None], head: bytes, count: int, wanted: Sequence[int]
+) -> tuple[list[int | None], list[list[bytes | None]], list[int]]:
+    """The read path's decode step for packed views: from each entity's packed value (None: the
+    view's field is missing), the event time per entity (integer microseconds, which the
+    response builder takes as it takes a ``_ts`` field's digits) and, per wanted feature (its
+    position among the view's ``count`` features), its stored bytes per entity (None: missing),
+    as the fields layout's HMGET replies give them. Entities whose value was packed for another
+    feature list read as not found; their positions are returned too. A value that is not
+    packed raises ValueError (with the entity's position in ``args[1]``)."""
+    ts_raw: list[int | None] = []
+    rows: list[list[bytes | None] | None] = []
+    stale: list[int] = []
+    size = len(head)
+    start = size + PACKED_TS_WIDTH
+    from_bytes = int.from_bytes
+    for i, raw in enumerate(packed):
+        if raw is None:
+            ts_raw.append(None)
+            rows.append(None)
+            continue
+        if not raw.startswith(head):
+            if raw[:1] != head[:1]:
+                raise ValueError(str(_not_packed(head)), i)
+            stale.append(i)
+            ts_raw.append(None)
+            rows.append(None)
+            continue
+        try:
+            values, pos = _entries(raw, start)
+        except IndexError:
+            pos = -1
+        if pos != len(raw) or len(values) != count:
+            raise ValueError(f"truncated packed value ({len(values)} of {count} features)", i)
+        ts_raw.append(from_bytes(raw[size:start], "big") - PACKED_TS_OFFSET)
+        rows.append(values)
+    columns = [[None if row is None else row[j] for row in rows] for j in wanted]
+    return ts_raw, columns, stale

@@ -155,6 +155,13 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
         description="`text`: readable values decoded by the view's schema (see Storage "
         "layout); `proto`: serialized ValueProto bytes like Feast's redis store.",
     )
+    value_layout: Literal["fields", "packed"] = Field(
+        "fields",
+        description="`fields`: one hash field per feature plus `_ts:<view>` (readable in "
+        "redis-cli); `packed`: one field per view, named by the view, holding its event time and "
+        "values (less memory; see Value layouts). Change it only through `feast apply`, which "
+        "refuses while the views hold data in the other layout.",
+    )
     freshness_check: Literal["off", "flag", "drop"] = Field(
         "off",
         description="Read-time check of a view's `ttl` against the stored event time: `flag` "
@@ -188,7 +195,7 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
         0,
         description="Opt-in durable writes: after each write batch, WAIT (same connection) until "
         "this many replicas have it; rows not acknowledged within `ack_timeout_seconds` are "
-        "reported as failed. `0` is off. Single server and Sentinel; not with `redis_cluster`.",
+        "reported as failed. `0` is off. Single server, Sentinel and cluster (each shard's master).",
     )
     ack_timeout_seconds: float = Field(
         1.0,
@@ -295,8 +302,6 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
     def _ack(self) -> RedisHexpireOnlineStoreConfig:
         if not (self.ack_replicas or self.ack_aof):
             return self
-        if self.redis_type == RedisType.redis_cluster:
-            raise ValueError("ack_replicas / ack_aof are not supported with redis_type: redis_cluster yet")
         if self.socket_timeout is not None and self.ack_timeout_seconds >= self.socket_timeout:
             raise ValueError(
                 f"ack_timeout_seconds ({self.ack_timeout_seconds}) must be below socket_timeout "

@@ -12,6 +12,14 @@ FIELD_OWNERS_KEY = "_fields"
 NULL_VALUE = b"\x00"
 PROTO_MARKER = b"\x00P"
 
+# value_layout: packed (codec.py): one hash field per view, named by the view, whose value starts
+# with this format byte, then a 4-byte fingerprint of the view's features, then the event time in
+# PACKED_TS_WIDTH bytes (microseconds since the epoch plus PACKED_TS_OFFSET, big-endian unsigned,
+# so comparing the bytes compares the times).
+PACKED_FORMAT = b"\x01"
+PACKED_TS_WIDTH = 8
+PACKED_TS_OFFSET = 2**63
+
 # Feature-view tags that override the store-wide policy for one view.
 TAG_MODE = "hexpire.mode"  # "batch" or "streaming"
 TAG_KEY_TTL = "hexpire.key_ttl_seconds"  # batch views: key-level TTL

@@ -30,6 +30,7 @@ class ViewDescription:
     field_ttl: str
     ts_field: str
     fields: dict[str, str] = field(default_factory=dict)  # feature -> hash field
+    value_layout: str = "fields"  # packed: ts_field holds the event time and every feature
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -42,6 +43,11 @@ class ViewDescription:
             f"  field TTL  {self.field_ttl}",
             f"  timestamp  {self.ts_field}",
         ]
+        if self.value_layout == "packed":
+            lines[-1] = (
+                f"  timestamp  {self.ts_field} (value_layout: packed: this one field holds the "
+                f"event time and every value)"
+            )
         width = max([len(f) for f in self.fields] + [7])
         lines += [f"  {feature.ljust(width)} -> {fld}" for feature, fld in self.fields.items()]
         return "\n".join(lines)
@@ -86,7 +92,11 @@ def describe_views(store: FeatureStore) -> list[ViewDescription]:
                 key_ttl=key_ttl,
                 field_ttl=field_ttl,
                 ts_field=view.ts_field,
-                fields={feature: spec[0] for feature, spec in view.fields.items()},
+                fields={
+                    feature: f"{spec[0]}[{feature}]" if view.packed else spec[0]
+                    for feature, spec in view.fields.items()
+                },
+                value_layout=cfg.value_layout,
             )
         )
     return described
@@ -95,7 +105,13 @@ def describe_views(store: FeatureStore) -> list[ViewDescription]:
 def owners_note(store: FeatureStore) -> str:
     """Where the owners of shared feature names are recorded (one line for the CLI)."""
     cfg = store.config.online_store
+    if cfg.value_layout == "packed":
+        return (
+            "value_layout: packed; each view of an entity is one field named by the view, "
+            "`feast-hexpire inspect` shows it unpacked"
+        )
     return (
-        f"field_names: {cfg.field_names}; owners of feature names shared by views of one entity: "
+        f"value_layout: fields, field_names: {cfg.field_names}; owners of feature names shared by "
+        f"views of one entity: "
         f"HGETALL {owners_key(cfg.prefix_for(store.config.project))}"
     )

@@ -2,9 +2,10 @@
 
 Connects with the repo's online-store config and reports each check as ok / warning / error,
 with the reason and the fix: the server and its commands, the eviction policy, persistence, the
-listpack limits against the repo's widest hash, replication, cluster slot coverage, the ACL of
-the configured user, each view's TTLs as the store applies them, and the memory per entity of a
-sample of the project's keys::
+listpack limits against the repo's widest hash, replication (and, with ack_replicas / ack_aof,
+the replicas and AOF each master needs), cluster slot coverage, the ACL of the configured user,
+each view's TTLs as the store applies them, and the memory per entity of a sample of the
+project's keys::
 
     findings = diagnose(FeatureStore("feature_repo"))
     print(render(findings))
@@ -33,7 +34,16 @@ from .policy import policy_for
 from .scripts import ACL_CHECK, run_pipelined
 from .views import ViewLayout
 
-__all__ = ["ACL_REQUIRED", "ACL_OPTIONAL", "Finding", "diagnose", "exit_code", "render"]
+__all__ = [
+    "ACL_ACK",
+    "ACL_ACK_AOF",
+    "ACL_REQUIRED",
+    "ACL_OPTIONAL",
+    "Finding",
+    "diagnose",
+    "exit_code",
+    "render",
+]
 
 OK, WARNING, ERROR = "ok", "warning", "error"
 
@@ -74,6 +84,10 @@ ACL_OPTIONAL: tuple[tuple[str, ...], ...] = (
     ("hpttl", "{key}", "FIELDS", "1", "f"),
     ("object", "encoding", "{key}"),
 )
+
+# Required only with ack_replicas / ack_aof (docs/ACL.md): sent after each write batch.
+ACL_ACK: tuple[tuple[str, ...], ...] = (("wait", "1", "0"),)
+ACL_ACK_AOF: tuple[tuple[str, ...], ...] = (("waitaof", "1", "1", "0"),)
 
 
 @dataclass
@@ -341,7 +355,8 @@ class _Doctor:
     def acl(self) -> None:
         segment = next(iter(self.segments), "doctor")
         key = f"{self.prefix}{segment}:doctor-probe"
-        commands = [*ACL_REQUIRED, *ACL_OPTIONAL]
+        needed = [*ACL_REQUIRED, *self._ack_commands()]
+        commands = [*needed, *ACL_OPTIONAL]
         argv: list[str] = []
         for command in commands:
             argv += [str(len(command)), *(key if a == "{key}" else a for a in command)]
@@ -353,7 +368,7 @@ class _Doctor:
         if allowed is None:
             return
         denied = [_command_name(c) for c, ok in zip(commands, allowed) if ok != 1]
-        required = {_command_name(c) for c in ACL_REQUIRED}
+        required = {_command_name(c) for c in needed}
         missing = [c for c in denied if c in required]
         optional = [c for c in denied if c not in required]
         who = self._user()
@@ -372,6 +387,43 @@ class _Doctor:
             )  # fmt: skip
         else:
             self.add("acl", OK, f"user {who!r} may run every command the plugin sends on {self.prefix}*")
+
+    def _ack_commands(self) -> list[tuple[str, ...]]:
+        """WAIT with ack_replicas, WAITAOF with ack_aof: required then, like the rest."""
+        if self.cfg.ack_aof:
+            return [*ACL_ACK_AOF]
+        return [*ACL_ACK] if self.cfg.ack_replicas else []
+
+    def acks(self) -> None:
+        """With ack_replicas / ack_aof: each master (each one of a cluster) has that many replicas
+        online, and its AOF on for ack_aof; else every write batch to it fails."""
+        want = self.cfg.ack_replicas
+        if not (want or self.cfg.ack_aof):
+            return
+
+        def one(server: redis.Redis) -> tuple[str, str, str]:
+            info = server.info("replication")
+            online = [
+                f"{v.get('ip')}:{v.get('port')}"
+                for k, v in info.items()
+                if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
+            ]
+            if len(online) < want:
+                return (
+                    ERROR,
+                    f"ack_replicas: {want}, but the master has {len(online)} replica(s) online: "
+                    "every write batch to it fails as not acknowledged",
+                    "add replicas (or bring them back online), or lower ack_replicas",
+                )
+            if self.cfg.ack_aof and not int(server.info("persistence").get("aof_enabled", 0)):
+                return (
+                    ERROR, "ack_aof: true, but the master runs without AOF: every write batch fails",
+                    "CONFIG SET appendonly yes (and in redis.conf), or remove ack_aof",
+                )  # fmt: skip
+            aof = ", AOF on" if self.cfg.ack_aof else ""
+            return OK, f"ack_replicas: {want}: {len(online)} replica(s) online{aof} ({', '.join(online)})", ""
+
+        self.each((one(s) for _, s in self.servers), "acks")
 
     def _user(self) -> str:
         _, params = parse_connection_string(self.cfg.connection_string)
@@ -396,7 +448,7 @@ class _Doctor:
 
     def _fields(self, view: Any) -> list[str]:
         lay = ViewLayout.of(self.config, view)
-        return [lay.ts_field, *(f for f, _ in lay.fields.values())]
+        return list(dict.fromkeys([lay.ts_field, *(f for f, _ in lay.fields.values())]))  # packed: one
 
     def view_ttls(self) -> None:
         for segment, views in self.segments.items():
@@ -492,6 +544,7 @@ def diagnose(store: FeatureStore, sample: int = 20) -> list[Finding]:
     samples = {segment: doctor._sample_keys(segment) for segment in doctor.segments}
     doctor.listpack(samples)
     doctor.replication()
+    doctor.acks()
     doctor.cluster()
     doctor.acl()
     doctor.view_ttls()

@@ -1,5 +1,8 @@
 """What one entity's hash holds: every field, its value and TTL, the key TTL and the encoding.
 
+With ``value_layout: packed`` a view's one field is shown unpacked: its event time, then each
+feature as ``<view>[<feature>]`` with its stored text, all with the field's TTL.
+
 The Python form of the seed's redis-cli checks (HGETALL, TTL, HTTL, OBJECT ENCODING)::
 
     report = inspect_entity(FeatureStore("feature_repo"), "user", "u0001")
@@ -16,7 +19,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.value_type import ValueType
 
-from . import layout
+from . import codec, layout
 from .online_store import hexpire_store
 from .views import ViewLayout
 
@@ -89,6 +92,29 @@ def _text(raw: bytes) -> str:
         return repr(raw)
 
 
+def _unpacked(lay: ViewLayout, raw: bytes | None, ttl: int) -> list[FieldReport]:
+    """value_layout: packed: the view's one field shown as its event time and one line per
+    feature (``<view>[<feature>]``), each with the field's TTL."""
+    features = list(lay.fields)
+    try:
+        unpacked = None if raw is None else codec.unpack_values(raw, lay.head, len(features))
+    except (ValueError, IndexError) as e:
+        return [FieldReport(lay.name, "_ts", lay.ts_field, f"<not a packed value: {e}> {raw!r}", ttl)]
+    if raw is not None and unpacked is None:
+        note = "<packed for another feature list: reads as not found until materialized again>"
+        return [FieldReport(lay.name, "_ts", lay.ts_field, note, ttl)]
+    ts_text = None
+    values: list[bytes | None] = [None] * len(features)
+    if unpacked is not None:
+        ts_text = f"{unpacked[0]} ({codec.decode_ts(unpacked[0]).isoformat()})"
+        values = unpacked[1]
+    reports = [FieldReport(lay.name, "_ts", lay.ts_field, ts_text, ttl)]
+    for feature, value in zip(features, values):
+        shown = None if value is None else _text(value)
+        reports.append(FieldReport(lay.name, feature, f"{lay.ts_field}[{feature}]", shown, ttl))
+    return reports
+
+
 def inspect_entity(store: FeatureStore, entity: str, entity_id: str) -> EntityReport:
     """One round trip of HGETALL, PTTL, OBJECT ENCODING and HPTTL for the entity's hash."""
     config = store.config
@@ -102,7 +128,8 @@ def inspect_entity(store: FeatureStore, entity: str, entity_id: str) -> EntityRe
     expected = [
         (lay.name, feature, fld)
         for lay in layouts
-        for feature, fld in [("_ts", lay.ts_field)] + [(f, spec[0]) for f, spec in lay.fields.items()]
+        for feature, fld in [("_ts", lay.ts_field)]
+        + ([] if lay.packed else [(f, spec[0]) for f, spec in lay.fields.items()])
     ]
     with client.pipeline(transaction=False) as pipe:
         pipe.hgetall(key)
@@ -119,8 +146,12 @@ def inspect_entity(store: FeatureStore, entity: str, entity_id: str) -> EntityRe
         key_ttl_ms=int(key_ttl),
         encoding=encoding.decode() if isinstance(encoding, bytes) else None,
     )
+    packed = {lay.name: lay for lay in layouts if lay.packed}
     for (view, feature, fld), ttl in zip(expected, ttls):
         raw = stored.pop(fld.encode(), None)
+        if view in packed:
+            report.fields += _unpacked(packed[view], raw, int(ttl))
+            continue
         report.fields.append(FieldReport(view, feature, fld, None if raw is None else _text(raw), int(ttl)))
     report.other_fields = {_text(k): _text(v) for k, v in stored.items()}
     return report

@@ -26,6 +26,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from .constants import COMPOUND_SEPARATOR, KEY_SEPARATOR, TS_FIELD_PREFIX
 
 __all__ = [
+    "ESCAPED",
     "KeyBuilder",
     "entity_segment",
     "escape_id",
@@ -34,8 +35,8 @@ __all__ = [
     "ts_field",
 ]
 
-_ESCAPED = "%:+{}*?[]\\" + "".join(chr(c) for c in range(0x20)) + "\x7f"
-_ESCAPE_TABLE = str.maketrans({c: f"%{ord(c):02X}" for c in _ESCAPED})
+ESCAPED = "%:+{}*?[]\\" + "".join(chr(c) for c in range(0x20)) + "\x7f"  # characters escape_id escapes
+_ESCAPE_TABLE = str.maketrans({c: f"%{ord(c):02X}" for c in ESCAPED})
 _GLOB = re.compile(r"([*?\[\]\\])")
 
 

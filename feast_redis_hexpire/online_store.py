@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -32,8 +32,8 @@ from redis.crc import key_slot
 from redis.exceptions import NoPermissionError, ResponseError
 
 from . import clients, codec, layout, metrics
-from .config import RedisHexpireOnlineStoreConfig
-from .connection import IO_ERRORS, address, has_hsetex, require_hfe
+from .config import RedisHexpireOnlineStoreConfig, RedisType
+from .connection import IO_ERRORS, address, has_hsetex, primaries, require_hfe
 from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
 from .direct import direct_reads
 from .exceptions import (
@@ -65,15 +65,18 @@ from .scripts import (
     DELETE_VIEW_FIELDS,
     FIELD_TTL_ERROR,
     UNLINK_IF_OURS,
+    WRITE_PACKED,
     WRITE_ROWS,
     Call,
-    run_acked,
-    run_acked_async,
+    NodeAck,
+    Script,
+    run_acked_batch,
+    run_acked_batch_async,
     run_batches,
     run_pipelined,
     run_pipelined_async,
 )
-from .views import ViewLayout, view_names
+from .views import ViewLayout, check_stored_layout, view_names
 
 __all__ = ["RedisHexpireOnlineStore"]
 
@@ -81,6 +84,9 @@ logger = logging.getLogger(__name__)
 
 Row = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
 ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Encodes rows start..stop-1 into WRITE_ROWS calls, with the row numbers of each call.
+Encode = Callable[[int, int], tuple[list[Call], list[list[int]]]]
 # One view of a get_online_features read: (view, distinct keys, requested features,
 # response rows of each key (None: key i is row i), number of response rows).
 _ViewRequest = tuple[Any, list[bytes], list[str], list[list[int]] | None, int]
@@ -145,37 +151,67 @@ class RedisHexpireOnlineStore(OnlineStore):
 
     def _write_calls(
         self, config: RepoConfig, table: Any, data: Sequence[Row], by_slot: bool
-    ) -> tuple[str, list[bytes], Callable[[int, Sequence[Row]], tuple[list[Call], list[list[int]]]]]:
-        """The view's mode ("batch"/"streaming"), every row's key, and a function that encodes
-        the chunk of ``data`` starting at a row into WRITE_ROWS calls of up to
-        ``write_rows_per_call`` rows each (of one hash slot when ``by_slot``), with the row
-        numbers of each call. Every row's key is built first, so a bad entity key fails before
-        anything is written."""
-        cfg: RedisHexpireOnlineStoreConfig = config.online_store
+    ) -> tuple[str, list[bytes], Encode]:
+        """The view's mode ("batch"/"streaming"), every row's key, and the row encoder of
+        :meth:`_row_calls` for Feast's rows. Every row's key is built first, so a bad entity key
+        fails before anything is written."""
         view = ViewLayout.of(config, table, self.client(config))
-        policy = policy_for(table, cfg)
         try:
             keys = view.keys.keys(row[0] for row in data)
         except ValueError as e:
             raise BadValueError(f"feature view {view.name!r}: {e}; nothing was written") from e
+        fields, encoding, packed = view.fields, view.encoding, view.packed
+
+        def pairs_of(i: int) -> list[Any]:
+            pairs: list[Any] = []
+            for feature, value in data[i][1].items():
+                spec = fields.get(feature)
+                if spec is None:
+                    continue  # a join key listed among a stream view's features
+                pairs.append(feature if packed else spec[0])  # a packed view: by feature
+                pairs.append(codec.encode_value(value, spec[1], encoding))
+            return pairs
+
+        event_us = [codec.encode_ts(row[2]) for row in data]
+        mode, encode = self._row_calls(config, table, view, keys, event_us, pairs_of, by_slot)
+        return mode, keys, encode
+
+    def _row_calls(
+        self,
+        config: RepoConfig,
+        table: Any,
+        view: ViewLayout,
+        keys: Sequence[bytes],
+        event_us: Sequence[int],
+        pairs_of: Callable[[int], Sequence[Any]],
+        by_slot: bool,
+    ) -> tuple[str, Encode]:
+        """The view's mode, and a function that encodes rows ``start..stop-1`` into WRITE_ROWS
+        calls of up to ``write_rows_per_call`` rows each (of one hash slot when ``by_slot``),
+        with the row numbers of each call. Row i is ``keys[i]``, its event time ``event_us[i]``
+        (microseconds since the epoch) and ``pairs_of(i)``: hash field, encoded value, ..."""
+        cfg: RedisHexpireOnlineStoreConfig = config.online_store
+        policy = policy_for(table, cfg)
         by_event = policy.streaming and cfg.ttl_from == "event"
         if by_event:
-            _check_event_expiry(view.name, data, policy.field_ttl_ms)
-        head = [
+            _check_event_expiry(view.name, event_us, policy.field_ttl_ms)
+        head: list[Any] = [
             view.ts_field,
             str(policy.key_ttl_ms),
             str(policy.field_ttl_ms) if not by_event else "0",
             "1" if cfg.skip_dedup else "0",
             "1" if policy.streaming and self._hsetex(config) else "0",
         ]
+        if view.packed:
+            head.append(view.head)
         per_call = cfg.write_rows_per_call
-        fields, encoding = view.fields, view.encoding
+        row_args = _packed_args(view) if view.packed else _fields_args
 
-        def encode(start: int, chunk: Sequence[Row]) -> tuple[list[Call], list[list[int]]]:
+        def encode(start: int, stop: int) -> tuple[list[Call], list[list[int]]]:
             groups: dict[int, list[int]] = {}
-            for offset in range(len(chunk)):
-                slot = key_slot(keys[start + offset]) if by_slot else 0
-                groups.setdefault(slot, []).append(start + offset)
+            for i in range(start, stop):
+                slot = key_slot(keys[i]) if by_slot else 0
+                groups.setdefault(slot, []).append(i)
             calls: list[Call] = []
             rows_of_calls: list[list[int]] = []
             for rows in groups.values():
@@ -183,22 +219,19 @@ class RedisHexpireOnlineStore(OnlineStore):
                     part = rows[first : first + per_call]
                     argv: list[Any] = list(head)
                     for i in part:
-                        _, values, event_ts, _ = data[i]
-                        ts_us = codec.encode_ts(event_ts)
-                        pairs: list[Any] = []
-                        for feature, value in values.items():
-                            spec = fields.get(feature)
-                            if spec is None:
-                                continue  # a join key listed among a stream view's features
-                            pairs.append(spec[0])
-                            pairs.append(codec.encode_value(value, spec[1], encoding))
+                        ts_us = event_us[i]
                         expire_at = ts_us // 1000 + policy.field_ttl_ms if by_event else 0
-                        argv += (ts_us, expire_at, len(pairs) // 2, *pairs)
+                        argv += row_args(ts_us, expire_at, pairs_of(i))
                     calls.append(([keys[i] for i in part], argv))
                     rows_of_calls.append(part)
             return calls, rows_of_calls
 
-        return policy.mode, keys, encode
+        return policy.mode, encode
+
+    @staticmethod
+    def _script(config: RepoConfig, table: Any) -> Script:
+        """The write script of the view's value layout."""
+        return WRITE_PACKED if ViewLayout.of(config, table).packed else WRITE_ROWS
 
     def _collect(
         self,
@@ -214,6 +247,8 @@ class RedisHexpireOnlineStore(OnlineStore):
         results: list[int] = []
         refused = 0
         for rows, reply in zip(rows_of_calls, replies):
+            if reply is None:  # its node failed (ack_replicas on a cluster): reported by the caller
+                continue
             for row, result in zip(rows, reply):
                 if isinstance(result, int):
                     results.append(result)
@@ -261,40 +296,108 @@ class RedisHexpireOnlineStore(OnlineStore):
             return FieldTTLError(text.replace(f"{FIELD_TTL_ERROR} ", ""))
         return HexpireError(text)
 
-    def _failure(self, config: RepoConfig, table: Any, start: int, total: int, err: Exception) -> Exception:
+    def _failure(
+        self, config: RepoConfig, table: Any, start: int, keys: list[bytes], err: Exception
+    ) -> Exception:
+        """The error of a batch that failed as a whole: rows ``start``.. are not confirmed
+        written, named by their keys."""
+        total = len(keys)
         _count_failure(config, table, total - start, err)  # METRICS HOOK (failed writes)
-        where = address(config.online_store)
+        where = (
+            self._master_address(config)
+            if config.online_store.ack_command()
+            else address(config.online_store)
+        )
+        named = ", ".join(k.decode(errors="replace") for k in keys[start : start + 10])
+        named += f" and {total - start - 10} more" if total - start > 10 else ""
         if isinstance(err, NoPermissionError):  # every row of the batch was refused alike
             return StoreUnavailableError(
                 f"feature view {table.name!r}: the Redis user at {where} may not write: {err}; "
                 f"nothing of rows {start}..{total - 1} was written (see docs/ACL.md)"
             )
         if isinstance(err, ResponseError):
-            return HexpireError(f"feature view {table.name!r}: the server at {where} refused a write: {err}")
+            return HexpireError(
+                f"feature view {table.name!r}: the server at {where} refused a write: {err}; rows "
+                f"{start}..{total - 1} are not confirmed written: {named}"
+            )
         done = f"rows 0..{start - 1} were written" if start else "no row is confirmed written"
         return StoreUnavailableError(
             f"writing feature view {table.name!r} to {where} failed: {err}; rows {start}..{total - 1} "
-            f"of this batch may not be written ({done}); rerunning the write converges, older "
-            f"rows are skipped by event time"
+            f"of this batch may not be written ({done}): {named}; rerunning the write converges, "
+            f"older rows are skipped by event time"
         )
 
-    def _check_acks(self, config: RepoConfig, table: Any, start: int, count: int, acks: list) -> None:
-        """Raise when a batch's WAIT / WAITAOF came back short: its rows count as failed."""
+    def _unacked(
+        self, config: RepoConfig, rows_of_calls: list[list[int]], nodes: list[NodeAck]
+    ) -> list[tuple[str, list[int]]]:
+        """Per node of a batch whose rows are not acknowledged (an error, or a WAIT / WAITAOF
+        that came back short): a clause naming the node and the rows, and the rows."""
         cfg: RedisHexpireOnlineStoreConfig = config.online_store
         want_local = 1 if cfg.ack_aof else 0
-        local = min(int(a[0]) if isinstance(a, list) else want_local for a in acks)
-        replicas = min(int(a[1]) if isinstance(a, list) else int(a) for a in acks)
-        if local >= want_local and replicas >= cfg.ack_replicas:
-            return
-        metrics.rows(table.name, policy_for(table, cfg).mode, "failed", count)  # METRICS HOOK
-        what = f"{replicas} of {cfg.ack_replicas} replica(s)" + (" (AOF)" if cfg.ack_aof else "")
-        if local < want_local:
-            what += " and not the master's AOF"
-        done = f"rows 0..{start - 1} were acknowledged" if start else "no row was acknowledged"
+        out: list[tuple[str, list[int]]] = []
+        for name, calls, acks in nodes:
+            where = name or self._master_address(config)
+            rows = sorted(row for i in calls for row in rows_of_calls[i])
+            if isinstance(acks, Exception):
+                error = f"{type(acks).__name__}: {acks}"
+                out.append((f"{_spans(rows)} sent to {where} but not confirmed written ({error})", rows))
+                continue
+            local = min(int(a[0]) if isinstance(a, list) else want_local for a in acks)
+            replicas = min(int(a[1]) if isinstance(a, list) else int(a) for a in acks)
+            if local >= want_local and replicas >= cfg.ack_replicas:
+                continue
+            what = f"{replicas} of {cfg.ack_replicas} replica(s)" + (" (AOF)" if cfg.ack_aof else "")
+            if local < want_local:
+                what += " and not the master's AOF"
+            clause = (
+                f"{_spans(rows)} written to {where} but acknowledged by only {what} "
+                f"within {cfg.ack_timeout_seconds} s (ack_replicas)"
+            )
+            out.append((clause, rows))
+        return out
+
+    def _master_address(self, config: RepoConfig) -> str:
+        """The configured address; through Sentinel with the master it names now (error path)."""
+        cfg: RedisHexpireOnlineStoreConfig = config.online_store
+        if cfg.redis_type != RedisType.redis_sentinel:
+            return address(cfg)
+        try:
+            host, port = self.client(config).connection_pool.get_master_address()
+            master = f"{host}:{port}"
+        except (ResponseError, *IO_ERRORS) as e:  # the sentinels are out of reach too
+            master = f"unknown ({e})"
+        return f"master {cfg.sentinel_master!r} at {master} ({address(cfg)})"
+
+    def _batch_done(
+        self,
+        config: RepoConfig,
+        table: Any,
+        keys: list[bytes],
+        mode: str,
+        start: int,
+        rows_of_calls: list[list[int]],
+        sent: tuple[list, list[NodeAck]],
+        failed: list[tuple[int, str]],
+        seconds: float,
+    ) -> int:
+        """Count one batch's results (rows the server refused go to ``failed``); raise naming
+        every row not acknowledged (ack_replicas / ack_aof). Returns the batch's row count."""
+        batch, nodes = sent
+        done = self._collect(table, mode, rows_of_calls, batch, failed, seconds)
+        unacked = self._unacked(config, rows_of_calls, nodes) if nodes else []
+        if not unacked:
+            return done
+        rows = sorted(row for _, part in unacked for row in part)
+        metrics.rows(table.name, mode, "failed", len(rows))  # METRICS HOOK (rows not acknowledged)
+        shown = ", ".join(keys[i].decode(errors="replace") for i in rows[:10])
+        more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
+        status = [f"rows 0..{start - 1} were acknowledged"] if start else []
+        if len(rows) < done:
+            status.append("the batch's other rows were acknowledged")
+        status = (status or ["no row was acknowledged"]) + ["later rows were not sent"]
         raise StoreUnavailableError(
-            f"feature view {table.name!r}: rows {start}..{start + count - 1} were written to "
-            f"{address(cfg)} but acknowledged by only {what} within {cfg.ack_timeout_seconds} s "
-            f"(ack_replicas); a failover may lose them ({done}; later rows were not sent); "
+            f"feature view {table.name!r}: {'; '.join(clause for clause, _ in unacked)}; not "
+            f"acknowledged: {shown}{more}; a failover may lose them ({'; '.join(status)}); "
             f"rerunning the write converges"
         )
 
@@ -309,49 +412,74 @@ class RedisHexpireOnlineStore(OnlineStore):
             return
         client = self.client(config)
         mode, keys, encode = self._write_calls(config, table, data, isinstance(client, redis.RedisCluster))
-        size = config.online_store.write_batch_size
-        ack = config.online_store.ack_command()
-        if ack is not None:  # ack_replicas / ack_aof: each batch, then WAIT on its connection
-            failed_acked: list[tuple[int, str]] = []
-            for start in range(0, len(data), size):
-                chunk = data[start : start + size]
-                calls, rows_of_calls = encode(start, chunk)
-                began = time.perf_counter()
-                try:
-                    batch, acks = run_acked(client, WRITE_ROWS, calls, ack)
-                except (ResponseError, *IO_ERRORS) as e:
-                    raise self._failure(config, table, start, len(data), e) from e
-                done = self._collect(
-                    table, mode, rows_of_calls, batch, failed_acked, time.perf_counter() - began
-                )
-                self._check_acks(config, table, start, len(chunk), acks)
-                if progress:
-                    progress(done)
-            if failed_acked:
-                raise self._row_failures(config, table, keys, failed_acked, len(data))
+        self._write(config, table, client, mode, keys, encode, progress)
+
+    def write_encoded(
+        self,
+        config: RepoConfig,
+        table: Any,
+        keys: Sequence[bytes],
+        event_us: Sequence[int],
+        pairs_of: Callable[[int], Sequence[Any]],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """``online_write_batch`` of rows already encoded for ``table``'s layout (the Arrow
+        materialization engine, engine.py): row i is ``keys[i]`` (``ViewLayout.keys``), its
+        event time ``event_us[i]`` (microseconds since the epoch) and ``pairs_of(i)``: hash
+        field (of a packed view: the feature's name), value encoded as ``codec.encode_value``
+        would, and so on. The same calls, batches, acknowledgements, errors, metrics and
+        progress as ``online_write_batch``."""
+        if not keys:
             return
-        starts = range(0, len(data), size)
+        client = self.client(config)
+        view = ViewLayout.of(config, table, client)
+        by_slot = isinstance(client, redis.RedisCluster)
+        mode, encode = self._row_calls(config, table, view, keys, event_us, pairs_of, by_slot)
+        self._write(config, table, client, mode, list(keys), encode, progress)
+
+    def _write(
+        self,
+        config: RepoConfig,
+        table: Any,
+        client: Any,
+        mode: str,
+        keys: list[bytes],
+        encode: Encode,
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """Send every row of ``keys`` as ``encode`` makes the calls, ``write_batch_size`` rows
+        per round trip; raise naming the rows that failed."""
+        total = len(keys)
+        size = config.online_store.write_batch_size
+        script = self._script(config, table)
+        starts = range(0, total, size)
         plans: deque[list[list[int]]] = deque()  # rows of each call of the batches sent
 
         def batches() -> Iterator[list[Call]]:
             for start in starts:
-                calls, rows_of_calls = encode(start, data[start : start + size])
+                calls, rows_of_calls = encode(start, min(start + size, total))
                 plans.append(rows_of_calls)
                 yield calls
 
-        replies = run_batches(client, WRITE_ROWS, batches())
+        ack = config.online_store.ack_command()
+        replies: Iterator[tuple[list, list[NodeAck]]]
+        if ack is None:  # batches overlap on one connection (run_batches)
+            replies = ((batch, []) for batch in run_batches(client, script, batches()))
+        else:  # ack_replicas / ack_aof: each batch, then WAIT on each of its nodes' connections
+            replies = (run_acked_batch(client, script, calls, ack) for calls in batches())
         failed: list[tuple[int, str]] = []
         for start in starts:  # one batch per start, replies in order
             began = time.perf_counter()
             try:
-                batch = next(replies)
+                sent = next(replies)
             except (ResponseError, *IO_ERRORS) as e:
-                raise self._failure(config, table, start, len(data), e) from e
-            done = self._collect(table, mode, plans.popleft(), batch, failed, time.perf_counter() - began)
+                raise self._failure(config, table, start, keys, e) from e
+            seconds = time.perf_counter() - began
+            done = self._batch_done(config, table, keys, mode, start, plans.popleft(), sent, failed, seconds)
             if progress:
                 progress(done)
         if failed:
-            raise self._row_failures(config, table, keys, failed, len(data))
+            raise self._row_failures(config, table, keys, failed, total)
 
     async def online_write_batch_async(
         self,
@@ -365,24 +493,23 @@ class RedisHexpireOnlineStore(OnlineStore):
         client = self.async_client(config)
         by_slot = isinstance(client, aredis.RedisCluster)
         mode, keys, encode = self._write_calls(config, table, data, by_slot)
+        script = self._script(config, table)
         size = config.online_store.write_batch_size
         ack = config.online_store.ack_command()
         failed: list[tuple[int, str]] = []
         for start in range(0, len(data), size):
-            chunk = data[start : start + size]
-            calls, rows_of_calls = encode(start, chunk)
+            calls, rows_of_calls = encode(start, min(start + size, len(data)))
             began = time.perf_counter()
-            acks: list = []
+            sent: tuple[list, list[NodeAck]]
             try:
                 if ack is None:
-                    batch = await run_pipelined_async(client, WRITE_ROWS, calls)
+                    sent = (await run_pipelined_async(client, script, calls), [])
                 else:
-                    batch, acks = await run_acked_async(client, WRITE_ROWS, calls, ack)
+                    sent = await run_acked_batch_async(client, script, calls, ack)
             except (ResponseError, *IO_ERRORS) as e:
-                raise self._failure(config, table, start, len(data), e) from e
-            done = self._collect(table, mode, rows_of_calls, batch, failed, time.perf_counter() - began)
-            if ack is not None:
-                self._check_acks(config, table, start, len(chunk), acks)
+                raise self._failure(config, table, start, keys, e) from e
+            seconds = time.perf_counter() - began
+            done = self._batch_done(config, table, keys, mode, start, rows_of_calls, sent, failed, seconds)
             if progress:
                 progress(done)
         if failed:
@@ -766,6 +893,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         try:
             require_hfe(client, config.online_store)
             _require_acks(client, config.online_store)
+            check_stored_layout(config, client, list(views.values()))  # value_layout changed?
         except IO_ERRORS as e:
             raise StoreUnavailableError(f"cannot reach Redis at {address(config.online_store)}: {e}") from e
         if config.online_store.full_scan_for_deletion:
@@ -822,15 +950,49 @@ class RedisHexpireOnlineStore(OnlineStore):
         return ViewLayout.of(config, table, self.client(config)).keys.key(entity_key)
 
 
-def _check_event_expiry(view: str, data: Sequence[Row], field_ttl_ms: int) -> None:
+def _spans(rows: list[int]) -> str:
+    """Sorted row numbers as ranges with their verb: ``rows 0..3, 7 were``, ``row 5 was``."""
+    spans: list[str] = []
+    first = prev = rows[0] if rows else 0
+    for row in rows[1:] + [None]:  # type: ignore[list-item]
+        if row is not None and row == prev + 1:
+            prev = row
+            continue
+        spans.append(f"{first}..{prev}" if prev > first else str(first))
+        if row is not None:
+            first = prev = row
+    return f"row {spans[0]} was" if len(rows) == 1 else f"rows {', '.join(spans)} were"
+
+
+def _fields_args(ts_us: int, expire_at: int, pairs: Sequence[Any]) -> list[Any]:
+    """WRITE_ROWS arguments of one row: event time, expiry, n, and n field, value pairs."""
+    return [ts_us, expire_at, len(pairs) // 2, *pairs]
+
+
+def _packed_args(view: ViewLayout) -> Callable[[int, int, Sequence[Any]], list[Any]]:
+    """WRITE_PACKED arguments of one row of ``view``: expiry, "1" when the row lacks a feature,
+    and its packed value, from the row's pairs (of a packed view: feature name, encoded value)."""
+    features = list(view.fields)
+
+    def args(ts_us: int, expire_at: int, pairs: Sequence[Any]) -> list[Any]:
+        got = dict(zip(pairs[::2], pairs[1::2]))
+        encoded = [got.get(feature) for feature in features]
+        partial = "1" if None in encoded else "0"
+        return [expire_at, partial, codec.pack_values(view.head, ts_us, encoded)]
+
+    return args
+
+
+def _check_event_expiry(view: str, event_us: Sequence[int], field_ttl_ms: int) -> None:
     """With ``ttl_from: event``, refuse a batch holding a row whose fields would expire after the
     latest time Redis accepts (an event far in the future), before anything is written."""
-    for i, row in enumerate(data):
-        if codec.encode_ts(row[2]) // 1000 + field_ttl_ms > MAX_FIELD_EXPIRE_AT_MS:
+    for i, ts_us in enumerate(event_us):
+        if ts_us // 1000 + field_ttl_ms > MAX_FIELD_EXPIRE_AT_MS:
+            event_ts = _EPOCH + timedelta(microseconds=ts_us)
             raise BadValueError(
-                f"feature view {view!r}: row {i} has event time {row[2]}; counted from it, its field "
-                f"TTL would end after {MAX_FIELD_EXPIRE_AT_MS} ms since the epoch, the latest Redis "
-                f"accepts; nothing was written"
+                f"feature view {view!r}: row {i} has event time {event_ts}; counted from "
+                f"it, its field TTL would end after {MAX_FIELD_EXPIRE_AT_MS} ms since the epoch, the "
+                f"latest Redis accepts; nothing was written"
             )
 
 
@@ -899,14 +1061,16 @@ def _count_failure(config: RepoConfig, table: Any, rows: int, err: Exception) ->
 
 
 def _require_acks(client: Any, cfg: RedisHexpireOnlineStoreConfig) -> None:
-    """At `feast apply`: ack_replicas no larger than the replicas connected now, and ack_aof only
-    with the master's AOF on."""
-    if cfg.ack_replicas:
-        connected = int(client.info("replication").get("connected_slaves", 0))
+    """At `feast apply`: ack_replicas no larger than the replicas connected now to each master
+    (on a cluster: every master), and ack_aof only with the master's AOF on."""
+    if not (cfg.ack_replicas or cfg.ack_aof):
+        return
+    for where, server in primaries(client, cfg):
+        connected = int(server.info("replication").get("connected_slaves", 0))
         if connected < cfg.ack_replicas:
             raise ConfigError(
-                f"ack_replicas: {cfg.ack_replicas}, but the master at {address(cfg)} has {connected} "
-                f"replica(s) connected; every write would fail"
+                f"ack_replicas: {cfg.ack_replicas}, but the master at {where} has {connected} "
+                f"replica(s) connected; every write to it would fail"
             )
-    if cfg.ack_aof and not int(client.info("persistence").get("aof_enabled", 0)):
-        raise ConfigError(f"ack_aof: true, but the master at {address(cfg)} runs without AOF (appendonly no)")
+        if cfg.ack_aof and not int(server.info("persistence").get("aof_enabled", 0)):
+            raise ConfigError(f"ack_aof: true, but the master at {where} runs without AOF (appendonly no)")

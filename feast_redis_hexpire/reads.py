@@ -3,6 +3,7 @@ entity rows, sending the HMGETs, decoding replies and the freshness check."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,8 @@ from . import codec, layout, response, wire
 from .connection import read_replies, send_commands
 from .exceptions import BadValueError
 from .views import ViewLayout
+
+logger = logging.getLogger(__name__)
 
 
 def _decode(view: ViewLayout, feature: str, key: bytes, raw: bytes) -> ValueProto:
@@ -63,7 +66,8 @@ def plan_reads(
         known = memo.get(vkey) if memo is not None else None
         if known is None or known[0] is not view:
             names = [f for f in (requested or view.fields) if f in view.fields]
-            known = (view, names, [view.ts_field] + [view.fields[f][0] for f in names])
+            fields = [] if view.packed else [view.fields[f][0] for f in names]  # packed: ts_field holds all
+            known = (view, names, [view.ts_field] + fields)
             if memo is not None:
                 if len(memo) > 256:  # layouts keep changing (settings changed at run time)
                     memo.clear()
@@ -238,9 +242,15 @@ def decode_columns(
     once; counts and categories repeat a lot), for callers that only copy the values."""
     mine = [replies[n] for n in read.replies]
     ts_raw = [reply[pos[0]] for reply, pos in zip(mine, read.positions)]
+    raw_columns: list[list[bytes | None]] | None = None
+    if read.view.packed:  # one field per view: split each value into the fields layout's replies
+        ts_raw, raw_columns = _unpack(read, commands, ts_raw)
     columns = []
     for i, (name, decode) in enumerate(((n, read.view.decoders[n]) for n in read.names), start=1):
-        raws = [reply[pos[i]] for reply, pos in zip(mine, read.positions)]
+        if raw_columns is not None:
+            raws = raw_columns[i - 1]
+        else:
+            raws = [reply[pos[i]] for reply, pos in zip(mine, read.positions)]
         try:
             if share:
                 decoded = {raw: None if raw is None else decode(raw) for raw in dict.fromkeys(raws)}
@@ -363,8 +373,8 @@ def _build_route(grouped_refs: list, entity_map: dict, layouts: tuple[ViewLayout
     join_keys: set[str] = set()
     for (table, _), view in zip(grouped_refs, layouts):
         join_key = entity_map.get(table.entities[0]) if len(table.entities) == 1 else None
-        if join_key is None or table.projection.join_key_map or view.keys.head is None:
-            return None
+        if join_key is None or table.projection.join_key_map or view.keys.head is None or view.packed:
+            return None  # packed views: plan_reads and value_columns unpack them
         heads.add(view.keys.head)
         join_keys.add(join_key)
     if len(heads) != 1 or len(join_keys) != 1:
@@ -391,11 +401,17 @@ def value_columns(read: ViewRead, commands: list, replies: list) -> tuple[list, 
     mine = [replies[n] for n in read.replies]
     positions = read.positions
     ts_raw = [reply[pos[0]] for reply, pos in zip(mine, positions)]
+    raw_columns: list[list[bytes | None]] | None = None
+    if read.view.packed:  # one field per view: split each value into the fields layout's replies
+        ts_raw, raw_columns = _unpack(read, commands, ts_raw)
     encoders = value_encoders(read.view)
     columns = []
     for i, name in enumerate(read.names, start=1):
         encode = encoders[name]
-        raws = [reply[pos[i]] for reply, pos in zip(mine, positions)]
+        if raw_columns is not None:
+            raws = raw_columns[i - 1]
+        else:
+            raws = [reply[pos[i]] for reply, pos in zip(mine, positions)]
         try:
             if len(raws) == 1:
                 raw = raws[0]
@@ -409,6 +425,35 @@ def value_columns(read: ViewRead, commands: list, replies: list) -> tuple[list, 
                     _decode(read.view, name, commands[reply_no][0], raw)
             raise
     return ts_raw, columns
+
+
+_stale_warned: set[tuple[str, bytes]] = set()
+
+
+def _unpack(read: ViewRead, commands: list, packed: list) -> tuple[list, list[list[bytes | None]]]:
+    """value_layout: packed: the event-time digits and each requested feature's stored bytes per
+    entity, from the view's packed values (codec.unpack_columns)."""
+    view = read.view
+    order = view.order or {}
+    try:
+        ts_raw, raw_columns, stale = codec.unpack_columns(
+            packed, view.head, len(order), [order[n] for n in read.names]
+        )
+    except ValueError as e:
+        key = commands[read.replies[e.args[1]]][0] if len(e.args) > 1 else b"?"
+        raise BadValueError(
+            f"feature view {view.name!r}, field {view.ts_field!r} of key {key.decode(errors='replace')}: "
+            f"{e.args[0]}"
+        ) from e
+    if stale and (view.name, view.head) not in _stale_warned:
+        _stale_warned.add((view.name, view.head))
+        logger.warning(
+            "feature view %s: %d stored value(s) were packed for another feature list or value "
+            "encoding and read as not found; materialize the view again",
+            view.name,
+            len(stale),
+        )
+    return ts_raw, raw_columns
 
 
 def freshness_statuses(config: RepoConfig, table: Any, ts_raw: list[bytes | None]) -> list | None:

@@ -14,11 +14,13 @@ from string import Template
 from typing import Any
 
 import redis
+import redis.asyncio as aredis
+from redis.asyncio.cluster import PipelineCommand
 from redis.cluster import ClusterPipeline
-from redis.exceptions import NoScriptError, RedisClusterException
+from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 
-from .connection import read_replies, send_commands
-from .constants import MAX_FIELD_EXPIRE_AT_MS, TS_FIELD_PREFIX
+from .connection import IO_ERRORS, read_replies, send_commands
+from .constants import MAX_FIELD_EXPIRE_AT_MS, PACKED_TS_WIDTH, TS_FIELD_PREFIX
 
 __all__ = [
     "ACL_CHECK",
@@ -26,12 +28,16 @@ __all__ = [
     "FIELD_TTL_ERROR",
     "RELEASE_FIELDS",
     "UNLINK_IF_OURS",
+    "WRITE_PACKED",
     "WRITE_ROWS",
     "Call",
+    "NodeAck",
     "Script",
     "run_batches",
     "run_acked",
     "run_acked_async",
+    "run_acked_batch",
+    "run_acked_batch_async",
     "run_pipelined",
 ]
 
@@ -125,6 +131,9 @@ local function write(key, i, first, last)
   local stored
   if not skip_check then
     stored = redis.call('HGET', key, ts_field)
+    if stored and not tonumber(stored) then
+      return 'field ' .. ts_field .. ' of ' .. key .. ' is not an event time; nothing of the row was written'
+    end
     if stored and tonumber(stored) >= tonumber(ARGV[i]) then
       pin_key(key)
       return 0
@@ -246,6 +255,176 @@ for r = 1, #KEYS do
 end
 return results
 """).substitute(max_at=MAX_FIELD_EXPIRE_AT_MS, code=FIELD_TTL_ERROR, probe=TS_FIELD_PREFIX),
+)
+
+# value_layout: packed. Write rows of one feature view, each as ONE hash field (named by the view)
+# whose value packs the event time and every feature value (framing in codec.py), in one call.
+# KEYS[r]   the entity hash of row r (in a cluster, every key of one call is in one slot)
+# ARGV[1]   the view's field
+# ARGV[2]   batch view: key TTL in ms to re-pin, or "-1" to remove the key TTL (PERSIST);
+#           "0" for a streaming view (the key TTL is left alone)
+# ARGV[3]   field TTL in ms counted from now (streaming view), "0" for a batch view
+# ARGV[4]   "1" to skip the event-time check (skip_dedup)
+# ARGV[5]   "1" when the server has HSETEX (Redis >= 8.0, Valkey >= 9.0)
+# ARGV[6]   the head of the view's packed values (format byte and feature-list fingerprint)
+# then per row r, in KEYS order: its absolute field expiry in unix ms when TTLs count from the
+# event time (else "0"), "1" when the row lacks some of the view's features (else "0"), and its
+# packed value. The event time is read from the value: PACKED_TS_WIDTH bytes after the head,
+# offset big-endian, compared byte by byte (exact; Lua's string < follows the server's locale).
+# Returns one result per row, as WRITE_ROWS: 1 written, 0 not newer than the stored row (nothing
+# written, key TTL re-pinned), -1 already expired by its event time, or the row's error as a
+# string. Each row runs under pcall.
+#
+# A row lacking some features is merged with the stored value of the same feature list: the
+# features it lacks keep their stored values (as separate fields would), and they get this
+# row's field TTL (the field is one). Only such rows parse the stored value.
+#
+# No streaming field is ever left without its TTL (the guarantees of WRITE_ROWS, for one field):
+# with HSETEX the field and its TTL are set by one command; without it HPEXPIREAT is probed on the
+# field "_ts:" (no view has it) before the HSET, and if the HPEXPIREAT after the HSET still fails
+# the field is deleted and the row's error returned.
+WRITE_PACKED = Script(
+    "write_packed",
+    Template("""
+local fld, key_ttl, field_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local skip_check, hsetex, head = ARGV[4] == '1', ARGV[5] == '1', ARGV[6]
+local MAX_AT, TS_FROM, TS_TO = $max_at, #head + 1, #head + $ts_width
+local now_ms
+local function now()
+  if not now_ms then
+    local t = redis.call('TIME')
+    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now_ms
+end
+local function pin_key(key)
+  if key_ttl > 0 then
+    redis.call('PEXPIRE', key, key_ttl)
+  elseif key_ttl < 0 then
+    redis.call('PERSIST', key)
+  end
+end
+local function failed(reply)
+  return type(reply) == 'table' and reply.err
+end
+-- The entries of a packed value: its stored bytes per feature, false when missing.
+local function entries(v)
+  local out, pos, last = {}, TS_TO + 1, #v
+  while pos <= last do
+    local n, mul, b = 0, 1, 0
+    repeat
+      b = string.byte(v, pos)
+      pos = pos + 1
+      n = n + (b % 128) * mul
+      mul = mul * 128
+    until b < 128
+    if n == 0 then
+      out[#out + 1] = false
+    else
+      out[#out + 1] = string.sub(v, pos, pos + n - 2)
+      pos = pos + n - 1
+    end
+  end
+  return out
+end
+local function varint(n)
+  local out = {}
+  while n >= 128 do
+    out[#out + 1] = string.char(n % 128 + 128)
+    n = math.floor(n / 128)
+  end
+  out[#out + 1] = string.char(n)
+  return table.concat(out)
+end
+local function merge(new, stored)
+  local a, b = entries(new), entries(stored)
+  local parts = {string.sub(new, 1, TS_TO)}
+  for j = 1, #a do
+    local e = a[j] or b[j]
+    if e then parts[#parts + 1] = varint(#e + 1) .. e else parts[#parts + 1] = '\\0' end
+  end
+  return table.concat(parts)
+end
+-- Whether packed value a's event time is at or after b's.
+local function not_older(a, b)
+  for j = TS_FROM, TS_TO do
+    local x, y = string.byte(a, j), string.byte(b, j)
+    if x ~= y then return x > y end
+  end
+  return true
+end
+local function write(key, expire_at, partial, value)
+  local stored = false
+  if partial or not skip_check then
+    stored = redis.call('HGET', key, fld)
+  end
+  if stored and string.sub(stored, 1, 1) ~= string.sub(head, 1, 1) then
+    return 'field ' .. fld .. ' of ' .. key .. ' is not a value of value_layout: packed (format ' ..
+      string.byte(head, 1) .. '); nothing of the row was written'
+  end
+  if stored and not skip_check and not_older(stored, value) then
+    pin_key(key)
+    return 0
+  end
+  if partial and stored and string.sub(stored, 1, #head) == head then
+    value = merge(value, stored)
+  end
+  if field_ttl == 0 and expire_at == 0 then
+    redis.call('HSET', key, fld, value)
+    pin_key(key)
+    return 1
+  end
+  if expire_at == 0 then
+    expire_at = now() + field_ttl
+  elseif expire_at <= now() then
+    return -1
+  end
+  local at = string.format('%.0f', expire_at)
+  if expire_at > MAX_AT then
+    return '$code field expiry ' .. at .. ' ms is after ' .. MAX_AT ..
+      ' ms, the latest Redis accepts; nothing of the row was written to ' .. key
+  end
+  if hsetex then
+    local reply = redis.pcall('HSETEX', key, 'PXAT', at, 'FIELDS', 1, fld, value)
+    if failed(reply) then
+      return '$code HSETEX failed: ' .. reply.err .. '; nothing of the row was written to ' .. key
+    end
+    return 1
+  end
+  local probe = redis.pcall('HPEXPIREAT', key, at, 'FIELDS', 1, '$probe')
+  if failed(probe) then
+    return '$code HPEXPIREAT failed: ' .. probe.err .. '; nothing of the row was written to ' .. key
+  end
+  redis.call('HSET', key, fld, value)
+  local codes = redis.pcall('HPEXPIREAT', key, at, 'FIELDS', 1, fld)
+  local problem = nil
+  if type(codes) ~= 'table' then
+    problem = 'HPEXPIREAT answered ' .. tostring(codes)
+  elseif codes.err then
+    problem = 'HPEXPIREAT failed: ' .. codes.err
+  elseif codes[1] ~= 1 then
+    problem = 'HPEXPIREAT returned ' .. tostring(codes[1]) .. ' for field ' .. fld .. ' instead of 1'
+  end
+  if problem then
+    redis.pcall('HDEL', key, fld)
+    return '$code ' .. problem .. '; the row was removed from ' .. key .. ', not left without a TTL'
+  end
+  return 1
+end
+local results, i = {}, 7
+for r = 1, #KEYS do
+  local ok, result = pcall(write, KEYS[r], tonumber(ARGV[i]), ARGV[i + 1] == '1', ARGV[i + 2])
+  if ok then
+    results[r] = result
+  else
+    results[r] = type(result) == 'table' and result.err or tostring(result)
+  end
+  i = i + 3
+end
+return results
+""").substitute(
+        max_at=MAX_FIELD_EXPIRE_AT_MS, code=FIELD_TTL_ERROR, probe=TS_FIELD_PREFIX, ts_width=PACKED_TS_WIDTH
+    ),
 )
 
 # Remove a deleted view's fields from one hash, only if the hash holds that view's timestamp.
@@ -501,6 +680,117 @@ async def run_acked_async(
             pipe.execute_command(*ack)
             again = await pipe.execute(raise_on_error=False)
         acks.append(again.pop())
+        for i, result in zip(missing, again):
+            results[i] = result
+    _raise_first(results + acks)
+    return results, acks
+
+
+# One node's part of an acknowledged batch: (the node "host:port", or None for a single server /
+# a sentinel's master; the indices of the batch's calls sent to it; the WAIT / WAITAOF replies,
+# or the error that failed the node's calls, in which case none of them is confirmed).
+NodeAck = tuple[str | None, list[int], list[Any] | Exception]
+# Errors that fail one node's part of a batch on a cluster (the other nodes' parts stand):
+# MOVED / ASK / CLUSTERDOWN replies, a slot no node serves, the node's connection.
+_NODE_ERRORS = (ResponseError, RedisClusterException, *IO_ERRORS)
+
+
+def run_acked_batch(
+    client: Any, script: Script, calls: Sequence[Call], ack: Sequence[Any]
+) -> tuple[list[Any], list[NodeAck]]:
+    """One write batch followed by ``ack`` on the connection of each node it went to: the
+    replies (None for calls of a node that failed) and one :data:`NodeAck` per node.
+
+    On a single server it is :func:`run_acked` (an error raises). On a cluster the calls are
+    grouped by the master that owns their slot (``get_node_from_key``) and each group is sent,
+    with its own WAIT / WAITAOF, through that node's client (``get_redis_connection``): a WAIT
+    only covers writes made on its own connection. A node whose group fails is reported in its
+    NodeAck; the cluster client's slot map is then refreshed by one routed command, so the next
+    batch goes to the node that serves the slot now."""
+    if not isinstance(client, redis.RedisCluster):
+        results, acks = run_acked(client, script, calls, ack)
+        return results, [(None, list(range(len(calls))), acks)]
+    replies: list[Any] = [None] * len(calls)
+    nodes: list[NodeAck] = []
+    for name, node, rows in _node_groups(client, calls):
+        try:
+            if isinstance(node, Exception):
+                raise node
+            server = client.get_redis_connection(node)
+            results, acks = run_acked(server, script, [calls[i] for i in rows], ack)
+        except _NODE_ERRORS as e:
+            nodes.append((name, rows, e))
+            try:  # redis-py follows MOVED / reconnects and updates its slot map on this command
+                client.exists(calls[rows[0]][0][0])
+            except _NODE_ERRORS:
+                pass
+            continue
+        for i, result in zip(rows, results):
+            replies[i] = result
+        nodes.append((name, rows, acks))
+    return replies, nodes
+
+
+async def run_acked_batch_async(
+    client: Any, script: Script, calls: Sequence[Call], ack: Sequence[Any]
+) -> tuple[list[Any], list[NodeAck]]:
+    """:func:`run_acked_batch` for a redis.asyncio client; on a cluster each node's group and its
+    ack go through the node's ``execute_pipeline`` (one connection, in order)."""
+    if not isinstance(client, aredis.RedisCluster):
+        results, acks = await run_acked_async(client, script, calls, ack)
+        return results, [(None, list(range(len(calls))), acks)]
+    await client.initialize()  # a new asyncio cluster client reads its slot map on first use
+    replies: list[Any] = [None] * len(calls)
+    nodes: list[NodeAck] = []
+    for name, node, rows in _node_groups(client, calls):
+        try:
+            if isinstance(node, Exception):
+                raise node
+            results, acks = await _acked_on_node_async(node, script, [calls[i] for i in rows], ack)
+        except _NODE_ERRORS as e:
+            nodes.append((name, rows, e))
+            try:
+                await client.exists(calls[rows[0]][0][0])
+            except _NODE_ERRORS:
+                pass
+            continue
+        for i, result in zip(rows, results):
+            replies[i] = result
+        nodes.append((name, rows, acks))
+    return replies, nodes
+
+
+def _node_groups(client: Any, calls: Sequence[Call]) -> list[tuple[str, Any, list[int]]]:
+    """(node "host:port", node or the error of its lookup, indices of its calls) per master the
+    calls' slots belong to, from the client's slot map."""
+    groups: dict[str, tuple[Any, list[int]]] = {}
+    for i, (keys, _) in enumerate(calls):
+        try:
+            node: Any = client.get_node_from_key(keys[0])
+            name = f"{node.host}:{node.port}"
+        except RedisClusterException as e:  # no node serves the slot right now
+            node, name = e, f"slot {client.keyslot(keys[0])} (no node)"
+        groups.setdefault(name, (node, []))[1].append(i)
+    return [(name, node, rows) for name, (node, rows) in groups.items()]
+
+
+async def _acked_on_node_async(
+    node: Any, script: Script, calls: Sequence[Call], ack: Sequence[Any]
+) -> tuple[list[Any], list[Any]]:
+    async def send(part: Sequence[Call]) -> tuple[list[Any], Any]:
+        commands = [PipelineCommand(i, *command) for i, command in enumerate(_evalshas(script, part))]
+        commands.append(PipelineCommand(len(part), *ack))
+        await node.execute_pipeline(commands)
+        results = [c.result for c in commands]
+        return results[:-1], results[-1]
+
+    results, first = await send(calls)
+    acks = [first]
+    missing = _missing(results)
+    if missing:
+        await node.execute_command("SCRIPT", "LOAD", script.lua)
+        again, second = await send([calls[i] for i in missing])
+        acks.append(second)
         for i, result in zip(missing, again):
             results[i] = result
     _raise_first(results + acks)

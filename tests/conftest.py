@@ -167,10 +167,40 @@ def write_data(repo: Path, count: int = 20, seed: int = 1, event_time: datetime 
 
 
 @pytest.fixture
-def repo(tmp_path: Path, server: LocalRedis, r: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+def value_layout() -> str:
+    """The ``value_layout`` of the ``repo`` / ``make_repo`` repos; a test module covers both with
+    ``pytest.mark.parametrize("value_layout", LAYOUTS)``."""
+    return "fields"
+
+
+LAYOUTS = ["fields", "packed"]
+
+
+def stored(store: FeatureStore, r: Any, key: str, view: str, feature: str) -> bytes | None:
+    """The stored bytes of one feature of one entity, in either value layout (packed: unpacked
+    from the view's field)."""
+    from feast_redis_hexpire import codec
+    from feast_redis_hexpire.views import ViewLayout
+
+    lay = ViewLayout.of(store.config, store.get_feature_view(view))
+    if not lay.packed:
+        return r.hget(key, lay.fields[feature][0])
+    raw = r.hget(key, lay.ts_field)
+    unpacked = None if raw is None else codec.unpack_values(raw, lay.head, len(lay.fields))
+    return None if unpacked is None or lay.order is None else unpacked[1][lay.order[feature]]
+
+
+def _layout_setting(value_layout: str) -> dict[str, str]:
+    return {} if value_layout == "fields" else {"value_layout": value_layout}
+
+
+@pytest.fixture
+def repo(
+    tmp_path: Path, server: LocalRedis, r: Any, monkeypatch: pytest.MonkeyPatch, value_layout: str
+) -> Path:
     """A sample repo with 20 users of offline data, pointed at ``server``."""
     monkeypatch.setenv("REDIS_CONNECTION_STRING", server.connection_string)
-    path = write_repo(tmp_path / "repo", server.connection_string)
+    path = write_repo(tmp_path / "repo", server.connection_string, **_layout_setting(value_layout))
     write_data(path)
     return path
 
@@ -259,13 +289,16 @@ def user_key(user_id: str) -> Any:
 
 
 @pytest.fixture
-def make_repo(tmp_path: Path, server: LocalRedis, r: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+def make_repo(
+    tmp_path: Path, server: LocalRedis, r: Any, monkeypatch: pytest.MonkeyPatch, value_layout: str
+) -> Any:
     """Factory: a sample-repo copy (20 users of data) with extra online_store settings, on ``server``."""
     monkeypatch.setenv("REDIS_CONNECTION_STRING", server.connection_string)
     made = iter(range(1000))
 
     def make(**online_store: Any) -> Path:
-        path = write_repo(tmp_path / f"repo{next(made)}", server.connection_string, **online_store)
+        settings = {**_layout_setting(value_layout), **online_store}
+        path = write_repo(tmp_path / f"repo{next(made)}", server.connection_string, **settings)
         write_data(path)
         return path
 

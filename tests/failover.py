@@ -132,6 +132,46 @@ def cut_then_kill(
     return run, times
 
 
+def rejoin(old: LocalRedis, new_master: LocalRedis, timeout: float = 60.0) -> None:
+    """Restart the killed ``old`` master and wait until it is an online replica of
+    ``new_master`` (a cluster node rejoins from its nodes.conf; the sentinels turn an old master
+    into a replica): with ``ack_replicas: 1`` the new master acknowledges writes only then."""
+    old.start()
+    deadline = time.monotonic() + timeout
+    with new_master.client(socket_timeout=2) as client:
+        while True:
+            info = client.info("replication")
+            slaves = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+            if any(int(s.get("port", 0)) == old.port and s.get("state") == "online" for s in slaves):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"127.0.0.1:{old.port} did not rejoin as a replica of :{new_master.port}")
+            time.sleep(0.05)
+
+
+def ack_timeline(report: FailoverReport, times: dict) -> str:
+    """When the replica was promoted and the killed master was back as its replica."""
+    unacked = [o for o in report.writes(False) if "acknowledged by only" in (o.error or "")]
+    return (
+        f"  promoted +{times['promoted'] - report.killed_at:.2f} s after the kill, old master back as "
+        f"its replica +{times['rejoined'] - report.killed_at:.2f} s; {len(unacked)} of "
+        f"{len(report.writes(False))} failed writes were 'acknowledged by only 0 of 1' (the rest: "
+        f"connection errors during the failover)"
+    )
+
+
+def check_acked(report: FailoverReport, times: dict) -> None:
+    """With ``ack_replicas: 1``: no acknowledged write lost, and every write that was not
+    acknowledged failed with an error naming its entity's key."""
+    assert report.lost == [], f"acknowledged writes lost with ack_replicas on: {report.lost}"
+    unnamed = [o for o in report.writes(False) if f"fs:user:w{o.n:05d}" not in (o.error or "")]
+    assert not unnamed, f"failed writes whose error does not name the row: {unnamed[:3]}"
+    # The cut-off master kept taking writes, but acknowledged none of them.
+    in_window = [o for o in report.writes() if times["cut"] < o.started and o.at < times["killed"]]
+    assert in_window and all(o.error and "acknowledged by only 0 of 1" in o.error for o in in_window
+                             if report.on_victim(o.n)), in_window[:3]  # fmt: skip
+
+
 def _frame(n: int) -> pd.DataFrame:
     now = datetime.now(UTC)
     return pd.DataFrame(
@@ -265,3 +305,24 @@ def run(
             report.unacked_present += 1
     client.close()
     return report
+
+
+def ack_rows(users: list[str], segment: str) -> list[Any]:
+    """online_write_batch rows of the sample repo's batch view: ``risk_segment`` = ``segment``."""
+    from conftest import user_key
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    now = datetime.now(UTC)
+    return [(user_key(u), {"risk_segment": Value(string_val=segment)}, now, None) for u in users]
+
+
+def acked(store: FeatureStore, view: Any, rows: list[Any]) -> bool:
+    """Whether writing ``rows`` was acknowledged (ack_replicas), for waits with a deadline."""
+    from feast_redis_hexpire.exceptions import StoreUnavailableError
+    from feast_redis_hexpire.online_store import hexpire_store
+
+    try:
+        hexpire_store(store).online_write_batch(store.config, view, rows, None)
+        return True
+    except StoreUnavailableError:
+        return False

@@ -54,6 +54,7 @@ def test_writes_wait_for_the_replica_and_fail_loudly_without_it(make_repo, repli
         assert "rows 0..1 were written to" in text and replica.connection_string not in text
         assert f"127.0.0.1:{r.connection_pool.connection_kwargs['port']}" in text
         assert "only 0 of 1 replica(s)" in text and "no row was acknowledged" in text
+        assert "not acknowledged: fs:user:a, fs:user:b;" in text  # each row named by its entity
         assert r.hget("fs:user:a", "risk_segment") == b"late"  # written, but not acknowledged
         assert not r.exists("fs:user:c")  # the next batch was not sent
         with pytest.raises(StoreUnavailableError, match="acknowledged by only 0 of 1"):
@@ -99,7 +100,6 @@ def test_ack_aof(make_repo, replica, r):
             {"ack_replicas": 1, "ack_timeout_seconds": 6},
             "ack_timeout_seconds (6.0) must be below socket_timeout",
         ),
-        ({"ack_replicas": 1, "redis_type": "redis_cluster"}, "not supported with redis_type: redis_cluster"),
     ],
 )
 def test_bad_ack_settings_fail_at_apply_naming_them(make_repo, replica, settings, named):

@@ -8,6 +8,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import LAYOUTS as _LAYOUTS
 from conftest import apply_repo, assert_expiry, field_statuses, online_store_of, user_key, write_window
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
@@ -65,6 +66,7 @@ def test_async_write_keeps_event_order_and_ttls(store, r):
     assert asyncio.run(online.online_read_async(store.config, view, [user_key("nobody")])) == [(None, None)]
 
 
+@pytest.mark.parametrize("value_layout", _LAYOUTS)
 def test_async_read_is_one_hmget_per_entity(store, r):
     store.materialize_incremental(end_date=datetime.now(UTC))
     rows = [{"user_id": u} for u in ("u0001", "u0002", "u0003")]
@@ -82,6 +84,7 @@ def test_async_read_is_one_hmget_per_entity(store, r):
     assert field_statuses(response)["tx_count_5m"] == ["NOT_FOUND"] * 3
 
 
+@pytest.mark.parametrize("value_layout", _LAYOUTS)
 def test_initialize_and_close_per_loop(store, r):
     """The feature server's lifespan: initialize, serve, close; a later loop starts afresh."""
     online = online_store_of(store)
@@ -121,6 +124,7 @@ def test_async_write_chunks_and_refuses_bad_keys(make_repo, r):
     assert r.dbsize() == 0
 
 
+@pytest.mark.parametrize("value_layout", _LAYOUTS)
 @pytest.mark.parametrize(("mode", "status"), [("flag", "OUTSIDE_MAX_AGE"), ("drop", "NOT_FOUND")])
 def test_async_read_applies_the_freshness_check(make_repo, r, mode, status):
     store = apply_repo(make_repo(freshness_check=mode))

@@ -9,7 +9,9 @@ Run with ``-s`` to see the failover reports: ``pytest -m cluster tests/test_clus
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,11 +23,15 @@ import pandas as pd
 import pytest
 import redis
 from conftest import (
+    LAYOUTS,
     SERVER_KINDS,
     apply_repo,
     assert_expiry,
     feast_objects,
     old_redis_server,
+    online_store_of,
+    stored,
+    wait_for,
     write_data,
     write_repo,
     write_window,
@@ -33,7 +39,7 @@ from conftest import (
 
 from feast_redis_hexpire.config import RedisHexpireOnlineStoreConfig
 from feast_redis_hexpire.connection import make_async_client, make_client
-from feast_redis_hexpire.exceptions import ConfigError, ServerUnsupportedError
+from feast_redis_hexpire.exceptions import ConfigError, ServerUnsupportedError, StoreUnavailableError
 from feast_redis_hexpire.scripts import WRITE_ROWS
 from feast_redis_hexpire.synth import streaming_frame
 from feast_redis_hexpire.topology import LocalCluster, kill
@@ -80,11 +86,19 @@ def hmget_calls(cluster: LocalCluster) -> dict[int, int]:
     return out
 
 
-def test_sample_repo_across_shards(tmp_path, cluster, rc):
+@pytest.mark.parametrize("value_layout", LAYOUTS)
+def test_sample_repo_across_shards(tmp_path, cluster, rc, value_layout):
     # Keys that teardown must leave alone: another project's, and a non-hash under our pattern.
     rc.hset("other:user:u0001", mapping={"risk_segment": "low", "_ts:user_batch_features": 1})
     rc.set("fs:user:not-a-hash", "x")
-    store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster, value_layout=value_layout))
+    packed = value_layout == "packed"
+    tx_field = "user_streaming_features" if packed else "tx_count_5m"  # the field holding it
+    risk_field = "user_batch_features" if packed else "risk_segment"
+
+    def tx(k):
+        return int(stored(store, rc, k, "user_streaming_features", "tx_count_5m"))
+
     with write_window() as materialized:
         store.materialize_incremental(end_date=datetime.now(UTC))
 
@@ -96,8 +110,8 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
 
     with write_window() as pushed:
         store.push("user_events_push", streaming_frame(USERS[:10], random.Random(3)))
-    assert_expiry([rc.hpexpiretime(k, "tx_count_5m")[0] for k in keys[:10]], pushed, 300, "pushed")
-    assert all(rc.httl(k, "risk_segment")[0] == -1 for k in keys)
+    assert_expiry([rc.hpexpiretime(k, tx_field)[0] for k in keys[:10]], pushed, 300, "pushed")
+    assert all(rc.httl(k, risk_field)[0] == -1 for k in keys)
 
     # One HMGET per entity, each sent straight to the master owning its slot.
     for node in cluster.masters:
@@ -109,8 +123,10 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
     per_master = hmget_calls(cluster)
     for port, calls in per_master.items():
         assert calls == sum(1 for k in keys if owner(k).port == port), per_master
-    assert result["risk_segment"] == [rc.hget(k, "risk_segment").decode() for k in keys]
-    assert result["tx_count_5m"][:10] == [int(rc.hget(k, "tx_count_5m")) for k in keys[:10]]
+    assert result["risk_segment"] == [
+        stored(store, rc, k, "user_batch_features", "risk_segment").decode() for k in keys
+    ]
+    assert result["tx_count_5m"][:10] == [tx(k) for k in keys[:10]]
     assert result["tx_count_5m"][10:] == [None] * 10
 
     # The asyncio cluster client: push + read through the async paths, starting from an empty
@@ -124,8 +140,8 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
 
     with write_window() as pushed:
         result = asyncio.run(async_round())
-    assert result["tx_count_5m"] == [int(rc.hget(k, "tx_count_5m")) for k in keys]
-    assert_expiry([rc.hpexpiretime(k, "tx_count_5m")[0] for k in keys[10:]], pushed, 300, "pushed async")
+    assert result["tx_count_5m"] == [tx(k) for k in keys]
+    assert_expiry([rc.hpexpiretime(k, tx_field)[0] for k in keys[10:]], pushed, 300, "pushed async")
 
     # A deleted view's fields leave every hash on every shard (update() scans all masters).
     gone = {"user_streaming_features", "fraud_model"}
@@ -137,8 +153,8 @@ def test_sample_repo_across_shards(tmp_path, cluster, rc):
         ],
         partial=False,
     )
-    assert [rc.hget(k, "tx_count_5m") for k in keys] == [None] * len(keys)
-    assert all(rc.hget(k, "risk_segment") is not None for k in keys)
+    assert [rc.hget(k, tx_field) for k in keys] == [None] * len(keys)
+    assert all(rc.hget(k, risk_field) is not None for k in keys)
 
     # Teardown scans every master and removes exactly the project's hashes.
     store.teardown()
@@ -344,29 +360,51 @@ def test_cluster_with_one_old_primary_is_refused_naming_it(tmp_path):
                 assert c.dbsize() == 0, "a refused apply writes nothing"
 
 
-def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
+@pytest.mark.parametrize(
+    "kind,ack",
+    [("redis", False), ("redis", True), ("valkey", True)],
+    ids=["redis", "redis-ack", "valkey-ack"],
+)
+def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path, kind, ack):
     # The loss case made deterministic: the replica is cut off, the master acknowledges writes
     # only it holds, then dies; the promoted replica never had them. The report must find them.
-    with LocalCluster("redis") as fresh:
-        store = apply_repo(cluster_repo(tmp_path / "repo", fresh))
+    # With ack_replicas: 1 the cut-off master acknowledges none of them: nothing acknowledged is
+    # lost, and each write that failed names its row; the killed master is restarted (it
+    # rejoins as the new master's replica) so that writes are acknowledged again.
+    settings = {"ack_replicas": 1, "ack_timeout_seconds": 0.3} if ack else {}
+    with LocalCluster(kind) as fresh:
+        store = apply_repo(cluster_repo(tmp_path / "repo", fresh, **settings))
         store.materialize_incremental(end_date=datetime.now(UTC))
         victim, its_replica = fresh.masters[0], fresh.replicas[0]
         owner = fresh.owner_function()
         on_victim = {n for n in range(5000) if owner(b"fs:user:w%05d" % n) is victim}
         cut, times = failover.cut_then_kill(victim, its_replica, on_master=on_victim.__contains__)
+
+        def new_master() -> None:
+            promoted = fresh.wait_promoted(victim)
+            times["promoted"] = time.monotonic()
+            if ack:
+                failover.rejoin(victim, promoted)
+                times["rejoined"] = time.monotonic()
+
         report = failover.run(
             store,
             kill=cut,
-            wait_new_master=lambda: fresh.wait_promoted(victim),
+            wait_new_master=new_master,
             raw=lambda: raw_client(fresh),
             key_of=lambda n: b"fs:user:w%05d" % n,
             before=60,
             after=60,
             on_victim=on_victim.__contains__,
         )
-        label = f"cluster redis: replica cut off, then SIGKILL 127.0.0.1:{victim.port}"
+        option = ", ack_replicas 1" if ack else ""
+        label = f"cluster {kind}{option}: replica cut off, then SIGKILL 127.0.0.1:{victim.port}"
         print("\n" + report.summary(label))
         assert not report.errors_after_recovery()
+        if ack:
+            print(failover.ack_timeline(report, times))
+            failover.check_acked(report, times)
+            return
         assert report.lost, "writes acknowledged by the cut-off master must be reported lost"
         assert not report.lost_not_a_suffix(), "a write survived an earlier lost one"
         for n, ago in report.lost:
@@ -376,6 +414,138 @@ def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
             o for o in report.writes(True) if o.n in on_victim and times["cut"] < o.at < times["killed"]
         ]
         assert len(report.lost) <= len(acked_in_window)
+
+
+def test_ack_replicas_waits_on_each_shard_and_names_the_rows_of_a_short_one(tmp_path, cluster, rc):
+    # ack_replicas on a cluster: each master's share of a batch is followed by WAIT on that
+    # master's connection; a master whose replica stopped acknowledging fails only its own rows.
+    with pytest.raises(ConfigError) as too_many:
+        apply_repo(cluster_repo(tmp_path / "too_many", cluster, ack_replicas=2))
+    assert "ack_replicas: 2, but the master at 127.0.0.1:" in str(too_many.value)
+    assert any(f"127.0.0.1:{m.port} (primary of" in str(too_many.value) for m in cluster.masters)
+    assert "has 1 replica(s) connected" in str(too_many.value)
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster, ack_replicas=1, ack_timeout_seconds=0.5))
+    store.materialize_incremental(end_date=datetime.now(UTC))
+    owner = cluster.owner_function()
+    victim = owner(b"fs:user:u0001")
+    its_replica = cluster.replicas[cluster.masters.index(victim)]
+    with its_replica.client() as replica:
+        assert replica.execute_command("ROLE")[0] == b"slave"
+        replica.execute_command("READONLY")  # a cluster replica serves reads only after READONLY
+        assert replica.hget("fs:user:u0001", "risk_segment") is not None  # acknowledged: on the replica
+    online = online_store_of(store)
+    view = store.get_feature_view("user_batch_features")
+    users = [f"k{n:02d}" for n in range(15)]
+    mine = [u for u in users if owner(f"fs:user:{u}".encode()) is victim]
+    assert 0 < len(mine) < len(users)
+    os.kill(its_replica.process.pid, signal.SIGSTOP)  # the victim's replica stops acknowledging
+    try:
+        for label, write in (
+            ("sync", lambda rows: online.online_write_batch(store.config, view, rows, None)),
+            (
+                "async",
+                lambda rows: asyncio.run(online.online_write_batch_async(store.config, view, rows, None)),
+            ),
+        ):
+            for master in cluster.masters:  # each node's group then takes the NOSCRIPT reload path
+                with master.client() as c:
+                    c.script_flush()
+            with pytest.raises(StoreUnavailableError) as info:
+                write(failover.ack_rows(users, label))
+            text = str(info.value)
+            assert f"written to 127.0.0.1:{victim.port} but acknowledged by only 0 of 1 replica(s)" in text
+            named = text.split("not acknowledged: ")[1].split(";")[0].split(", ")
+            assert named == [f"fs:user:{u}" for u in mine], label  # exactly the victim's rows
+            assert "the batch's other rows were acknowledged" in text
+            for u in users:  # every row was written; the other shards' rows are on their replicas
+                assert rc.hget(f"fs:user:{u}", "risk_segment") == label.encode()
+                if u not in mine:
+                    node = cluster.replicas[cluster.masters.index(owner(f"fs:user:{u}".encode()))]
+                    with node.client() as replica:
+                        replica.execute_command("READONLY")
+                        assert replica.hget(f"fs:user:{u}", "risk_segment") == label.encode()
+    finally:
+        os.kill(its_replica.process.pid, signal.SIGCONT)
+    wait_for(
+        "writes to be acknowledged again after the replica resumed",
+        lambda: failover.acked(store, view, failover.ack_rows(users, "again")),
+    )
+
+
+def _move_slot(slot: int, source: Any, target: Any, finish: bool = True) -> None:
+    """CLUSTER SETSLOT's migration steps for an empty slot: IMPORTING / MIGRATING, then (with
+    ``finish``) NODE on both, which bumps the target's epoch so every node learns the owner."""
+    with source.client() as src, target.client() as dst:
+        src_id, dst_id = (c.execute_command("CLUSTER", "MYID") for c in (src, dst))
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        if finish:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+
+def test_ack_replicas_ask_and_moved_fail_their_rows_by_name(tmp_path, cluster, rc):
+    # A slot being migrated (ASK) and then moved (MOVED) under a client whose slot map still
+    # names the old owner: that node's rows are reported failed with the redirect, never
+    # silently; the other rows of the batch are written and acknowledged; after a MOVED the
+    # client follows the slot.
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster, ack_replicas=1, ack_timeout_seconds=2))
+    view = store.get_feature_view("user_batch_features")
+    owner = cluster.owner_function()
+    moving = next(
+        f"m{n:03d}" for n in range(1000) if rc.cluster_countkeysinslot(rc.keyslot(f"fs:user:m{n:03d}")) == 0
+    )
+    key = f"fs:user:{moving}".encode()
+    slot, source = rc.keyslot(key), owner(key)
+    target = next(m for m in cluster.masters if m is not source)
+    other = next(f"o{n:03d}" for n in range(1000) if owner(f"fs:user:o{n:03d}".encode()) is not source)
+    assert failover.acked(store, view, failover.ack_rows([other], "warm"))  # the client has its slot map
+    try:
+        _move_slot(slot, source, target, finish=False)
+        with pytest.raises(StoreUnavailableError) as info:
+            online_store_of(store).online_write_batch(
+                store.config, view, failover.ack_rows([other, moving], "ask"), None
+            )
+        text = str(info.value)
+        assert f"row 1 was sent to 127.0.0.1:{source.port} but not confirmed written (AskError: " in text, (
+            text
+        )
+        assert (
+            f"not acknowledged: fs:user:{moving};" in text
+            and "the batch's other rows were acknowledged" in text
+        )
+        assert rc.hget(f"fs:user:{other}", "risk_segment") == b"ask"
+        with pytest.raises(
+            StoreUnavailableError, match=f"not confirmed written \\(AskError: .*fs:user:{moving};"
+        ):
+            rows = failover.ack_rows([other, moving], "ask-async")
+            asyncio.run(online_store_of(store).online_write_batch_async(store.config, view, rows, None))
+        assert rc.hget(f"fs:user:{other}", "risk_segment") == b"ask-async"
+        _move_slot(slot, source, target)
+        with pytest.raises(StoreUnavailableError) as info:
+            online_store_of(store).online_write_batch(
+                store.config, view, failover.ack_rows([moving], "moved"), None
+            )
+        text = str(info.value)
+        assert f"row 0 was sent to 127.0.0.1:{source.port} but not confirmed written (MovedError: " in text, (
+            text
+        )
+        assert f"not acknowledged: fs:user:{moving};" in text
+        wait_for(
+            "the write to follow the slot",
+            lambda: failover.acked(store, view, failover.ack_rows([moving], "followed")),
+        )
+        with target.client() as t:
+            assert t.hget(key, "risk_segment") == b"followed"
+    finally:
+        rc.delete(key)
+        wait_for("the slot to be empty", lambda: rc.cluster_countkeysinslot(slot) == 0)
+        for node in (source, target):  # back, for the module's other tests
+            with node.client() as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        if cluster.owner_function()(key) is not source:
+            _move_slot(slot, target, source)
+        wait_for("every node to see the slot back", lambda: cluster.owner_function()(key) is source)
 
 
 def test_db_other_than_0_is_refused_for_a_cluster():

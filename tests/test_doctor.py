@@ -16,9 +16,17 @@ import pytest
 from conftest import apply_repo, write_data, write_repo
 from feast import FeatureStore
 from test_apply_teardown import old_redis  # noqa: F401 -- Debian's redis-server 7.0, as a fixture
-from test_security import documented_acl
+from test_security import ACL_DOC, documented_acl
 
-from feast_redis_hexpire.doctor import ACL_OPTIONAL, ACL_REQUIRED, Finding, diagnose, exit_code
+from feast_redis_hexpire.doctor import (
+    ACL_ACK,
+    ACL_ACK_AOF,
+    ACL_OPTIONAL,
+    ACL_REQUIRED,
+    Finding,
+    diagnose,
+    exit_code,
+)
 from feast_redis_hexpire.local_redis import LocalRedis, free_port
 from feast_redis_hexpire.topology import LocalCluster
 
@@ -190,6 +198,59 @@ def test_acl_commands_match_docs():
     checked = {"|".join(c[:2]) if c[0] in ("command", "script", "client", "object") else c[0]
                for c in (*ACL_REQUIRED, *ACL_OPTIONAL)}  # fmt: skip
     assert checked == documented
+
+
+def test_ack_commands_match_docs():
+    line = next(x for x in ACL_DOC.read_text().splitlines() if x.startswith("ACL SETUSER feast +wait"))
+    assert {t[1:] for t in line.split()[3:]} == {c[0] for c in (*ACL_ACK, *ACL_ACK_AOF)}
+
+
+def test_ack_settings_replicas_aof_and_acl(tmp_path, server, r, loaded):
+    # With ack_replicas / ack_aof set, doctor checks each master's online replicas, its AOF, and
+    # that the configured user may run WAIT / WAITAOF (a user with only the base ACL may not).
+    name = f"ack-{uuid.uuid4().hex[:6]}"
+    r.execute_command(*documented_acl(name, SECRET))
+
+    def as_user(label: str, **settings: Any) -> FeatureStore:
+        connection = f"{server.connection_string},username={name},password={SECRET}"
+        repo = write_repo(tmp_path / label, connection, **settings)
+        (repo / "data").rmdir()
+        (repo / "data").symlink_to(Path(loaded.repo_path) / "data")  # the applied registry
+        return FeatureStore(repo_path=str(repo))
+
+    try:
+        plain = diagnose(as_user("plain"))
+        assert one(plain, "acl").status == "ok" and not [f for f in plain if f.check == "acks"]
+        waits = as_user("wait", ack_replicas=1, ack_timeout_seconds=0.5)
+        findings = diagnose(waits)
+        found = one(findings, "acks")
+        assert (
+            found.status == "error"
+            and "ack_replicas: 1, but the master has 0 replica(s) online" in found.message
+        )
+        found = one(findings, "acl")
+        assert found.status == "error" and "may not run wait on fs:*" in found.message, found
+        assert exit_code(findings) == 1
+        r.execute_command("ACL", "SETUSER", name, "+wait")
+        with LocalRedis(server.kind, args=["--replicaof", "127.0.0.1", str(server.port)]) as replica:
+            deadline = time.monotonic() + 60
+            while r.info("replication").get("slave0", {}).get("state") != "online":
+                assert time.monotonic() < deadline, "the replica did not come online"
+                time.sleep(0.05)
+            findings = diagnose(waits)
+            assert one(findings, "acl").status == "ok", one(findings, "acl")
+            found = one(findings, "acks")
+            assert found.status == "ok" and f"1 replica(s) online (127.0.0.1:{replica.port})" in found.message
+            aof = diagnose(as_user("aof", ack_replicas=1, ack_aof=True, ack_timeout_seconds=0.5))
+            found = one(aof, "acl")
+            assert found.status == "error" and "may not run waitaof" in found.message, found
+            found = one(aof, "acks")
+            assert (
+                found.status == "error" and "ack_aof: true, but the master runs without AOF" in found.message
+            )
+        assert SECRET not in json.dumps([f.as_dict() for f in findings])
+    finally:
+        r.execute_command("ACL", "DELUSER", name)
 
 
 def test_view_ttls_as_the_store_applies_them(make_repo):

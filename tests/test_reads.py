@@ -7,7 +7,8 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import apply_repo, field_statuses, online_store_of, user_key, user_view, wait_for
+from conftest import LAYOUTS as _LAYOUTS
+from conftest import apply_repo, field_statuses, online_store_of, stored, user_key, user_view, wait_for
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.types import Int64, String
 
@@ -21,6 +22,8 @@ FEATURES = [
     "user_streaming_features:tx_count_5m",
     "user_streaming_features:last_device_id",
 ]
+
+pytestmark = pytest.mark.parametrize("value_layout", _LAYOUTS)
 
 
 def load(store, users=("u0001", "u0002"), pushed_at=None):
@@ -39,8 +42,10 @@ def test_missing_entity_is_not_found(store, r):
     for feature in ("risk_segment", "avg_amount_30d", "tx_count_5m", "last_device_id"):
         assert statuses[feature] == ["PRESENT", "NOT_FOUND"], feature
     values = response.to_dict()
-    assert values["risk_segment"][0] == r.hget(KEY, "risk_segment").decode()
-    assert values["avg_amount_30d"][0] == float(r.hget(KEY, "avg_amount_30d"))
+    assert values["risk_segment"][0] == stored(store, r, KEY, "user_batch_features", "risk_segment").decode()
+    assert values["avg_amount_30d"][0] == float(
+        stored(store, r, KEY, "user_batch_features", "avg_amount_30d")
+    )
     assert values["risk_segment"][1] is None
 
 
@@ -51,13 +56,21 @@ def test_online_read_returns_none_for_a_missing_entity(store, r):
     assert rows[0] == (None, None)
     event_ts, values = rows[1]
     assert event_ts is not None and values is not None
-    assert values["risk_segment"].string_val == r.hget(KEY, "risk_segment").decode()
+    assert (
+        values["risk_segment"].string_val
+        == stored(store, r, KEY, "user_batch_features", "risk_segment").decode()
+    )
 
 
 def test_view_with_expired_fields_is_not_found_while_the_other_is_present(store, r):
     load(store)
-    r.hpexpire(KEY, 1, *STREAMING_FEATURES, "_ts:user_streaming_features")  # real expiry, 1 ms
-    wait_for("the streaming fields to expire", lambda: r.hget(KEY, "tx_count_5m") is None, timeout=10)
+    fields = [*STREAMING_FEATURES, "_ts:user_streaming_features", "user_streaming_features"]
+    r.hpexpire(KEY, 1, *fields)  # real expiry, 1 ms (either layout's fields)
+    wait_for(
+        "the streaming fields to expire",
+        lambda: stored(store, r, KEY, "user_streaming_features", "tx_count_5m") is None,
+        timeout=10,
+    )
     statuses = field_statuses(read(store, ["u0001", "u0002"]))
     assert statuses["risk_segment"] == ["PRESENT", "PRESENT"]
     assert statuses["avg_amount_30d"] == ["PRESENT", "PRESENT"]
@@ -94,7 +107,9 @@ def test_feature_service_reads_one_hmget_per_entity(store, r):
     statuses = field_statuses(response)
     assert len(statuses) == 6  # user_id + the service's five features
     assert all(s == ["PRESENT", "PRESENT"] for s in statuses.values()), statuses
-    assert response.to_dict()["tx_count_5m"][0] == int(r.hget(KEY, "tx_count_5m"))
+    assert response.to_dict()["tx_count_5m"][0] == int(
+        stored(store, r, KEY, "user_streaming_features", "tx_count_5m")
+    )
 
 
 @pytest.mark.parametrize(
@@ -105,7 +120,9 @@ def test_freshness_check(make_repo, r, mode, streaming_status):
     """The streaming view's ttl is 5 min; an event an hour old is stale, the batch row is not."""
     store = apply_repo(make_repo(freshness_check=mode))
     load(store, users=("u0001",), pushed_at=datetime.now(UTC) - timedelta(hours=1))
-    assert r.hget(KEY, "tx_count_5m") is not None  # it is stored (the TTL counts from the write)
+    assert (
+        stored(store, r, KEY, "user_streaming_features", "tx_count_5m") is not None
+    )  # it is stored (the TTL counts from the write)
     response = read(store, ["u0001"])
     statuses = field_statuses(response)
     assert statuses["tx_count_5m"] == [streaming_status]
@@ -115,8 +132,8 @@ def test_freshness_check(make_repo, r, mode, streaming_status):
     if mode == "drop":
         assert values["tx_count_5m"] == [None]
     else:
-        assert values["tx_count_5m"] == [int(r.hget(KEY, "tx_count_5m"))]
-    assert values["risk_segment"] == [r.hget(KEY, "risk_segment").decode()]
+        assert values["tx_count_5m"] == [int(stored(store, r, KEY, "user_streaming_features", "tx_count_5m"))]
+    assert values["risk_segment"] == [stored(store, r, KEY, "user_batch_features", "risk_segment").decode()]
 
 
 @pytest.mark.parametrize("ttl", [None, timedelta(0)], ids=["none", "zero"])
@@ -168,4 +185,4 @@ def test_flagged_staleness_covers_repeated_entities_and_full_names(make_repo, r)
     ]
     assert statuses["user_batch_features__risk_segment"] == ["PRESENT", "NOT_FOUND", "PRESENT"]
     values = response.to_dict()["user_streaming_features__tx_count_5m"]
-    assert values[0] == values[2] == int(r.hget(KEY, "tx_count_5m"))
+    assert values[0] == values[2] == int(stored(store, r, KEY, "user_streaming_features", "tx_count_5m"))

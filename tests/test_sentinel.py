@@ -7,16 +7,30 @@ Run with ``-s`` to see the failover report: ``pytest -m sentinel tests/test_sent
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import failover
 import pytest
 import redis
-from conftest import SERVER_KINDS, apply_repo, assert_expiry, write_data, write_repo, write_window
+from conftest import (
+    SERVER_KINDS,
+    apply_repo,
+    assert_expiry,
+    online_store_of,
+    wait_for,
+    write_data,
+    write_repo,
+    write_window,
+)
 
+from feast_redis_hexpire.exceptions import StoreUnavailableError
 from feast_redis_hexpire.scripts import WRITE_ROWS
 from feast_redis_hexpire.synth import streaming_frame
 from feast_redis_hexpire.topology import LocalSentinel, kill
@@ -38,10 +52,14 @@ def master_client(sentinel: LocalSentinel) -> redis.Redis:
     return redis.Redis(host=host, port=port)
 
 
-def sentinel_repo(path: Path, sentinel: LocalSentinel) -> Path:
+def sentinel_repo(path: Path, sentinel: LocalSentinel, **online_store: Any) -> Path:
     # connection_string lists the sentinels only; the master is found by name through them.
     repo = write_repo(
-        path, sentinel.connection_string, redis_type="redis_sentinel", sentinel_master=sentinel.master_name
+        path,
+        sentinel.connection_string,
+        redis_type="redis_sentinel",
+        sentinel_master=sentinel.master_name,
+        **online_store,
     )
     write_data(repo)
     return repo
@@ -73,6 +91,45 @@ def test_sample_repo_through_sentinels(tmp_path, sentinel):
             assert replica.hget(keys[0], "risk_segment") == r.hget(keys[0], "risk_segment")
         store.teardown()
         assert not [k for k in keys if r.exists(k)]
+
+
+def test_ack_replicas_through_sentinel(tmp_path, sentinel):
+    # ack_replicas: 1 through Sentinel: each batch waits (WAIT on the master the sentinels name)
+    # for the replica; with the replica stopped the write fails naming the master and the rows.
+    repo = sentinel_repo(
+        tmp_path / "repo", sentinel, ack_replicas=1, ack_timeout_seconds=0.5, write_batch_size=2
+    )
+    store = apply_repo(repo)
+    with sentinel.master.client() as master, sentinel.replica.client() as replica:
+        before = int(master.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+        store.materialize_incremental(end_date=datetime.now(UTC))
+        assert int(master.info("commandstats")["cmdstat_wait"]["calls"]) >= before + 10  # 20 rows, 2 a batch
+        assert replica.dbsize() == master.dbsize() == 20  # acknowledged: the replica has every row
+    online = online_store_of(store)
+    view = store.get_feature_view("user_batch_features")
+    assert sentinel.replica.process is not None
+    os.kill(sentinel.replica.process.pid, signal.SIGSTOP)  # the replica stops acknowledging
+    try:
+        with pytest.raises(StoreUnavailableError) as info:
+            online.online_write_batch(store.config, view, failover.ack_rows(["a", "b", "c"], "late"), None)
+        text = str(info.value)
+        assert f"rows 0..1 were written to master 'mymaster' at 127.0.0.1:{sentinel.master.port}" in text
+        assert "acknowledged by only 0 of 1 replica(s)" in text
+        assert "not acknowledged: fs:user:a, fs:user:b;" in text and "later rows were not sent" in text
+        with sentinel.master.client() as master:
+            assert master.hget("fs:user:a", "risk_segment") == b"late" and not master.exists("fs:user:c")
+        with pytest.raises(StoreUnavailableError, match="not acknowledged: fs:user:d;"):
+            asyncio.run(
+                online.online_write_batch_async(store.config, view, failover.ack_rows(["d"], "late"), None)
+            )
+    finally:
+        os.kill(sentinel.replica.process.pid, signal.SIGCONT)
+    wait_for(
+        "writes to be acknowledged again",
+        lambda: failover.acked(store, view, failover.ack_rows(["c"], "later")),
+    )
+    with sentinel.replica.client() as replica:
+        assert replica.hget("fs:user:c", "risk_segment") == b"later"
 
 
 def test_master_killed_during_pushes_and_reads(tmp_path, sentinel):
@@ -110,24 +167,49 @@ def check_failover(tmp_path: Path, sentinel: LocalSentinel, use_async: bool) -> 
     assert not report.lost_not_a_suffix(), "a write survived an earlier lost one"
 
 
-def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path):
-    # The loss case made deterministic (see failover.cut_then_kill); redis only, to keep CI short.
-    with LocalSentinel("redis") as fresh:
-        store = apply_repo(sentinel_repo(tmp_path / "repo", fresh))
+@pytest.mark.parametrize(
+    "kind,ack",
+    [("redis", False), ("redis", True), ("valkey", True)],
+    ids=["redis", "redis-ack", "valkey-ack"],
+)
+def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path, kind, ack):
+    # The loss case made deterministic (see failover.cut_then_kill). With ack_replicas: 1 the
+    # cut-off master acknowledges none of its writes: nothing acknowledged is lost and every
+    # failed write names its row; the killed master is restarted (the sentinels make it the new
+    # master's replica) so that writes are acknowledged again.
+    settings = {"ack_replicas": 1, "ack_timeout_seconds": 0.3} if ack else {}
+    with LocalSentinel(kind) as fresh:
+        store = apply_repo(sentinel_repo(tmp_path / "repo", fresh, **settings))
         store.materialize_incremental(end_date=datetime.now(UTC))
-        cut, times = failover.cut_then_kill(fresh.master, fresh.replica)
+        old = fresh.master
+        cut, times = failover.cut_then_kill(old, fresh.replica)
+
+        def new_master() -> None:
+            promoted = fresh.wait_failover(old)
+            times["promoted"] = time.monotonic()
+            if ack:
+                failover.rejoin(old, promoted)
+                times["rejoined"] = time.monotonic()
+
         report = failover.run(
             store,
             kill=cut,
-            wait_new_master=lambda: fresh.wait_failover(fresh.master),
+            wait_new_master=new_master,
             raw=lambda: master_client(fresh),
             key_of=lambda n: b"fs:user:w%05d" % n,
             before=60,
             after=60,
         )
-        label = f"sentinel redis: replica cut off, then SIGKILL 127.0.0.1:{fresh.master.port}"
-        print("\n" + report.summary(label))
+        option = ", ack_replicas 1" if ack else ""
+        print(
+            "\n"
+            + report.summary(f"sentinel {kind}{option}: replica cut off, then SIGKILL 127.0.0.1:{old.port}")
+        )
         assert not report.errors_after_recovery()
+        if ack:
+            print(failover.ack_timeline(report, times))
+            failover.check_acked(report, times)
+            return
         assert report.lost, "writes acknowledged by the cut-off master must be reported lost"
         assert not report.lost_not_a_suffix(), "a write survived an earlier lost one"
         for _, ago in report.lost:

@@ -46,15 +46,15 @@ def statuses(store):
 
 def read_against(store, expiries: dict[str, int]) -> dict[str, list[str]]:
     """Read, and check every feature in ``expiries`` (name -> absolute expiry ms) is PRESENT if the
-    read ended before its expiry and NOT_FOUND if it began after (a read that straddles the expiry
-    instant may see either)."""
+    read ended before its expiry and NOT_FOUND if it began after the expiry's millisecond (a read
+    that straddles it may see either)."""
     before = now_ms()
     got = statuses(store)
     after = now_ms() + 1
     for feature, expiry in expiries.items():
         if after < expiry:
             assert got[feature] == ["PRESENT"], (feature, got)
-        elif before >= expiry:
+        elif before > expiry:  # a field expiring at ms T is still served at T (expiry < now)
             assert got[feature] == ["NOT_FOUND"], (feature, got)
     return got
 

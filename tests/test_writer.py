@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
+from conftest import LAYOUTS as _LAYOUTS
 from conftest import online_store_of
 
 from feast_redis_hexpire.exceptions import BadValueError, ConfigError
@@ -72,6 +73,7 @@ def test_event_time_order_tables_and_async(store, r):
         (lambda row: row.update(user_id=[1]), "row 1, column 'user_id'"),
     ],
 )
+@pytest.mark.parametrize("value_layout", _LAYOUTS)
 def test_a_bad_row_names_row_and_column_and_nothing_is_written(store, r, change, message):
     writer = StreamWriter(store, VIEW)
     now = datetime.now(UTC)
@@ -82,6 +84,7 @@ def test_a_bad_row_names_row_and_column_and_nothing_is_written(store, r, change,
     assert r.dbsize() == 0
 
 
+@pytest.mark.parametrize("value_layout", _LAYOUTS)
 def test_an_unknown_view_is_a_clear_error(store, r):
     with pytest.raises(ConfigError, match="no feature view 'nope'"):
         StreamWriter(store, "nope").write(row_of("u0001", 1, datetime.now(UTC)))

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from feast import FeatureStore
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
-from .. import layout
+from .. import codec, layout
 from ..inspect import inspect_entity
 from ..policy import mode_reason, policy_for
 from ..synth import BATCH_FEATURES, STREAMING_FEATURES, streaming_frame
@@ -221,7 +221,7 @@ class Demo:
             return 0, True
         exact = len(keys) <= EXACT_FRESH_LIMIT
         probe = keys if exact else self.rng.sample(keys, SAMPLE_SIZE)
-        ts = layout.ts_field(demo_repo.STREAMING_VIEW)
+        ts = self.layouts()[demo_repo.STREAMING_VIEW].ts_field
         with self.client.pipeline(transaction=False) as pipe:
             for key in probe:
                 pipe.hexists(key, ts)
@@ -359,14 +359,14 @@ class Demo:
         return {"user_id": user, "fresh": self._is_fresh(user)}
 
     def _is_fresh(self, user: str) -> bool:
-        return bool(self.client.hexists(self.key_of(user), layout.ts_field(demo_repo.STREAMING_VIEW)))
+        return bool(self.client.hexists(self.key_of(user), self.layouts()[demo_repo.STREAMING_VIEW].ts_field))
 
     def _fresh_user(self) -> str | None:
         """A user of the population with fresh streaming data (pipelined HEXISTS over a random
         sample of up to SAMPLE_SIZE users), None if the sample holds none."""
         users = self.population
         probe = users if len(users) <= SAMPLE_SIZE else self.rng.sample(users, SAMPLE_SIZE)
-        ts = layout.ts_field(demo_repo.STREAMING_VIEW)
+        ts = self.layouts()[demo_repo.STREAMING_VIEW].ts_field
         with self.client.pipeline(transaction=False) as pipe:
             for user in probe:
                 pipe.hexists(self.key_of(user), ts)
@@ -398,13 +398,13 @@ class Demo:
     def _entity_times(self, user: str, fields: Sequence[str]) -> tuple[int, list[int], dict[str, int | None]]:
         """Key PTTL, HPTTL of ``fields`` and each demo view's event time (µs) in one round trip."""
         key = self.key_of(user)
-        ts_fields = {name: lay.ts_field for name, lay in self.layouts().items()}
+        layouts = self.layouts()
         with self.client.pipeline(transaction=False) as pipe:
             pipe.pttl(key)
             pipe.hpttl(key, *fields)
-            pipe.hmget(key, *ts_fields.values())
+            pipe.hmget(key, *(lay.ts_field for lay in layouts.values()))
             key_ttl, ttls, stamps = pipe.execute()
-        times = {name: _micros(raw) for name, raw in zip(ts_fields, stamps)}
+        times = {name: _micros(raw, lay) for (name, lay), raw in zip(layouts.items(), stamps)}
         return int(key_ttl), [int(t) for t in (ttls or [-2] * len(fields))], times
 
     @contextlib.contextmanager
@@ -444,7 +444,7 @@ class Demo:
                     "name": f,
                     "view": FEATURES[f],
                     "layer": "streaming" if FEATURES[f] == demo_repo.STREAMING_VIEW else "batch",
-                    "field": fld,
+                    "field": f"{fld}[{f}]" if layouts[FEATURES[f]].packed else fld,  # packed: in fld
                     "value": _plain(values[f][0]),
                     "status": statuses[f][0],
                     "field_ttl_ms": ttl,
@@ -587,10 +587,14 @@ def _check_seconds(value: Any, field: str) -> float:
     return seconds
 
 
-def _micros(raw: Any) -> int | None:
+def _micros(raw: Any, lay: Any = None) -> int | None:
+    """The event time (µs) of a ``_ts`` field, or of a view's field with value_layout: packed."""
     try:
+        if raw is not None and lay is not None and lay.packed:
+            unpacked = codec.unpack_values(raw, lay.head, len(lay.fields))
+            return None if unpacked is None else unpacked[0]
         return int(raw) if raw is not None else None
-    except ValueError:
+    except (ValueError, IndexError):
         return None
 
 

@@ -53,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--kind", choices=["redis", "valkey"], default="redis", help="local server kind")
     p.add_argument("--key-prefix", default="{project}:", help="key prefix (default '{project}:' -> fs:user:)")
+    p.add_argument(
+        "--value-layout",
+        choices=["fields", "packed"],
+        default="fields",
+        help="value_layout of the demo's store (default fields: one hash field per feature)",
+    )
     p.add_argument("--users", type=int, default=200, help="users bulk-loaded at startup (default 200)")
     p.add_argument("--batch-ttl-seconds", type=int, default=86400, help="key TTL of the startup load")
     p.add_argument("--streaming-ttl-seconds", type=int, default=300, help="per-field TTL of pushes")
@@ -104,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             key_prefix=args.key_prefix,
             key_ttl_seconds=args.batch_ttl_seconds,
             stream_field_ttl_seconds=args.streaming_ttl_seconds,
+            value_layout=args.value_layout,
         )
         demo = Demo.create(repo, users_per_tick=args.users_per_tick, interval=args.tick_seconds)
         if not args.no_reset:

@@ -31,8 +31,8 @@ from typing import Any
 
 from feast import FeatureStore
 
-from .. import layout
 from ..synth import streaming_frame
+from ..views import ViewLayout
 from . import repo as demo_repo
 
 __all__ = ["StreamingWorker", "WorkerCounters", "next_tick"]
@@ -87,7 +87,6 @@ class StreamingWorker:
         self._reschedule = False
         self.watched: str | None = None  # always one of a tick's users while it is known
         self._keys = demo_repo.key_builder(store)
-        self._batch_ts = layout.ts_field(demo_repo.BATCH_VIEW)
 
     # ---- control ----
 
@@ -184,9 +183,11 @@ class StreamingWorker:
     def _alive(self, users: Sequence[str]) -> list[bool]:
         """Which users still have their batch hash (one pipelined HEXISTS round trip)."""
         client = self.store._get_provider().online_store.client(self.store.config)  # type: ignore[attr-defined]
+        view = self.store.get_feature_view(demo_repo.BATCH_VIEW, allow_registry_cache=True)
+        ts = ViewLayout.of(self.store.config, view).ts_field  # value_layout: packed: the view's field
         with client.pipeline(transaction=False) as pipe:
             for user in users:
-                pipe.hexists(self._keys.key(demo_repo.user_entity_key(user)), self._batch_ts)
+                pipe.hexists(self._keys.key(demo_repo.user_entity_key(user)), ts)
             return [bool(x) for x in pipe.execute()]
 
     def pick(self, population: list[str]) -> list[str]:

@@ -71,15 +71,22 @@ def test_writes_wait_for_the_replica_and_fail_loudly_without_it(make_repo, repli
     assert replica.client().hget("fs:user:c", "risk_segment") == b"later"
 
 
+def _aof_on(persistence: dict) -> bool:
+    """AOF enabled at run time has finished its first rewrite (none running or scheduled)."""
+    return bool(persistence.get("aof_enabled")) and not any(
+        persistence.get(k) for k in ("aof_rewrite_in_progress", "aof_rewrite_scheduled")
+    )
+
+
 def test_ack_aof(make_repo, replica, r):
     for client in (r, replica.client()):
         client.config_set("appendonly", "yes")
     try:
         deadline = time.monotonic() + 30
-        while any(c.info("persistence").get("aof_rewrite_in_progress") for c in (r, replica.client())):
-            assert time.monotonic() < deadline
+        while not all(_aof_on(c.info("persistence")) for c in (r, replica.client())):
+            assert time.monotonic() < deadline, "AOF did not come on"
             time.sleep(0.05)
-        store = apply_repo(make_repo(ack_replicas=1, ack_aof=True, ack_timeout_seconds=2))
+        store = apply_repo(make_repo(ack_replicas=1, ack_aof=True, ack_timeout_seconds=4))
         online = online_store_of(store)
         view = store.get_feature_view(BATCH)
         online.online_write_batch(store.config, view, rows(["u0001"], "aof"), None)

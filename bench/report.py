@@ -373,14 +373,21 @@ def _short_refs() -> list[str]:
 
 
 # BENCHMARKS.md: bench/run.py rewrites the file and keeps every section another bench script
-# wrote between its markers, "<!-- bench/NAME.py: start -->" and "<!-- bench/NAME.py: end -->".
+# wrote between its markers, "<!-- bench/NAME.py: start -->" and "<!-- bench/NAME.py: end -->",
+# and the summary ("<!-- bench/summary: start -->") above its own text.
 _SECTION = re.compile(r"<!-- (bench/[\w.-]+): start -->.*?<!-- \1: end -->\n?", re.S)
 
 
-def kept_sections(path: Path) -> str:
-    """Every marked section of ``path`` (markers included), in file order, or ""."""
+# The hand-written summary of every bench's target rows: kept at the top of the file.
+SUMMARY = "bench/summary"
+
+
+def kept_sections(path: Path, summary: bool = False) -> str:
+    """The marked sections of ``path`` (markers included), in file order, or "": the summary
+    section alone with ``summary``, every other section without."""
     text = path.read_text() if path.exists() else ""
-    return "".join(m.group(0).rstrip("\n") + "\n\n" for m in _SECTION.finditer(text))
+    found = (m for m in _SECTION.finditer(text) if (m.group(1) == SUMMARY) == summary)
+    return "".join(m.group(0).rstrip("\n") + "\n\n" for m in found)
 
 
 def replace_section(path: Path, script: str, body: str) -> None:

@@ -494,8 +494,10 @@ def main() -> None:
     for n in range(1, repeat + 1):
         runs.append(one_run(args, params, n))
         text = render(runs, info, params, command.strip(), args.server)
-        kept = kept_sections(args.out)  # the other bench scripts' sections stay
-        args.out.write_text(text.rstrip() + "\n\n" + kept if kept else text)
+        # the summary stays under the title, the other bench scripts' sections after this run's text
+        top, kept = kept_sections(args.out, summary=True), kept_sections(args.out)
+        title, _, body = text.partition("\n")
+        args.out.write_text(f"{title}\n\n{top}{body.lstrip()}".rstrip() + "\n\n" + kept)
     print(text)
     log(f"wrote {args.out}")
 

@@ -33,7 +33,7 @@ walkthrough: install
 
 # The venv's bin on PATH: tests run the `feast` and `feast-hexpire` commands as a user would.
 test: install-test
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest -q
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest -q --durations=15
 
 # The core store tests on the oldest supported Feast with the minimum redis-py and hiredis, each
 # in its own venv (.venv-<name>); `make test` covers the newest (the main venv). CI runs both.

@@ -335,21 +335,10 @@ class Route:
                 ]
             except (ValueError, TypeError):
                 pass  # the loop below names the feature and the key
-        columns = []
-        for name, pos, encode in zip(part.names, part.positions, part.encoders):
-            raws = [reply[pos] for reply in replies]
-            try:
-                if len(raws) == 1:
-                    raw = raws[0]
-                    columns.append([None if raw is None else encode(raw)])
-                else:
-                    encoded = {raw: None if raw is None else encode(raw) for raw in dict.fromkeys(raws)}
-                    columns.append(list(map(encoded.__getitem__, raws)))
-            except (ValueError, TypeError):  # find the entity for a clear error
-                for key, raw in zip(keys, raws):
-                    if raw is not None:
-                        _decode(part.view, name, key, raw)
-                raise
+        columns = [
+            _encoded_column(part.view, name, encode, keys, [reply[pos] for reply in replies])
+            for name, pos, encode in zip(part.names, part.positions, part.encoders)
+        ]
         return ts_raw, columns
 
 
@@ -405,26 +394,34 @@ def value_columns(read: ViewRead, commands: list, replies: list) -> tuple[list, 
     if read.view.packed:  # one field per view: split each value into the fields layout's replies
         ts_raw, raw_columns = _unpack(read, commands, ts_raw)
     encoders = value_encoders(read.view)
+    keys = [commands[reply_no][0] for reply_no in read.replies]
     columns = []
     for i, name in enumerate(read.names, start=1):
-        encode = encoders[name]
         if raw_columns is not None:
             raws = raw_columns[i - 1]
         else:
             raws = [reply[pos[i]] for reply, pos in zip(mine, positions)]
-        try:
-            if len(raws) == 1:
-                raw = raws[0]
-                columns.append([None if raw is None else encode(raw)])
-            else:
-                encoded = {raw: None if raw is None else encode(raw) for raw in dict.fromkeys(raws)}
-                columns.append(list(map(encoded.__getitem__, raws)))
-        except (ValueError, TypeError):  # find the entity for a clear error
-            for reply_no, raw in zip(read.replies, raws):
-                if raw is not None:
-                    _decode(read.view, name, commands[reply_no][0], raw)
-            raise
+        columns.append(_encoded_column(read.view, name, encoders[name], keys, raws))
     return ts_raw, columns
+
+
+def _encoded_column(
+    view: ViewLayout, name: str, encode: Callable[[bytes], Any], keys: Sequence[bytes], raws: list
+) -> list:
+    """One feature's column of wire entries (None: missing) from its stored values, per entity
+    (``keys[i]`` holds ``raws[i]``); entities with the same stored value share its entry. A
+    value that does not decode raises the error naming the feature and the entity's key."""
+    try:
+        if len(raws) == 1:
+            raw = raws[0]
+            return [None if raw is None else encode(raw)]
+        encoded = {raw: None if raw is None else encode(raw) for raw in dict.fromkeys(raws)}
+        return list(map(encoded.__getitem__, raws))
+    except (ValueError, TypeError):  # find the entity for a clear error
+        for key, raw in zip(keys, raws):
+            if raw is not None:
+                _decode(view, name, key, raw)
+        raise
 
 
 _stale_warned: set[tuple[str, bytes]] = set()

@@ -66,6 +66,30 @@ local function hdel_sliced(call, key, list, first)
 end
 """
 
+# Lua helpers of the write scripts, placed after their ARGV locals: now() (the server's clock
+# in ms, read once per call), pin_key(key) (the batch key TTL: PEXPIRE, or PERSIST for
+# key_ttl < 0) and failed(reply) (a pcall reply that is an error).
+_WRITE_HELPERS = """
+local now_ms
+local function now()
+  if not now_ms then
+    local t = redis.call('TIME')
+    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now_ms
+end
+local function pin_key(key)
+  if key_ttl > 0 then
+    redis.call('PEXPIRE', key, key_ttl)
+  elseif key_ttl < 0 then
+    redis.call('PERSIST', key)
+  end
+end
+local function failed(reply)
+  return type(reply) == 'table' and reply.err
+end
+"""
+
 # Error code of a streaming row whose field TTLs could not be set (the row is not left behind).
 FIELD_TTL_ERROR = "FIELDTTL"
 
@@ -103,29 +127,15 @@ FIELD_TTL_ERROR = "FIELDTTL"
 WRITE_ROWS = Script(
     "write_rows",
     _HDEL_SLICED
-    + Template("""
+    + Template(
+        """
 local ts_field, key_ttl, field_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local skip_check, hsetex = ARGV[4] == '1', ARGV[5] == '1'
 local SLICE, MAX_AT = 2000, $max_at
-local now_ms, from_now, from_now_at
-local function now()
-  if not now_ms then
-    local t = redis.call('TIME')
-    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  end
-  return now_ms
-end
-local function pin_key(key)
-  if key_ttl > 0 then
-    redis.call('PEXPIRE', key, key_ttl)
-  elseif key_ttl < 0 then
-    redis.call('PERSIST', key)
-  end
-end
-local function failed(reply)
-  return type(reply) == 'table' and reply.err
-end
--- One row: ARGV[i] event time, ARGV[i + 1] expiry by event time, fields ARGV[first..last].
+local from_now, from_now_at
+"""
+        + _WRITE_HELPERS
+        + """-- One row: ARGV[i] event time, ARGV[i + 1] expiry by event time, fields ARGV[first..last].
 local function write(key, i, first, last)
   local expire_at = tonumber(ARGV[i + 1])
   local stored
@@ -254,7 +264,8 @@ for r = 1, #KEYS do
   i = last + 1
 end
 return results
-""").substitute(max_at=MAX_FIELD_EXPIRE_AT_MS, code=FIELD_TTL_ERROR, probe=TS_FIELD_PREFIX),
+"""
+    ).substitute(max_at=MAX_FIELD_EXPIRE_AT_MS, code=FIELD_TTL_ERROR, probe=TS_FIELD_PREFIX),
 )
 
 # value_layout: packed. Write rows of one feature view, each as ONE hash field (named by the view)
@@ -285,29 +296,14 @@ return results
 # the field is deleted and the row's error returned.
 WRITE_PACKED = Script(
     "write_packed",
-    Template("""
+    Template(
+        """
 local fld, key_ttl, field_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local skip_check, hsetex, head = ARGV[4] == '1', ARGV[5] == '1', ARGV[6]
 local MAX_AT, TS_FROM, TS_TO = $max_at, #head + 1, #head + $ts_width
-local now_ms
-local function now()
-  if not now_ms then
-    local t = redis.call('TIME')
-    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  end
-  return now_ms
-end
-local function pin_key(key)
-  if key_ttl > 0 then
-    redis.call('PEXPIRE', key, key_ttl)
-  elseif key_ttl < 0 then
-    redis.call('PERSIST', key)
-  end
-end
-local function failed(reply)
-  return type(reply) == 'table' and reply.err
-end
--- The entries of a packed value: its stored bytes per feature, false when missing.
+"""
+        + _WRITE_HELPERS
+        + """-- The entries of a packed value: its stored bytes per feature, false when missing.
 local function entries(v)
   local out, pos, last = {}, TS_TO + 1, #v
   while pos <= last do
@@ -422,7 +418,8 @@ for r = 1, #KEYS do
   i = i + 3
 end
 return results
-""").substitute(
+"""
+    ).substitute(
         max_at=MAX_FIELD_EXPIRE_AT_MS, code=FIELD_TTL_ERROR, probe=TS_FIELD_PREFIX, ts_width=PACKED_TS_WIDTH
     ),
 )

@@ -68,7 +68,8 @@ end
 
 # Lua helpers of the write scripts, placed after their ARGV locals: now() (the server's clock
 # in ms, read once per call), pin_key(key) (the batch key TTL: PEXPIRE, or PERSIST for
-# key_ttl < 0) and failed(reply) (a pcall reply that is an error).
+# key_ttl < 0), failed(reply) (a pcall reply that is an error) and outcome(pcall(...)) (a row's
+# result, or its error as a string).
 _WRITE_HELPERS = """
 local now_ms
 local function now()
@@ -87,6 +88,10 @@ local function pin_key(key)
 end
 local function failed(reply)
   return type(reply) == 'table' and reply.err
+end
+local function outcome(ok, result)
+  if ok then return result end
+  return type(result) == 'table' and result.err or tostring(result)
 end
 """
 
@@ -255,12 +260,7 @@ local results, i = {}, 6
 for r = 1, #KEYS do
   local n = tonumber(ARGV[i + 2])
   local first, last = i + 3, i + 2 + 2 * n
-  local ok, result = pcall(write, KEYS[r], i, first, last)
-  if ok then
-    results[r] = result
-  else
-    results[r] = type(result) == 'table' and result.err or tostring(result)
-  end
+  results[r] = outcome(pcall(write, KEYS[r], i, first, last))
   i = last + 1
 end
 return results
@@ -409,12 +409,7 @@ local function write(key, expire_at, partial, value)
 end
 local results, i = {}, 7
 for r = 1, #KEYS do
-  local ok, result = pcall(write, KEYS[r], tonumber(ARGV[i]), ARGV[i + 1] == '1', ARGV[i + 2])
-  if ok then
-    results[r] = result
-  else
-    results[r] = type(result) == 'table' and result.err or tostring(result)
-  end
+  results[r] = outcome(pcall(write, KEYS[r], tonumber(ARGV[i]), ARGV[i + 1] == '1', ARGV[i + 2]))
   i = i + 3
 end
 return results

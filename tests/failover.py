@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
+import pytest
 from feast import FeatureStore
 
 from feast_redis_hexpire.local_redis import LocalRedis
@@ -326,3 +327,12 @@ def acked(store: FeatureStore, view: Any, rows: list[Any]) -> bool:
         return True
     except StoreUnavailableError:
         return False
+
+
+# The partition experiment's cases (cluster and Sentinel): without acknowledgements on Redis, and
+# with ack_replicas: 1 on Redis and Valkey.
+PARTITIONED = pytest.mark.parametrize(
+    "kind,ack",
+    [("redis", False), ("redis", True), ("valkey", True)],
+    ids=["redis", "redis-ack", "valkey-ack"],
+)

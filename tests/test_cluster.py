@@ -360,11 +360,7 @@ def test_cluster_with_one_old_primary_is_refused_naming_it(tmp_path):
                 assert c.dbsize() == 0, "a refused apply writes nothing"
 
 
-@pytest.mark.parametrize(
-    "kind,ack",
-    [("redis", False), ("redis", True), ("valkey", True)],
-    ids=["redis", "redis-ack", "valkey-ack"],
-)
+@failover.PARTITIONED
 def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path, kind, ack):
     # The loss case made deterministic: the replica is cut off, the master acknowledges writes
     # only it holds, then dies; the promoted replica never had them. The report must find them.

@@ -167,11 +167,7 @@ def check_failover(tmp_path: Path, sentinel: LocalSentinel, use_async: bool) -> 
     assert not report.lost_not_a_suffix(), "a write survived an earlier lost one"
 
 
-@pytest.mark.parametrize(
-    "kind,ack",
-    [("redis", False), ("redis", True), ("valkey", True)],
-    ids=["redis", "redis-ack", "valkey-ack"],
-)
+@failover.PARTITIONED
 def test_partitioned_master_loses_exactly_its_unreplicated_writes(tmp_path, kind, ack):
     # The loss case made deterministic (see failover.cut_then_kill). With ack_replicas: 1 the
     # cut-off master acknowledges none of its writes: nothing acknowledged is lost and every

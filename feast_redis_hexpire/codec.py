@@ -31,10 +31,11 @@ import math
 import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
 from .constants import NULL_VALUE, PACKED_FORMAT, PACKED_TS_OFFSET, PACKED_TS_WIDTH, PROTO_MARKER
@@ -50,6 +51,7 @@ __all__ = [
     "packed_head",
     "unpack_columns",
     "unpack_values",
+    "value_encoder",
 ]
 
 _STRING_KINDS = {"string_val", "json_val", "uuid_val", "time_uuid_val", "decimal_val"}
@@ -187,6 +189,60 @@ def decode_value(raw: bytes, kind: str | None, encoding: str = "text") -> ValueP
         value.ParseFromString(raw.removeprefix(PROTO_MARKER))
         return value
     return _from_text(kind, raw)
+
+
+# Python values a feature's bytes are made of without Feast's converter: (value type, the value's
+# exact type) -> (whether the value takes this way, its text). The bytes are exactly what
+# encode_value writes for the ValueProto Feast's converter makes of the value. Others take the
+# converter: a NaN (Feast makes it a null), an integer out of range (Feast refuses it), a string
+# or bytes starting with NUL in the text encoding (stored tagged).
+_INT64_RANGE, _INT32_RANGE = range(-(2**63), 2**63), range(-(2**31), 2**31)
+_DIRECT: dict[tuple[ValueType, type], tuple[Callable[[Any], bool], Callable[[Any], bytes | None]]] = {
+    (ValueType.STRING, str): (
+        lambda v: True,
+        lambda v: None if v[:1] == "\x00" else v.encode("utf-8"),
+    ),
+    (ValueType.BYTES, bytes): (lambda v: True, lambda v: None if v[:1] == b"\x00" else v),
+    (ValueType.INT64, int): (lambda v: v in _INT64_RANGE, lambda v: str(v).encode("ascii")),
+    (ValueType.INT32, int): (lambda v: v in _INT32_RANGE, lambda v: str(v).encode("ascii")),
+    (ValueType.DOUBLE, float): (lambda v: v == v, lambda v: _float_text(v, False).encode("ascii")),
+    (ValueType.BOOL, bool): (lambda v: True, lambda v: b"true" if v else b"false"),
+}
+
+
+def value_encoder(value_type: ValueType, encoding: str = "text") -> Callable[[Any], bytes]:
+    """For one feature of ``value_type``: a function from a Python value to the bytes the store
+    writes for it, byte for byte ``encode_value`` of the ValueProto Feast's converter
+    (``python_values_to_proto_values``) makes of that value. A str, bytes, int, float or bool of
+    the feature's own type skips the converter (and, in the ``text`` encoding, the ValueProto);
+    any other value goes through it. A value that does not convert raises what the converter
+    raises (TypeError, ValueError, OverflowError)."""
+    kind = expected_kind(value_type)
+    direct = {exact: way for (vt, exact), way in _DIRECT.items() if vt == value_type}
+
+    def convert(value: Any) -> bytes:
+        return encode_value(python_values_to_proto_values([value], value_type)[0], kind, encoding)
+
+    if kind is None or not direct:
+        return convert
+    field: str = kind
+
+    if encoding == "text":
+
+        def encode(value: Any) -> bytes:
+            way = direct.get(type(value))
+            raw = way[1](value) if way is not None and way[0](value) else None
+            return raw if raw is not None else convert(value)
+
+        return encode
+
+    def encode_proto(value: Any) -> bytes:
+        way = direct.get(type(value))
+        if way is not None and way[0](value):
+            return ValueProto(**{field: value}).SerializeToString()
+        return convert(value)
+
+    return encode_proto
 
 
 # The read path's common kinds, decoded without the general dispatch of decode_value.

@@ -493,12 +493,43 @@ class RedisHexpireOnlineStore(OnlineStore):
         client = self.async_client(config)
         by_slot = isinstance(client, aredis.RedisCluster)
         mode, keys, encode = self._write_calls(config, table, data, by_slot)
+        await self._write_async(config, table, client, mode, keys, encode, progress)
+
+    async def write_encoded_async(
+        self,
+        config: RepoConfig,
+        table: Any,
+        keys: Sequence[bytes],
+        event_us: Sequence[int],
+        pairs_of: Callable[[int], Sequence[Any]],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """:meth:`write_encoded` on the running loop's client (as ``online_write_batch_async``)."""
+        if not keys:
+            return
+        client = self.async_client(config)
+        view = ViewLayout.of(config, table, self.client(config))
+        by_slot = isinstance(client, aredis.RedisCluster)
+        mode, encode = self._row_calls(config, table, view, keys, event_us, pairs_of, by_slot)
+        await self._write_async(config, table, client, mode, list(keys), encode, progress)
+
+    async def _write_async(
+        self,
+        config: RepoConfig,
+        table: Any,
+        client: Any,
+        mode: str,
+        keys: list[bytes],
+        encode: Encode,
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """:meth:`_write` on an asyncio client: one batch after the other."""
         script = self._script(config, table)
         size = config.online_store.write_batch_size
         ack = config.online_store.ack_command()
         failed: list[tuple[int, str]] = []
-        for start in range(0, len(data), size):
-            calls, rows_of_calls = encode(start, min(start + size, len(data)))
+        for start in range(0, len(keys), size):
+            calls, rows_of_calls = encode(start, min(start + size, len(keys)))
             began = time.perf_counter()
             sent: tuple[list, list[NodeAck]]
             try:
@@ -513,7 +544,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             if progress:
                 progress(done)
         if failed:
-            raise self._row_failures(config, table, keys, failed, len(data))
+            raise self._row_failures(config, table, keys, failed, len(keys))
 
     # ---- reads: every view, every entity, one HMGET per entity, one round trip ----
 

@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
@@ -194,15 +195,15 @@ def decode_value(raw: bytes, kind: str | None, encoding: str = "text") -> ValueP
 # Python values a feature's bytes are made of without Feast's converter: (value type, the value's
 # exact type) -> (whether the value takes this way, its text). The bytes are exactly what
 # encode_value writes for the ValueProto Feast's converter makes of the value. Others take the
-# converter: a NaN (Feast makes it a null), an integer out of range (Feast refuses it), a string
-# or bytes starting with NUL in the text encoding (stored tagged).
+# converter: a NaN and empty bytes (Feast makes them a null), an integer out of range (Feast
+# refuses it), a string or bytes starting with NUL in the text encoding (stored tagged).
 _INT64_RANGE, _INT32_RANGE = range(-(2**63), 2**63), range(-(2**31), 2**31)
 _DIRECT: dict[tuple[ValueType, type], tuple[Callable[[Any], bool], Callable[[Any], bytes | None]]] = {
     (ValueType.STRING, str): (
         lambda v: True,
         lambda v: None if v[:1] == "\x00" else v.encode("utf-8"),
     ),
-    (ValueType.BYTES, bytes): (lambda v: True, lambda v: None if v[:1] == b"\x00" else v),
+    (ValueType.BYTES, bytes): (lambda v: v != b"", lambda v: None if v[:1] == b"\x00" else v),
     (ValueType.INT64, int): (lambda v: v in _INT64_RANGE, lambda v: str(v).encode("ascii")),
     (ValueType.INT32, int): (lambda v: v in _INT32_RANGE, lambda v: str(v).encode("ascii")),
     (ValueType.DOUBLE, float): (lambda v: v == v, lambda v: _float_text(v, False).encode("ascii")),
@@ -271,6 +272,8 @@ def decoder(kind: str | None, encoding: str = "text") -> Callable[[bytes], Value
 
 def encode_ts(ts: datetime) -> int:
     """Event time as integer microseconds since the epoch; a naive datetime means UTC."""
+    if isinstance(ts, pd.Timestamp):  # its nanoseconds since the epoch (UTC), floored as below
+        return int(ts.value) // 1000
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
     delta = ts - _EPOCH

@@ -24,6 +24,8 @@ __all__ = ["NO_KEY_TTL", "ViewPolicy", "is_streaming", "mode_reason", "policy_fo
 # removes any key TTL (PERSIST), so the setting means what it says on keys written before.
 NO_KEY_TTL = -1
 
+_POLICY_ATTR = "_hexpire_policy"
+
 
 @dataclass(frozen=True)
 class ViewPolicy:
@@ -98,7 +100,28 @@ def is_streaming(view: Any) -> bool:
 
 
 def policy_for(view: Any, config: RedisHexpireOnlineStoreConfig) -> ViewPolicy:
-    """The TTLs a write to ``view`` applies. Raises ConfigError naming a bad or unknown tag."""
+    """The TTLs a write to ``view`` applies. Raises ConfigError naming a bad or unknown tag.
+    Cached on the view object (Feast's registry cache hands the same object to every write until
+    it is refreshed) and decided again when its tags, its stream source or a TTL setting change."""
+    tags = getattr(view, "tags", None) or {}
+    signature = (
+        config.key_ttl_seconds,
+        config.stream_field_ttl_seconds,
+        tuple(tags.items()),
+        id(getattr(view, "stream_source", None)),
+    )
+    cached = getattr(view, _POLICY_ATTR, None)
+    if cached is not None and cached[0] == signature:
+        return cached[1]  # type: ignore[no-any-return]
+    policy = _policy(view, config)
+    try:
+        setattr(view, _POLICY_ATTR, (signature, policy))
+    except AttributeError:  # a view type that refuses new attributes: just don't cache
+        pass
+    return policy
+
+
+def _policy(view: Any, config: RedisHexpireOnlineStoreConfig) -> ViewPolicy:
     tags = _tags(view)
     streaming = is_streaming(view)
     key_ttl = _tag_seconds(view, tags, TAG_KEY_TTL) or _setting(config, "key_ttl_seconds")

@@ -28,7 +28,7 @@ its encoders are rebuilt when its layout changes (a store setting, a field renam
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -153,8 +153,11 @@ def _join_key_value(value_type: ValueType, value: Any) -> Any:
 
 
 def _timestamp(value: Any) -> datetime:
+    """The row's event time (codec.encode_ts takes a naive datetime as UTC)."""
+    if value is None or value != value:  # pandas' NaT is a datetime unequal to itself
+        raise ValueError(f"the event timestamp is missing ({value})")
     if isinstance(value, datetime):  # also a pandas Timestamp
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return value
     raise TypeError(f"the event timestamp must be a datetime, got {type(value).__name__}")
 
 

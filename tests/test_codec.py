@@ -18,11 +18,13 @@ from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast import types as ft
 from feast.protos.feast.types.Value_pb2 import Null
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.type_map import python_values_to_proto_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feast_redis_hexpire import codec
 from feast_redis_hexpire.constants import NULL_VALUE, PROTO_MARKER
+from feast_redis_hexpire.writer import StreamWriter
 
 # The value kinds of the installed Feast (older releases have fewer: no json, uuid, map, ...).
 VALUE_KINDS = set(ValueProto.DESCRIPTOR.fields_by_name)
@@ -369,3 +371,118 @@ def test_store_round_trips_edge_values(typed_store, r, value_layout):
         assert r.hget("fs:user:edge", "unix_ts") == b"1700000000"
         if "json" in edge:
             assert r.hget("fs:user:edge", "json") == b'{"a": [1, 2]}'
+
+
+# ---- the direct writer's encoders: Python values straight to stored bytes ----
+
+PYTHON_VALUES = (
+    st.none()
+    | st.text(max_size=20)
+    | st.text(max_size=5).map(lambda s: "\x00" + s)
+    | st.binary(max_size=20)
+    | st.binary(max_size=5).map(lambda b: b"\x00" + b)
+    | st.integers()
+    | st.integers(-(2**64), 2**64)
+    | st.floats()
+    | st.booleans()
+)
+EDGE_VALUES = [None, math.nan, math.inf, -math.inf, -0.0, 0.1, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1,
+               2**31, -(2**31) - 1, True, False, 3, "", "\x00", "\x00x", "é", b"", b"\x00", 1.5]  # fmt: skip
+DIRECT_TYPES = [ValueType.STRING, ValueType.BYTES, ValueType.INT64, ValueType.INT32, ValueType.DOUBLE,
+                ValueType.BOOL, ValueType.FLOAT, ValueType.UNIX_TIMESTAMP]  # fmt: skip
+
+
+def _converted(value_type: ValueType, value: object, encoding: str) -> bytes | type:
+    """What the proto path stores for a Python value: Feast's conversion, then encode_value
+    (or the type of the error the conversion raises)."""
+    try:
+        proto = python_values_to_proto_values([value], value_type)[0]
+    except Exception as e:  # noqa: BLE001 - whatever Feast raises, the encoder must raise alike
+        return type(e)
+    return codec.encode_value(proto, codec.expected_kind(value_type), encoding)
+
+
+def _encoded(value_type: ValueType, value: object, encoding: str) -> bytes | type:
+    try:
+        return codec.value_encoder(value_type, encoding)(value)
+    except Exception as e:  # noqa: BLE001
+        return type(e)
+
+
+@pytest.mark.parametrize("value_type", DIRECT_TYPES, ids=lambda vt: vt.name)
+@pytest.mark.parametrize("encoding", ["text", "proto"])
+@settings(max_examples=40, deadline=None)
+@given(value=PYTHON_VALUES)
+def test_value_encoder_stores_what_feasts_conversion_stores(value_type, encoding, value):
+    assert _encoded(value_type, value, encoding) == _converted(value_type, value, encoding)
+
+
+@pytest.mark.parametrize("encoding", ["text", "proto"])
+def test_value_encoder_edge_values(encoding):
+    for value_type in DIRECT_TYPES:
+        for value in EDGE_VALUES:
+            got, want = _encoded(value_type, value, encoding), _converted(value_type, value, encoding)
+            assert got == want, (value_type, value)
+    assert codec.value_encoder(ValueType.DOUBLE)(math.nan) == NULL_VALUE  # as a push: NaN is null
+    assert codec.value_encoder(ValueType.STRING)("\x00x").startswith(PROTO_MARKER)
+
+
+# Candidate Python values per feature of the all-types view; a row takes the first one Feast's
+# converter accepts for the feature's type (the others differ between Feast releases).
+CANDIDATES = {
+    "bytes": [b"\x00raw"], "pdf": [b"%PDF-1.7"], "image": [b"\x89PNG"], "string": ["h\u00e9llo:{x}"],
+    "int32": [-(2**31)], "int64": [2**62], "float32": [1.1], "float64": [0.1], "bool": [False],
+    "unix_ts": [datetime(2024, 5, 1, 12, 0, tzinfo=UTC), 1_700_000_000], "json": ['{"a": [1, 2]}'],
+    "uuid": ["9f1e3c5a-1b2c-4d3e-8f40-123456789abc"], "time_uuid": ["c232ab00-9414-11ec-b3c8-9f68deced846"],
+    "decimal": ["1.25"], "arr_string": [["a", "\x00b"]], "arr_int64": [[1, -2]], "arr_int32": [[3]],
+    "arr_float64": [[1.5, math.inf]], "arr_float32": [[0.5]], "arr_bool": [[True, False]],
+    "arr_bytes": [[b"x"]], "map": [{"k": 1}], "zoned_ts": [datetime(2024, 5, 1, tzinfo=UTC)],
+}  # fmt: skip
+EDGE_ROW = {"float64": math.nan, "string": "\x00lead", "int64": True, "float32": -0.0, "bytes": b"",
+            "int32": 7, "bool": True}  # fmt: skip
+
+
+def _python_row(view: FeatureView, edge: bool) -> dict[str, object]:
+    row: dict[str, object] = {}
+    for feature in view.features:
+        value_type = feature.dtype.to_value_type()
+        row[feature.name] = None
+        for value in ([EDGE_ROW[feature.name]] if edge and feature.name in EDGE_ROW else []) + CANDIDATES.get(
+            feature.name, []
+        ):
+            if not isinstance(_converted(value_type, value, "proto"), type):
+                row[feature.name] = value
+                break
+    return row
+
+
+@pytest.mark.parametrize("value_layout", LAYOUTS)
+def test_writer_stores_and_reads_back_what_the_proto_path_does(typed_store, r, value_layout):
+    """StreamWriter's direct encoding against online_write_batch of Feast's conversion of the same
+    Python values (what a push converts them to): the same stored bytes, the same values read."""
+    store, view = typed_store
+    online = online_store_of(store)
+    writer = StreamWriter(store, "all_types")
+    ts = datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    rows = {
+        "values": _python_row(view, edge=False),
+        "edges": _python_row(view, edge=True),
+        "nulls": {f.name: None for f in view.features},
+    }
+    assert sum(v is not None for v in rows["values"].values()) >= 15
+    for name, row in rows.items():
+        writer.write({**row, "user_id": f"w-{name}", "event_timestamp": ts})
+        protos = {
+            feature.name: python_values_to_proto_values([row[feature.name]], feature.dtype.to_value_type())[0]
+            for feature in view.features
+        }
+        online.online_write_batch(store.config, view, [(user_key(f"p-{name}"), protos, ts, None)], None)
+        assert r.hgetall(f"fs:user:w-{name}") == r.hgetall(f"fs:user:p-{name}"), name
+        written, converted = online.online_read(
+            store.config, view, [user_key(f"w-{name}"), user_key(f"p-{name}")]
+        )
+        assert written[0] == converted[0] == ts
+        assert written[1] is not None and converted[1] is not None
+        assert set(written[1]) == set(converted[1]) == set(row)
+        for feature, value in written[1].items():
+            assert canonical(value) == canonical(converted[1][feature]), (name, feature)

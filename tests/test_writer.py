@@ -7,11 +7,13 @@ import random
 import time
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 from conftest import LAYOUTS as _LAYOUTS
 from conftest import online_store_of
 
+from feast_redis_hexpire.constants import TAG_FIELD_TTL
 from feast_redis_hexpire.exceptions import BadValueError, ConfigError
 from feast_redis_hexpire.synth import STREAMING_FEATURES, streaming_frame
 from feast_redis_hexpire.writer import StreamWriter
@@ -69,6 +71,8 @@ def test_event_time_order_tables_and_async(store, r):
         (lambda row: row.update(tx_count_5mm=1), r"row 1: unknown \['tx_count_5mm'\]"),
         (lambda row: row.update(tx_count_5m="three"), "row 1, column 'tx_count_5m'"),
         (lambda row: row.update(event_timestamp="yesterday"), "row 1, column 'event_timestamp'"),
+        (lambda row: row.update(event_timestamp=pd.NaT), "row 1, column 'event_timestamp': .* is missing"),
+        (lambda row: row.update(tx_count_5m=2**63), "row 1, column 'tx_count_5m': Value out of range"),
         (lambda row: row.update(user_id=None), "row 1, column 'user_id': a join key may not be null"),
         (lambda row: row.update(user_id=[1]), "row 1, column 'user_id'"),
     ],
@@ -88,3 +92,45 @@ def test_a_bad_row_names_row_and_column_and_nothing_is_written(store, r, change,
 def test_an_unknown_view_is_a_clear_error(store, r):
     with pytest.raises(ConfigError, match="no feature view 'nope'"):
         StreamWriter(store, "nope").write(row_of("u0001", 1, datetime.now(UTC)))
+
+
+def test_nulls_are_stored_and_read_as_a_push_stores_them(store, r):
+    writer = StreamWriter(store, VIEW)
+    now = datetime.now(UTC).replace(microsecond=0)
+    frame = streaming_frame(["p1"], random.Random(8), now)
+    frame["last_device_id"] = None
+    frame["session_country"] = None
+    store.push("user_events_push", frame)
+    writer.write({**frame.to_dict("records")[0], "user_id": "w1"})
+    assert r.hgetall("fs:user:w1") == r.hgetall("fs:user:p1")
+    read = store.get_online_features(
+        features=[f"{VIEW}:{f}" for f in STREAMING_FEATURES],
+        entity_rows=[{"user_id": "w1"}, {"user_id": "p1"}],
+    ).to_dict()
+    for feature in STREAMING_FEATURES:
+        assert read[feature][0] == read[feature][1], feature
+    assert read["last_device_id"] == [None, None]
+
+
+def _assert_field_ttl(r, key: str, t0: int, t1: int, ttl_ms: int) -> None:
+    for when in r.hpexpiretime(key, *FIELDS):
+        assert t0 + ttl_ms <= when <= t1 + ttl_ms, (key, when, ttl_ms)
+
+
+def test_a_changed_ttl_setting_or_view_takes_effect(store, r):
+    """The writer's cached view, encoders and TTL policy follow a setting changed at run time and
+    a view applied again with a new TTL tag."""
+    writer = StreamWriter(store, VIEW)
+    now = datetime.now(UTC)
+    t0 = int(time.time() * 1000)
+    writer.write(row_of("u0001", 1, now))
+    store.config.online_store.stream_field_ttl_seconds = 120
+    writer.write(row_of("u0002", 2, now))
+    view = store.get_feature_view(VIEW)
+    view.tags = {**view.tags, TAG_FIELD_TTL: "60"}
+    store.apply([view])
+    writer.write(row_of("u0003", 3, now))
+    t1 = int(time.time() * 1000)
+    _assert_field_ttl(r, "fs:user:u0001", t0, t1, TTL_MS)
+    _assert_field_ttl(r, "fs:user:u0002", t0, t1, 120_000)
+    _assert_field_ttl(r, "fs:user:u0003", t0, t1, 60_000)

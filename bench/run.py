@@ -4,6 +4,7 @@
     python bench/run.py --quick          # 10k users, fewer iterations (smoke run)
     python bench/run.py --server valkey
     python bench/run.py --cluster --phases gof --out cluster.md   # 3-master cluster, reads only
+    python bench/run.py --phases direct --users 2000 --repeat 1 --out direct.md   # writer vs push, ~30 s
 
 Every repetition starts its own server (LocalRedis) and two copies of the sample repo under
 different projects: ``hx`` (this plugin) and ``builtin`` (``type: redis``), both with

@@ -319,8 +319,9 @@ WHY = {
     "waits longer for it, so the wall ratio is larger than the CPU ratio.",
     "gof100_p50/raw": "The same HMGETs plus building keys, encoding values and the protobuf "
     "response in Python (client CPU rows).",
-    "direct1/push": "The writer's call is one row's conversion plus one round trip; on a loaded "
-    "machine the round trip's wait for the CPU dominates it, while push's own work is CPU-bound.",
+    "direct1/push": "The writer's call is one row encoded straight into the stored bytes plus one "
+    "round trip through the store's write path (script, metrics); on a loaded machine the round "
+    "trip's wait for the CPU dominates it, while push's own work is CPU-bound.",
     "mem_batch": "Hash fields are the readable feature names (85 bytes of names for the six batch "
     "features, plus the 23-byte `_ts:user_batch_features`) where Feast's store uses 4-byte mmh3 "
     "hashes; the plugin's shorter keys (`hx:user:u012345` vs a 39-byte serialized entity key) and "

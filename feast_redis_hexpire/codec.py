@@ -42,6 +42,7 @@ from feast.value_type import ValueType
 from .constants import NULL_VALUE, PACKED_FORMAT, PACKED_TS_OFFSET, PACKED_TS_WIDTH, PROTO_MARKER
 
 __all__ = [
+    "INT_RANGES",
     "decode_ts",
     "decode_value",
     "decoder",
@@ -192,20 +193,23 @@ def decode_value(raw: bytes, kind: str | None, encoding: str = "text") -> ValueP
     return _from_text(kind, raw)
 
 
+# The integers a feature (or join key) of these types holds.
+INT_RANGES = {ValueType.INT64: range(-(2**63), 2**63), ValueType.INT32: range(-(2**31), 2**31)}
+_INT64, _INT32 = INT_RANGES[ValueType.INT64], INT_RANGES[ValueType.INT32]
+
 # Python values a feature's bytes are made of without Feast's converter: (value type, the value's
 # exact type) -> (whether the value takes this way, its text). The bytes are exactly what
 # encode_value writes for the ValueProto Feast's converter makes of the value. Others take the
 # converter: a NaN and empty bytes (Feast makes them a null), an integer out of range (Feast
 # refuses it), a string or bytes starting with NUL in the text encoding (stored tagged).
-_INT64_RANGE, _INT32_RANGE = range(-(2**63), 2**63), range(-(2**31), 2**31)
 _DIRECT: dict[tuple[ValueType, type], tuple[Callable[[Any], bool], Callable[[Any], bytes | None]]] = {
     (ValueType.STRING, str): (
         lambda v: True,
         lambda v: None if v[:1] == "\x00" else v.encode("utf-8"),
     ),
     (ValueType.BYTES, bytes): (lambda v: v != b"", lambda v: None if v[:1] == b"\x00" else v),
-    (ValueType.INT64, int): (lambda v: v in _INT64_RANGE, lambda v: str(v).encode("ascii")),
-    (ValueType.INT32, int): (lambda v: v in _INT32_RANGE, lambda v: str(v).encode("ascii")),
+    (ValueType.INT64, int): (lambda v: v in _INT64, lambda v: str(v).encode("ascii")),
+    (ValueType.INT32, int): (lambda v: v in _INT32, lambda v: str(v).encode("ascii")),
     (ValueType.DOUBLE, float): (lambda v: v == v, lambda v: _float_text(v, False).encode("ascii")),
     (ValueType.BOOL, bool): (lambda v: True, lambda v: b"true" if v else b"false"),
 }

@@ -50,7 +50,6 @@ __all__ = ["StreamWriter"]
 Encoded = tuple[list[bytes], list[int], list[list[Any]]]
 # (column, hash field (of a packed view: the feature), encoder) of each stored feature.
 Specs = list[tuple[str, str, Callable[[Any], bytes]]]
-_INT_IDS = {ValueType.INT64: range(-(2**63), 2**63), ValueType.INT32: range(-(2**31), 2**31)}
 
 
 class _ViewSchema:
@@ -64,6 +63,7 @@ class _ViewSchema:
         batch = getattr(source, "batch_source", None) or source
         self.timestamp = getattr(batch, "timestamp_field", None) or "event_timestamp"
         self.join_names = [name for name, _ in self.join_keys]
+        self.key_columns = ", ".join(self.join_names)  # what an error in the key names
         self.columns = {*self.join_names, self.timestamp}
         self.columns |= {name for name, _ in self.features if name not in self.join_names}
         self._specs: tuple[ViewLayout, Specs] | None = None
@@ -97,13 +97,13 @@ class _ViewSchema:
             column = timestamp
             try:
                 ts_us = encode_ts(_timestamp(data[column]))
-                column = ", ".join(self.join_names)
+                column = self.key_columns
                 key = self._fast_key(layout, data)
                 if key is None:
                     ids = []
                     for column, value_type in self.join_keys:
                         ids.append(_join_key_value(value_type, data[column]))
-                    column = ", ".join(self.join_names)
+                    column = self.key_columns
                     key = layout.keys.key(EntityKeyProto(join_keys=self.join_names, entity_values=ids))
                 row: list[Any] = []
                 for column, field, encode in specs:
@@ -135,7 +135,7 @@ class _ViewSchema:
         value = data[name]
         if type(value) is str and value_type == ValueType.STRING:
             return (head + escape_id(value)).encode("utf-8")
-        if type(value) is int and value in _INT_IDS.get(value_type, ()):
+        if type(value) is int and value in codec.INT_RANGES.get(value_type, ()):
             return (head + str(value)).encode("ascii")
         return None
 

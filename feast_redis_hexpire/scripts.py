@@ -9,6 +9,7 @@ the commands that failed, so a row never runs twice.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -880,6 +881,48 @@ def _settled(
     return (kept_rows, kept, standing), sorted(again)
 
 
+def _on_masters(client: Any, script: Script, calls: Sequence[Call]) -> list[Any]:
+    """Each master's calls (``_node_groups``) in one pipeline on a connection of its client
+    (``get_redis_connection``), every master's sent before any reply is read, so the masters work
+    at the same time: one reply per call (an error reply as its exception; NOSCRIPT: loaded on
+    that master and only those calls re-sent), None for the calls of a master that failed (its
+    lookup, connection or a reply lost: it is disconnected, out of step)."""
+    replies: list[Any] = [None] * len(calls)
+    sent: list[tuple[Any, Any, list[int]]] = []  # (master's client, connection, calls)
+    try:
+        for _, node, idx in _node_groups(client, calls):
+            if isinstance(node, Exception):
+                continue
+            try:
+                server = client.get_redis_connection(node)
+                conn = server.connection_pool.get_connection()
+            except _NODE_ERRORS:
+                continue
+            sent.append((server, conn, idx))
+            if not send_commands(conn, _evalshas(script, [calls[i] for i in idx])):
+                _drop(server.connection_pool, conn)
+                sent[-1] = (server, None, idx)
+        for n, (server, conn, idx) in enumerate(sent):
+            results = read_replies(conn, len(idx)) if conn is not None else None
+            sent[n] = (server, None, idx)
+            if results is None:
+                _drop(server.connection_pool, conn)
+                continue
+            server.connection_pool.release(conn)
+            part = [calls[i] for i in idx]
+            try:
+                results = _reload_missing(server, script, part, results, raise_first=False)
+            except _NODE_ERRORS:
+                continue
+            for i, result in zip(idx, results):
+                replies[i] = result
+    finally:
+        for server, conn, _ in sent:  # replies not read (an exception above): out of step
+            if conn is not None:
+                _drop(server.connection_pool, conn)
+    return replies
+
+
 def _joined(
     first: NodeBatch, again: list[list[int]], more: list[Any], more_nodes: list[NodeAck]
 ) -> NodeBatch:
@@ -913,18 +956,7 @@ def run_by_node(
     if ack is not None:
         replies, nodes = run_acked_batch(client, cross, calls, ack)
     else:
-        replies = [None] * len(calls)
-        for _, node, idx in _node_groups(client, calls):
-            try:
-                if isinstance(node, Exception):
-                    raise node
-                server = client.get_redis_connection(node)
-                part = [calls[i] for i in idx]
-                results = _reload_missing(server, cross, part, _pipelined(server, cross, part), False)
-            except _NODE_ERRORS:
-                continue  # every row of the node goes through the per-slot path
-            for i, result in zip(idx, results):
-                replies[i] = result
+        replies = _on_masters(client, cross, calls)
     first, again = _settled(rows_of_calls, replies, nodes)
     if not again:
         return first
@@ -952,14 +984,19 @@ async def run_by_node_async(
     else:
         await client.initialize()  # a new asyncio cluster client reads its slot map on first use
         replies = [None] * len(calls)
-        for _, node, idx in _node_groups(client, calls):
-            try:
-                if isinstance(node, Exception):
-                    raise node
-                results, _ = await _on_node_async(node, cross, [calls[i] for i in idx], None)
-            except _NODE_ERRORS:
+        groups = [
+            (node, idx) for _, node, idx in _node_groups(client, calls) if not isinstance(node, Exception)
+        ]
+        answers = await asyncio.gather(
+            *(_on_node_async(node, cross, [calls[i] for i in idx], None) for node, idx in groups),
+            return_exceptions=True,
+        )
+        for (_, idx), answer in zip(groups, answers):
+            if isinstance(answer, _NODE_ERRORS):
                 continue  # every row of the node goes through the per-slot path
-            for i, result in zip(idx, results):
+            if isinstance(answer, BaseException):
+                raise answer
+            for i, result in zip(idx, answer[0]):
                 replies[i] = result
     first, again = _settled(rows_of_calls, replies, nodes)
     if not again:

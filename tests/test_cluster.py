@@ -37,6 +37,7 @@ from conftest import (
     write_repo,
     write_window,
 )
+from redis.crc import key_slot
 
 from feast_redis_hexpire.config import RedisHexpireOnlineStoreConfig
 from feast_redis_hexpire.connection import make_async_client, make_client
@@ -662,6 +663,66 @@ def test_rows_of_a_slot_that_moved_after_grouping_go_again_per_slot(tmp_path, cl
         if cluster.owner_function()(key) is not source:
             _move_slot(slot, target, source)
         wait_for("every node to see the slot back", lambda: cluster.owner_function()(key) is source)
+
+
+def _take_over(cluster: LocalCluster, replica: Any, master: Any, key: bytes) -> None:
+    """CLUSTER FAILOVER on ``replica`` (coordinated with its live ``master``, no data lost) until
+    every node names it the owner of ``key``'s slot and ``master`` replicates from it (a manual
+    failover right after another one can time out: it is asked again)."""
+    slot = key_slot(key)
+
+    def done() -> bool:
+        for node in cluster.nodes:
+            with node.client() as c:
+                slots = c.execute_command("CLUSTER", "SLOTS")
+            if not any(s <= slot <= e and int(p[1]) == replica.port for s, e, p, *_ in slots):
+                return False
+        with master.client() as c:
+            return c.info("replication").get("master_link_status") == "up"
+
+    def ask_and_wait() -> bool:
+        with replica.client() as c:
+            if c.info("replication").get("role") != "master":
+                c.execute_command("CLUSTER", "FAILOVER")
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            if done():
+                return True
+            time.sleep(0.05)
+        return False
+
+    wait_for(f"127.0.0.1:{replica.port} to take over from 127.0.0.1:{master.port}", ask_and_wait, timeout=60)
+
+
+def test_rows_sent_to_a_master_that_became_a_replica_go_again_per_slot(tmp_path, cluster, rc):
+    # A failover after the client read its slot map: the cross-slot calls to the old master (now
+    # a replica) are refused as a whole (READONLY: a flagged script that may write does not run on
+    # a replica), so all of its rows go again per slot, which follows MOVED to the new master.
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
+    online, view = online_store_of(store), store.get_feature_view("user_batch_features")
+    old, new = cluster.masters[1], cluster.replicas[1]
+    users = [f"f{n:03d}" for n in range(30)]
+    keys = [f"fs:user:{u}".encode() for u in users]
+    owner = cluster.owner_function()
+    theirs = next(k for k in keys if owner(k) is old)
+    assert 0 < sum(owner(k) is old for k in keys) < len(keys)
+    online.online_write_batch(store.config, view, failover.ack_rows(users, "warm"), None)  # slot map
+    try:
+        _take_over(cluster, new, old, theirs)
+        with old.client() as o:
+            o.config_resetstat()
+        online.stats.clear()
+        with write_window() as written:
+            online.online_write_batch(store.config, view, failover.ack_rows(users, "after"), None)
+        assert online.stats == {"written": len(users)}
+        assert [rc.hget(k, "risk_segment") for k in keys] == [b"after"] * len(keys)
+        assert_expiry([rc.pexpiretime(k) for k in keys], written, 86400, "after the failover")
+        with old.client() as o:
+            errors = o.info("errorstats")
+        assert [k for k in errors if "READONLY" in k], errors  # the cross-slot calls it refused
+        assert [k for k in errors if "MOVED" in k], errors  # the per-slot retry, followed
+    finally:
+        _take_over(cluster, old, new, theirs)  # back, for the module's other tests
 
 
 def test_acl_key_patterns_hold_inside_a_cross_slot_call(tmp_path, cluster, rc):

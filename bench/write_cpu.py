@@ -17,6 +17,11 @@ plugin (``hx``) and Feast's built-in redis store (``builtin``). For each store, 
 
 The plugin runs with ``write_rows_per_call`` 1 (one EVALSHA per row: the write path before the
 rows were batched), and with each value of ``--per-call``.
+
+``--cluster``: server CPU only, summed over the masters of a 3-master cluster, for the built-in
+store and the plugin with the last ``--per-call`` value: rows per hash slot in each call
+(``cluster_write_calls: slot``) and rows per master (``node``, the default), and with a hash-tag
+key prefix (every key in one slot); 1 row per call for reference.
 """
 
 from __future__ import annotations
@@ -160,9 +165,21 @@ class _Masters:
             c.flushall()
 
 
+# The plugin's variants on a cluster: label -> (rows per call, key_prefix, cluster_write_calls).
+def _cluster_variants(per_call: int) -> dict[str, tuple[int, str, str]]:
+    return {
+        "hx1": (1, "{project}:", "slot"),
+        f"hx{per_call}": (per_call, "{project}:", "slot"),
+        f"hx{per_call}node": (per_call, "{project}:", "node"),
+        "hx1tag": (1, "{project}:{t}:", "slot"),
+        f"hx{per_call}tag": (per_call, "{project}:{t}:", "node"),
+    }
+
+
 def run_cluster(kind: str, rows: int, rounds: int, per_call: int) -> dict[str, Any]:
     """Server CPU per row summed over the masters of a 3-master cluster (no replicas): the
-    plugin without and with a hash-tag key prefix, and the built-in store."""
+    plugin with calls per slot and per master, without and with a hash-tag key prefix, and the
+    built-in store."""
     from feast_redis_hexpire.topology import LocalCluster
 
     with (
@@ -176,11 +193,15 @@ def run_cluster(kind: str, rows: int, rounds: int, per_call: int) -> dict[str, A
                 "builtin", Path(tmp), "builtin", conn, {**BUILTIN_STORE, **cfg}, rows, now_utc()
             )
         }
-        for n in (1, per_call):
-            for tag in ("", "{t}:"):
-                store = {**PLUGIN_STORE, **cfg, "write_rows_per_call": n, "key_prefix": "{project}:" + tag}
-                label = f"hx{n}{'tag' if tag else ''}"
-                benches[label] = make_bench(label, Path(tmp), label, conn, store, rows, now_utc())
+        for label, (n, prefix, calls) in _cluster_variants(per_call).items():
+            store = {
+                **PLUGIN_STORE,
+                **cfg,
+                "write_rows_per_call": n,
+                "key_prefix": prefix,
+                "cluster_write_calls": calls,
+            }
+            benches[label] = make_bench(label, Path(tmp), label, conn, store, rows, now_utc())
         load_start = " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
         cpu = measure_cpu(_Masters(cluster), benches, rows, rounds)
         load_end = " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
@@ -195,7 +216,10 @@ def render_cluster(res: dict[str, Any], rows: int, per_call: int) -> str:
     names = {
         "builtin": "built-in `type: redis`",
         "hx1": "plugin, 1 row per call",
-        f"hx{per_call}": f"plugin, {per_call} rows per call, prefix `{{project}}:` (grouped by slot)",
+        f"hx{per_call}": f"plugin, {per_call} rows per call, prefix `{{project}}:`, per slot "
+        "(`cluster_write_calls: slot`)",
+        f"hx{per_call}node": f"plugin, {per_call} rows per call, prefix `{{project}}:`, per master "
+        "(`cluster_write_calls: node`, the default)",
         "hx1tag": "plugin, 1 row per call, hash-tag prefix `{project}:{t}:`",
         f"hx{per_call}tag": f"plugin, {per_call} rows per call, prefix `{{project}}:{{t}}:` (one slot)",
     }
@@ -204,14 +228,14 @@ def render_cluster(res: dict[str, Any], rows: int, per_call: int) -> str:
         f"{res['load'][1]} at end)",
         "",
         "| store | server CPU per batch row, all masters (µs) | vs built-in | per streaming row (µs) "
-        "| vs built-in |",
-        "|---|---|---|---|---|",
+        "| vs built-in | per streaming row updating a stored one (µs) | vs built-in |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, name in names.items():
         c = cpu[label]
         lines.append(
             f"| {name} | {c['batch']:.2f} | {c['batch'] / base['batch']:.2f}x | {c['stream']:.2f} | "
-            f"{c['stream'] / base['stream']:.2f}x |"
+            f"{c['stream'] / base['stream']:.2f}x | {c['update']:.2f} | {c['update'] / base['update']:.2f}x |"
         )
     return "\n".join(lines + [""])
 

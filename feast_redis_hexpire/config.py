@@ -172,9 +172,17 @@ class RedisHexpireOnlineStoreConfig(FeastConfigBaseModel):
     )
     write_rows_per_call: int = Field(
         100,
-        description="Rows per write-script call (in a cluster: of one hash slot). More rows per "
+        description="Rows per write-script call (in a cluster: see `cluster_write_calls`). More rows per "
         "call cost the server less CPU per row but block other clients longer per call; see "
         "BENCHMARKS.md for the measurement behind the default.",
+    )
+    cluster_write_calls: Literal["node", "slot"] = Field(
+        "node",
+        description="On a cluster, what one write-script call holds: `node`, up to "
+        "`write_rows_per_call` rows of any slots of one master (a script flagged "
+        "`allow-cross-slot-keys`, its keys in ARGV; rows whose slot moved meanwhile go again per "
+        "slot); `slot`, rows of one hash slot only (random entities rarely share one: about one "
+        "row per call). A `key_prefix` with a hash tag puts every key in one slot: per slot.",
     )
     socket_timeout: float | None = Field(
         5.0, description="Seconds to wait for a reply before the command fails."

@@ -1,7 +1,7 @@
 """The Feast online store: one hash per entity, key EXPIRE for batch views, HPEXPIRE for streaming.
 
-Writes run :data:`scripts.WRITE_ROWS` once per ``write_rows_per_call`` rows (of one hash slot in
-a cluster), one round trip per ``write_batch_size`` rows (:func:`scripts.run_batches`), with the
+Writes run :data:`scripts.WRITE_ROWS` once per ``write_rows_per_call`` rows (in a cluster: of one
+master, ``cluster_write_calls``), one round trip per ``write_batch_size`` rows, with the
 event-time check and both TTLs decided atomically on the server, row by row. Reads send one
 HMGET per entity, covering every requested view, in one round trip (``reads.py``) and fill
 Feast's response from the raw replies (``response.py``); ``get_online_features`` reuses Feast's
@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +29,7 @@ from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from redis.crc import key_slot
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import NoPermissionError, RedisClusterException, ResponseError
 
 from . import clients, codec, layout, metrics
 from .config import RedisHexpireOnlineStoreConfig, RedisType
@@ -69,10 +69,13 @@ from .scripts import (
     WRITE_ROWS,
     Call,
     NodeAck,
+    NodeBatch,
     Script,
     run_acked_batch,
     run_acked_batch_async,
     run_batches,
+    run_by_node,
+    run_by_node_async,
     run_pipelined,
     run_pipelined_async,
 )
@@ -85,8 +88,11 @@ logger = logging.getLogger(__name__)
 Row = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
 ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Encodes rows start..stop-1 into WRITE_ROWS calls, with the row numbers of each call.
-Encode = Callable[[int, int], tuple[list[Call], list[list[int]]]]
+# Which rows may share a call: a function of the row's key (a hash slot, a cluster master), or
+# None (one server: any rows).
+GroupOf = Callable[[bytes], Hashable] | None
+# Encodes rows (row numbers) into WRITE_ROWS calls of rows of one group, with the rows of each call.
+Encode = Callable[[Sequence[int], GroupOf], tuple[list[Call], list[list[int]]]]
 # One view of a get_online_features read: (view, distinct keys, requested features,
 # response rows of each key (None: key i is row i), number of response rows).
 _ViewRequest = tuple[Any, list[bytes], list[str], list[list[int]] | None, int]
@@ -150,7 +156,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         return known
 
     def _write_calls(
-        self, config: RepoConfig, table: Any, data: Sequence[Row], by_slot: bool
+        self, config: RepoConfig, table: Any, data: Sequence[Row]
     ) -> tuple[str, list[bytes], Encode]:
         """The view's mode ("batch"/"streaming"), every row's key, and the row encoder of
         :meth:`_row_calls` for Feast's rows. Every row's key is built first, so a bad entity key
@@ -173,7 +179,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             return pairs
 
         event_us = [codec.encode_ts(row[2]) for row in data]
-        mode, encode = self._row_calls(config, table, view, keys, event_us, pairs_of, by_slot)
+        mode, encode = self._row_calls(config, table, view, keys, event_us, pairs_of)
         return mode, keys, encode
 
     def _row_calls(
@@ -184,11 +190,10 @@ class RedisHexpireOnlineStore(OnlineStore):
         keys: Sequence[bytes],
         event_us: Sequence[int],
         pairs_of: Callable[[int], Sequence[Any]],
-        by_slot: bool,
     ) -> tuple[str, Encode]:
-        """The view's mode, and a function that encodes rows ``start..stop-1`` into WRITE_ROWS
-        calls of up to ``write_rows_per_call`` rows each (of one hash slot when ``by_slot``),
-        with the row numbers of each call. Row i is ``keys[i]``, its event time ``event_us[i]``
+        """The view's mode, and a function that encodes rows (row numbers) into WRITE_ROWS
+        calls of up to ``write_rows_per_call`` rows each, of one group (``GroupOf``), with the
+        row numbers of each call. Row i is ``keys[i]``, its event time ``event_us[i]``
         (microseconds since the epoch) and ``pairs_of(i)``: hash field, encoded value, ..."""
         cfg: RedisHexpireOnlineStoreConfig = config.online_store
         policy = policy_for(table, cfg)
@@ -207,11 +212,13 @@ class RedisHexpireOnlineStore(OnlineStore):
         per_call = cfg.write_rows_per_call
         row_args = _packed_args(view) if view.packed else _fields_args
 
-        def encode(start: int, stop: int) -> tuple[list[Call], list[list[int]]]:
-            groups: dict[int, list[int]] = {}
-            for i in range(start, stop):
-                slot = key_slot(keys[i]) if by_slot else 0
-                groups.setdefault(slot, []).append(i)
+        def encode(rows: Sequence[int], group_of: GroupOf) -> tuple[list[Call], list[list[int]]]:
+            groups: dict[Hashable, list[int]] = {}
+            if group_of is None:
+                groups[0] = list(rows)
+            else:
+                for i in rows:
+                    groups.setdefault(group_of(keys[i]), []).append(i)
             calls: list[Call] = []
             rows_of_calls: list[list[int]] = []
             for rows in groups.values():
@@ -411,7 +418,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         if not data:
             return
         client = self.client(config)
-        mode, keys, encode = self._write_calls(config, table, data, isinstance(client, redis.RedisCluster))
+        mode, keys, encode = self._write_calls(config, table, data)
         self._write(config, table, client, mode, keys, encode, progress)
 
     def write_encoded(
@@ -433,8 +440,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             return
         client = self.client(config)
         view = ViewLayout.of(config, table, client)
-        by_slot = isinstance(client, redis.RedisCluster)
-        mode, encode = self._row_calls(config, table, view, keys, event_us, pairs_of, by_slot)
+        mode, encode = self._row_calls(config, table, view, keys, event_us, pairs_of)
         self._write(config, table, client, mode, list(keys), encode, progress)
 
     def _write(
@@ -454,28 +460,38 @@ class RedisHexpireOnlineStore(OnlineStore):
         script = self._script(config, table)
         starts = range(0, total, size)
         plans: deque[list[list[int]]] = deque()  # rows of each call of the batches sent
+        group_of, by_node = _grouping(config.online_store, client, keys)
 
         def batches() -> Iterator[list[Call]]:
             for start in starts:
-                calls, rows_of_calls = encode(start, min(start + size, total))
+                calls, rows_of_calls = encode(range(start, min(start + size, total)), group_of)
                 plans.append(rows_of_calls)
                 yield calls
 
+        def per_slot(rows: list[int]) -> tuple[list[Call], list[list[int]]]:
+            return encode(rows, key_slot)
+
         ack = config.online_store.ack_command()
-        replies: Iterator[tuple[list, list[NodeAck]]]
-        if ack is None:  # batches overlap on one connection (run_batches)
-            replies = ((batch, []) for batch in run_batches(client, script, batches()))
+        replies: Iterator[NodeBatch]
+        if by_node:  # one call per master's rows, the rows it did not serve again per slot
+            replies = (
+                run_by_node(client, script, calls, plans.popleft(), per_slot, ack) for calls in batches()
+            )
+        elif ack is None:  # batches overlap on one connection (run_batches)
+            replies = ((plans.popleft(), batch, []) for batch in run_batches(client, script, batches()))
         else:  # ack_replicas / ack_aof: each batch, then WAIT on each of its nodes' connections
-            replies = (run_acked_batch(client, script, calls, ack) for calls in batches())
+            replies = ((plans.popleft(), *run_acked_batch(client, script, calls, ack)) for calls in batches())
         failed: list[tuple[int, str]] = []
         for start in starts:  # one batch per start, replies in order
             began = time.perf_counter()
             try:
-                sent = next(replies)
+                rows_of_calls, batch, nodes = next(replies)
             except (ResponseError, *IO_ERRORS) as e:
                 raise self._failure(config, table, start, keys, e) from e
             seconds = time.perf_counter() - began
-            done = self._batch_done(config, table, keys, mode, start, plans.popleft(), sent, failed, seconds)
+            done = self._batch_done(
+                config, table, keys, mode, start, rows_of_calls, (batch, nodes), failed, seconds
+            )
             if progress:
                 progress(done)
         if failed:
@@ -491,8 +507,7 @@ class RedisHexpireOnlineStore(OnlineStore):
         if not data:
             return
         client = self.async_client(config)
-        by_slot = isinstance(client, aredis.RedisCluster)
-        mode, keys, encode = self._write_calls(config, table, data, by_slot)
+        mode, keys, encode = self._write_calls(config, table, data)
         await self._write_async(config, table, client, mode, keys, encode, progress)
 
     async def write_encoded_async(
@@ -509,8 +524,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             return
         client = self.async_client(config)
         view = ViewLayout.of(config, table, self.client(config))
-        by_slot = isinstance(client, aredis.RedisCluster)
-        mode, encode = self._row_calls(config, table, view, keys, event_us, pairs_of, by_slot)
+        mode, encode = self._row_calls(config, table, view, keys, event_us, pairs_of)
         await self._write_async(config, table, client, mode, list(keys), encode, progress)
 
     async def _write_async(
@@ -527,13 +541,28 @@ class RedisHexpireOnlineStore(OnlineStore):
         script = self._script(config, table)
         size = config.online_store.write_batch_size
         ack = config.online_store.ack_command()
+        if isinstance(client, aredis.RedisCluster):
+            try:  # a new asyncio cluster client reads its slot map on first use
+                await client.initialize()
+            except (ResponseError, RedisClusterException, *IO_ERRORS) as e:
+                raise self._failure(config, table, 0, keys, e) from e
+        group_of, by_node = _grouping(config.online_store, client, keys)
+
+        def per_slot(rows: list[int]) -> tuple[list[Call], list[list[int]]]:
+            return encode(rows, key_slot)
+
         failed: list[tuple[int, str]] = []
         for start in range(0, len(keys), size):
-            calls, rows_of_calls = encode(start, min(start + size, len(keys)))
+            calls, rows_of_calls = encode(range(start, min(start + size, len(keys))), group_of)
             began = time.perf_counter()
             sent: tuple[list, list[NodeAck]]
             try:
-                if ack is None:
+                if by_node:
+                    rows_of_calls, batch, nodes = await run_by_node_async(
+                        client, script, calls, rows_of_calls, per_slot, ack
+                    )
+                    sent = (batch, nodes)
+                elif ack is None:
                     sent = (await run_pipelined_async(client, script, calls), [])
                 else:
                     sent = await run_acked_batch_async(client, script, calls, ack)
@@ -1105,3 +1134,29 @@ def _require_acks(client: Any, cfg: RedisHexpireOnlineStoreConfig) -> None:
             )
         if cfg.ack_aof and not int(server.info("persistence").get("aof_enabled", 0)):
             raise ConfigError(f"ack_aof: true, but the master at {where} runs without AOF (appendonly no)")
+
+
+def _grouping(cfg: RedisHexpireOnlineStoreConfig, client: Any, keys: Sequence[bytes]) -> tuple[GroupOf, bool]:
+    """Which rows of a write may share a call, and whether calls go per master
+    (:func:`scripts.run_by_node`): on one server any rows; on a cluster the rows of one master
+    (``cluster_write_calls: node``, unless every key is in one slot) or of one hash slot."""
+    if not isinstance(client, (redis.RedisCluster, aredis.RedisCluster)):
+        return None, False
+    if cfg.cluster_write_calls == "slot" or _hash_tagged(keys[0]):
+        return key_slot, False
+
+    def node_of(key: bytes) -> Hashable:
+        try:
+            node: Any = client.get_node_from_key(key)  # type: ignore[arg-type]  # takes bytes too
+            return node.name
+        except RedisClusterException:  # no node serves the slot now: its call fails, goes per slot
+            return None
+
+    return node_of, True
+
+
+def _hash_tagged(key: bytes) -> bool:
+    """Whether ``key`` hashes by a hash tag. Ids and entity names are escaped (layout.py), so a tag
+    is in the key prefix: every key of the store is in one slot."""
+    start = key.find(b"{")
+    return start >= 0 and key.find(b"}", start + 1) > start + 1

@@ -1,4 +1,6 @@
-"""Server-side Lua scripts, each atomic; a call's keys share one hash slot, so it is cluster-safe.
+"""Server-side Lua scripts, each atomic; a call's keys share one hash slot, so it is cluster-safe,
+except a write script's cross-slot variant (:meth:`Script.across_slots`), whose calls run on one
+cluster node with their keys in ARGV (:func:`run_by_node`).
 
 Scripts are sent with EVALSHA inside ordinary pipelines (one round trip per batch); a server that
 has not seen a script yet answers NOSCRIPT, and :func:`run_pipelined` loads it and re-sends only
@@ -7,8 +9,9 @@ the commands that failed, so a row never runs twice.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from string import Template
 from typing import Any
@@ -31,25 +34,45 @@ __all__ = [
     "WRITE_PACKED",
     "WRITE_ROWS",
     "Call",
+    "CROSS_SLOT_SHEBANG",
+    "NOT_LOCAL_ERRORS",
     "NodeAck",
+    "NodeBatch",
+    "PerSlot",
     "Script",
     "run_batches",
     "run_acked",
     "run_acked_async",
     "run_acked_batch",
     "run_acked_batch_async",
+    "run_by_node",
+    "run_by_node_async",
     "run_pipelined",
 ]
+
+
+# The shebang of a script that may touch keys of several slots of the node it runs on; only keys
+# not declared in KEYS (declared keys of two slots are refused with CROSSSLOT), and a key of a
+# slot another node serves fails inside the script (NOT_LOCAL_ERRORS).
+CROSS_SLOT_SHEBANG = "#!lua flags=allow-cross-slot-keys\n"
 
 
 @dataclass(frozen=True)
 class Script:
     name: str
     lua: str
+    # Its calls pass numkeys 0 and the keys at the end of ARGV, followed by their number
+    # (_call_args); its Lua reads them with row_keys().
+    cross_slot: bool = False
     sha: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.lua.encode()).hexdigest())
+
+    def across_slots(self) -> Script:
+        """The same script flagged ``allow-cross-slot-keys``, called with its keys in ARGV: one
+        call may write rows of every slot of one cluster node (write scripts only)."""
+        return Script(f"{self.name}_cross_slot", CROSS_SLOT_SHEBANG + self.lua, cross_slot=True)
 
 
 # Lua helper shared by the scripts: HDEL ``list[first..]`` from ``key`` in slices, because Lua's
@@ -68,9 +91,17 @@ end
 
 # Lua helpers of the write scripts, placed after their ARGV locals: now() (the server's clock
 # in ms, read once per call), pin_key(key) (the batch key TTL: PEXPIRE, or PERSIST for
-# key_ttl < 0), failed(reply) (a pcall reply that is an error) and outcome(pcall(...)) (a row's
-# result, or its error as a string).
+# key_ttl < 0), failed(reply) (a pcall reply that is an error), outcome(pcall(...)) (a row's
+# result, or its error as a string) and row_keys() (the rows' keys: KEYS, or for a call with
+# numkeys 0, the cross-slot variant, the last ARGV n and the n ARGV before it).
 _WRITE_HELPERS = """
+local function row_keys()
+  if #KEYS > 0 then return KEYS end
+  local n = tonumber(ARGV[#ARGV])
+  local keys, before = {}, #ARGV - n - 1
+  for r = 1, n do keys[r] = ARGV[before + r] end
+  return keys
+end
 local now_ms
 local function now()
   if not now_ms then
@@ -99,7 +130,8 @@ end
 FIELD_TTL_ERROR = "FIELDTTL"
 
 # Write rows of one feature view, one entity hash per row, in one script call.
-# KEYS[r]   the entity hash of row r (in a cluster, every key of one call is in one slot)
+# KEYS[r]   the entity hash of row r (in a cluster, every key of one call is in one slot; the
+#           cross-slot variant takes no KEYS: the keys follow the rows in ARGV, see row_keys())
 # ARGV[1]   the view's timestamp field, "_ts:<view>"
 # ARGV[2]   batch view: key TTL in ms to re-pin, or "-1" to remove the key TTL (PERSIST);
 #           "0" for a streaming view (the key TTL is left alone)
@@ -256,11 +288,11 @@ local function write(key, i, first, last)
   if problem then return undo(problem) end
   return 1
 end
-local results, i = {}, 6
-for r = 1, #KEYS do
+local results, i, keys = {}, 6, row_keys()
+for r = 1, #keys do
   local n = tonumber(ARGV[i + 2])
   local first, last = i + 3, i + 2 + 2 * n
-  results[r] = outcome(pcall(write, KEYS[r], i, first, last))
+  results[r] = outcome(pcall(write, keys[r], i, first, last))
   i = last + 1
 end
 return results
@@ -270,7 +302,8 @@ return results
 
 # value_layout: packed. Write rows of one feature view, each as ONE hash field (named by the view)
 # whose value packs the event time and every feature value (framing in codec.py), in one call.
-# KEYS[r]   the entity hash of row r (in a cluster, every key of one call is in one slot)
+# KEYS[r]   the entity hash of row r (in a cluster, every key of one call is in one slot; the
+#           cross-slot variant takes no KEYS: the keys follow the rows in ARGV, see row_keys())
 # ARGV[1]   the view's field
 # ARGV[2]   batch view: key TTL in ms to re-pin, or "-1" to remove the key TTL (PERSIST);
 #           "0" for a streaming view (the key TTL is left alone)
@@ -407,9 +440,9 @@ local function write(key, expire_at, partial, value)
   end
   return 1
 end
-local results, i = {}, 7
-for r = 1, #KEYS do
-  results[r] = outcome(pcall(write, KEYS[r], tonumber(ARGV[i]), ARGV[i + 1] == '1', ARGV[i + 2]))
+local results, i, keys = {}, 7, row_keys()
+for r = 1, #keys do
+  results[r] = outcome(pcall(write, keys[r], tonumber(ARGV[i]), ARGV[i + 1] == '1', ARGV[i + 2]))
   i = i + 3
 end
 return results
@@ -520,8 +553,17 @@ def _queue(pipe: Any, script: Script, calls: Sequence[Call]) -> None:
     # execute_command, not pipe.evalsha(): redis-py's ClusterPipeline blocks the evalsha()
     # method (a script could touch keys of several slots), but routes a raw EVALSHA by its one
     # key's slot, so each shard gets its rows in one batch and the shards run in parallel.
-    for keys, argv in calls:
-        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv, **_target(pipe, keys[0]))
+    for call in calls:
+        pipe.execute_command(*_call_args(script, call), **_target(pipe, call[0][0]))
+
+
+def _call_args(script: Script, call: Call) -> tuple[Any, ...]:
+    """The EVALSHA of one call: its keys in KEYS, or (the cross-slot variant) numkeys 0 and the
+    keys at the end of ARGV followed by their number."""
+    keys, argv = call
+    if script.cross_slot:
+        return ("EVALSHA", script.sha, 0, *argv, *keys, len(keys))
+    return ("EVALSHA", script.sha, len(keys), *keys, *argv)
 
 
 def _missing(results: list[Any]) -> list[int]:
@@ -536,15 +578,21 @@ def _raise_first(results: list[Any]) -> None:
 
 def run_pipelined(client: Any, script: Script, calls: Sequence[Call]) -> list[Any]:
     """Run ``script`` once per call in one pipeline; returns one reply per call."""
+    return _reload_missing(client, script, calls, _pipelined(client, script, calls))
+
+
+def _pipelined(client: Any, script: Script, calls: Sequence[Call]) -> list[Any]:
+    """One reply per call, an error reply as its exception (a connection error raises)."""
     with client.pipeline(transaction=False) as pipe:
         _queue(pipe, script, calls)
-        results = pipe.execute(raise_on_error=False)
-    return _reload_missing(client, script, calls, results)
+        return pipe.execute(raise_on_error=False)
 
 
-def _reload_missing(client: Any, script: Script, calls: Sequence[Call], results: list[Any]) -> list[Any]:
+def _reload_missing(
+    client: Any, script: Script, calls: Sequence[Call], results: list[Any], raise_first: bool = True
+) -> list[Any]:
     """Load the script where the server answered NOSCRIPT, re-send only those calls, and raise
-    the first other error."""
+    the first other error (unless ``raise_first`` is false: then it is that call's reply)."""
     missing = _missing(results)
     if missing:
         client.script_load(script.lua)
@@ -552,7 +600,8 @@ def _reload_missing(client: Any, script: Script, calls: Sequence[Call], results:
             _queue(pipe, script, [calls[i] for i in missing])
             for i, result in zip(missing, pipe.execute(raise_on_error=False)):
                 results[i] = result
-    _raise_first(results)
+    if raise_first:
+        _raise_first(results)
     return results
 
 
@@ -604,7 +653,7 @@ def run_batches(client: Any, script: Script, batches: Iterable[Sequence[Call]]) 
 
 
 def _evalshas(script: Script, calls: Sequence[Call]) -> list[tuple[Any, ...]]:
-    return [("EVALSHA", script.sha, len(keys), *keys, *argv) for keys, argv in calls]
+    return [_call_args(script, call) for call in calls]
 
 
 def _drop(pool: Any, conn: Any) -> None:
@@ -738,7 +787,8 @@ async def run_acked_batch_async(
         try:
             if isinstance(node, Exception):
                 raise node
-            results, acks = await _acked_on_node_async(node, script, [calls[i] for i in rows], ack)
+            results, acks = await _on_node_async(node, script, [calls[i] for i in rows], ack)
+            _raise_first(results + acks)
         except _NODE_ERRORS as e:
             nodes.append((name, rows, e))
             try:
@@ -766,24 +816,192 @@ def _node_groups(client: Any, calls: Sequence[Call]) -> list[tuple[str, Any, lis
     return [(name, node, rows) for name, (node, rows) in groups.items()]
 
 
-async def _acked_on_node_async(
-    node: Any, script: Script, calls: Sequence[Call], ack: Sequence[Any]
+async def _on_node_async(
+    node: Any, script: Script, calls: Sequence[Call], ack: Sequence[Any] | None
 ) -> tuple[list[Any], list[Any]]:
-    async def send(part: Sequence[Call]) -> tuple[list[Any], Any]:
+    """The calls, then ``ack`` if any, in one pipeline on an asyncio cluster node's connection
+    (NOSCRIPT: loaded there, and only those calls re-sent): one reply per call (an error reply
+    as its exception) and the ack replies."""
+
+    async def send(part: Sequence[Call]) -> tuple[list[Any], list[Any]]:
         commands = [PipelineCommand(i, *command) for i, command in enumerate(_evalshas(script, part))]
-        commands.append(PipelineCommand(len(part), *ack))
+        if ack is not None:
+            commands.append(PipelineCommand(len(part), *ack))
         await node.execute_pipeline(commands)
         results = [c.result for c in commands]
-        return results[:-1], results[-1]
+        return results[: len(part)], results[len(part) :]
 
-    results, first = await send(calls)
-    acks = [first]
+    results, acks = await send(calls)
     missing = _missing(results)
     if missing:
         await node.execute_command("SCRIPT", "LOAD", script.lua)
-        again, second = await send([calls[i] for i in missing])
-        acks.append(second)
+        again, more = await send([calls[i] for i in missing])
+        acks += more
         for i, result in zip(missing, again):
             results[i] = result
-    _raise_first(results + acks)
     return results, acks
+
+
+# Row errors of a cross-slot call that mean the node does not serve the row's key (its slot
+# moved or is migrating, the node is no longer its master, or the cluster is down there): the
+# server refuses the row's first command on its key, so nothing of the row was written.
+NOT_LOCAL_ERRORS = ("non local key", "cluster is down")
+# Rows of a batch -> their calls through the per-slot path, with the rows of each call.
+PerSlot = Callable[[list[int]], tuple[list[Call], list[list[int]]]]
+# run_by_node's answer: the rows of each call, one reply per call, one NodeAck per node.
+NodeBatch = tuple[list[list[int]], list[Any], list[NodeAck]]
+
+
+def _not_local(result: Any) -> bool:
+    text = result.decode(errors="replace") if isinstance(result, bytes) else result
+    return isinstance(text, str) and any(e in text for e in NOT_LOCAL_ERRORS)
+
+
+def _settled(
+    rows_of_calls: list[list[int]], replies: list[Any], nodes: list[NodeAck]
+) -> tuple[NodeBatch, list[int]]:
+    """The rows, row results and NodeAcks the cross-slot calls settled, and the rows to send
+    again per slot: those of a call or node that failed as a whole (not confirmed written;
+    sending a written row again is safe, the script skips rows not newer than the stored one)
+    and those the node did not serve."""
+    kept_rows: list[list[int]] = []
+    kept: list[Any] = []
+    again: list[int] = []
+    for rows, reply in zip(rows_of_calls, replies):
+        if reply is None or isinstance(reply, Exception):
+            again += rows
+            kept_rows.append([])
+            kept.append([])
+            continue
+        settled = [(row, result) for row, result in zip(rows, reply) if not _not_local(result)]
+        again += [row for row, result in zip(rows, reply) if _not_local(result)]
+        kept_rows.append([row for row, _ in settled])
+        kept.append([result for _, result in settled])
+    standing = [node for node in nodes if not isinstance(node[2], Exception)]  # the rest go again
+    return (kept_rows, kept, standing), sorted(again)
+
+
+def _on_masters(client: Any, script: Script, calls: Sequence[Call]) -> list[Any]:
+    """Each master's calls (``_node_groups``) in one pipeline on a connection of its client
+    (``get_redis_connection``), every master's sent before any reply is read, so the masters work
+    at the same time: one reply per call (an error reply as its exception; NOSCRIPT: loaded on
+    that master and only those calls re-sent), None for the calls of a master that failed (its
+    lookup, connection or a reply lost: it is disconnected, out of step)."""
+    replies: list[Any] = [None] * len(calls)
+    sent: list[tuple[Any, Any, list[int]]] = []  # (master's client, connection, calls)
+    try:
+        for _, node, idx in _node_groups(client, calls):
+            if isinstance(node, Exception):
+                continue
+            try:
+                server = client.get_redis_connection(node)
+                conn = server.connection_pool.get_connection()
+            except _NODE_ERRORS:
+                continue
+            sent.append((server, conn, idx))
+            if not send_commands(conn, _evalshas(script, [calls[i] for i in idx])):
+                _drop(server.connection_pool, conn)
+                sent[-1] = (server, None, idx)
+        for n, (server, conn, idx) in enumerate(sent):
+            results = read_replies(conn, len(idx)) if conn is not None else None
+            sent[n] = (server, None, idx)
+            if results is None:
+                _drop(server.connection_pool, conn)
+                continue
+            server.connection_pool.release(conn)
+            part = [calls[i] for i in idx]
+            try:
+                results = _reload_missing(server, script, part, results, raise_first=False)
+            except _NODE_ERRORS:
+                continue
+            for i, result in zip(idx, results):
+                replies[i] = result
+    finally:
+        for server, conn, _ in sent:  # replies not read (an exception above): out of step
+            if conn is not None:
+                _drop(server.connection_pool, conn)
+    return replies
+
+
+def _joined(
+    first: NodeBatch, again: list[list[int]], more: list[Any], more_nodes: list[NodeAck]
+) -> NodeBatch:
+    """The settled part of the cross-slot pass, then the per-slot pass (its NodeAcks' call
+    indices shifted past the first pass's calls)."""
+    rows, replies, nodes = first
+    shifted = [(name, [i + len(rows) for i in calls], acks) for name, calls, acks in more_nodes]
+    return rows + again, replies + more, nodes + shifted
+
+
+def run_by_node(
+    client: Any,
+    script: Script,
+    calls: Sequence[Call],
+    rows_of_calls: list[list[int]],
+    per_slot: PerSlot,
+    ack: Sequence[Any] | None,
+) -> NodeBatch:
+    """On a cluster, a batch whose ``calls`` each hold rows of one master's slots (grouped by
+    ``get_node_from_key``): each master's calls run ``script.across_slots()`` in one pipeline on
+    that master's connection (``get_redis_connection``), followed by ``ack`` if given (as
+    :func:`run_acked_batch`). The rows the master did not serve, and those of calls or masters
+    that failed as a whole (a connection error, a refused call), are then encoded by ``per_slot``
+    and sent through the per-slot path (:func:`run_pipelined`, or :func:`run_acked_batch` with
+    ``ack``), which redis-py routes and which follows MOVED / ASK; its errors raise or are
+    reported as there. Returns the rows of each call (the cross-slot calls' settled rows, then
+    the per-slot calls'), their replies, and one NodeAck per node of each pass."""
+    cross = script.across_slots()
+    replies: list[Any]
+    nodes: list[NodeAck] = []
+    if ack is not None:
+        replies, nodes = run_acked_batch(client, cross, calls, ack)
+    else:
+        replies = _on_masters(client, cross, calls)
+    first, again = _settled(rows_of_calls, replies, nodes)
+    if not again:
+        return first
+    again_calls, again_rows = per_slot(again)
+    if ack is None:
+        return _joined(first, again_rows, run_pipelined(client, script, again_calls), [])
+    return _joined(first, again_rows, *run_acked_batch(client, script, again_calls, ack))
+
+
+async def run_by_node_async(
+    client: Any,
+    script: Script,
+    calls: Sequence[Call],
+    rows_of_calls: list[list[int]],
+    per_slot: PerSlot,
+    ack: Sequence[Any] | None,
+) -> NodeBatch:
+    """:func:`run_by_node` for a redis.asyncio cluster client (each master's calls through its
+    node's ``execute_pipeline``)."""
+    cross = script.across_slots()
+    replies: list[Any]
+    nodes: list[NodeAck] = []
+    if ack is not None:
+        replies, nodes = await run_acked_batch_async(client, cross, calls, ack)
+    else:
+        await client.initialize()  # a new asyncio cluster client reads its slot map on first use
+        replies = [None] * len(calls)
+        groups = [
+            (node, idx) for _, node, idx in _node_groups(client, calls) if not isinstance(node, Exception)
+        ]
+        answers = await asyncio.gather(
+            *(_on_node_async(node, cross, [calls[i] for i in idx], None) for node, idx in groups),
+            return_exceptions=True,
+        )
+        for (_, idx), answer in zip(groups, answers):
+            if isinstance(answer, _NODE_ERRORS):
+                continue  # every row of the node goes through the per-slot path
+            if isinstance(answer, BaseException):
+                raise answer
+            for i, result in zip(idx, answer[0]):
+                replies[i] = result
+    first, again = _settled(rows_of_calls, replies, nodes)
+    if not again:
+        return first
+    again_calls, again_rows = per_slot(again)
+    if ack is None:
+        return _joined(first, again_rows, await run_pipelined_async(client, script, again_calls), [])
+    return _joined(first, again_rows, *await run_acked_batch_async(client, script, again_calls, ack))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -36,10 +37,16 @@ from conftest import (
     write_repo,
     write_window,
 )
+from redis.crc import key_slot
 
 from feast_redis_hexpire.config import RedisHexpireOnlineStoreConfig
 from feast_redis_hexpire.connection import make_async_client, make_client
-from feast_redis_hexpire.exceptions import ConfigError, ServerUnsupportedError, StoreUnavailableError
+from feast_redis_hexpire.exceptions import (
+    ConfigError,
+    HexpireError,
+    ServerUnsupportedError,
+    StoreUnavailableError,
+)
 from feast_redis_hexpire.scripts import WRITE_ROWS
 from feast_redis_hexpire.synth import streaming_frame
 from feast_redis_hexpire.topology import LocalCluster, kill
@@ -542,6 +549,215 @@ def test_ack_replicas_ask_and_moved_fail_their_rows_by_name(tmp_path, cluster, r
         if cluster.owner_function()(key) is not source:
             _move_slot(slot, target, source)
         wait_for("every node to see the slot back", lambda: cluster.owner_function()(key) is source)
+
+
+def evalsha_calls(cluster: LocalCluster) -> list[int]:
+    """EVALSHA calls per master since the last CONFIG RESETSTAT."""
+    out = []
+    for node in cluster.masters:
+        with node.client() as c:
+            out.append(c.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    return out
+
+
+def reset_stats(cluster: LocalCluster) -> None:
+    for node in cluster.masters:
+        with node.client() as c:
+            c.config_resetstat()
+
+
+def test_rows_of_many_slots_go_in_one_call_per_master(tmp_path, cluster, rc):
+    # cluster_write_calls: node (the default): a batch's rows of all slots of one master go in one
+    # script call, keys in ARGV, on that master's connection; values and TTLs as per slot.
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
+    online, view = online_store_of(store), store.get_feature_view("user_batch_features")
+    users = [f"s{n:03d}" for n in range(90)]  # 90 keys of about as many slots, on every master
+    keys = [f"fs:user:{u}".encode() for u in users]
+    assert len({rc.keyslot(k) for k in keys}) > 80
+    frame = streaming_frame(users, random.Random(7))
+    store.push("user_events_push", frame)  # loads the scripts on every master
+    for label, write in (
+        ("sync", lambda rows: online.online_write_batch(store.config, view, rows, None)),
+        ("async", lambda rows: asyncio.run(online.online_write_batch_async(store.config, view, rows, None))),
+    ):
+        online.stats.clear()
+        reset_stats(cluster)
+        with write_window() as written:
+            write(failover.ack_rows(users, label))
+        assert evalsha_calls(cluster) == [1, 1, 1], label  # per slot: one call per key
+        assert online.stats == {"written": len(users)}, label
+        assert [rc.hget(k, "risk_segment") for k in keys] == [label.encode()] * len(keys)
+        assert_expiry([rc.pexpiretime(k) for k in keys], written, 86400, f"batch rows, {label}")
+
+    for n, push in enumerate(
+        (
+            lambda f: store.push("user_events_push", f),
+            lambda f: asyncio.run(store.push_async("user_events_push", f)),
+        )
+    ):
+        frame["event_timestamp"] = frame["event_timestamp"] + pd.Timedelta(milliseconds=n + 1)
+        frame["tx_count_5m"] = [n * 1000 + i for i in range(len(users))]
+        reset_stats(cluster)
+        with write_window() as pushed:
+            push(frame)
+        assert evalsha_calls(cluster) == [1, 1, 1]
+        assert [int(rc.hget(k, "tx_count_5m")) for k in keys] == list(frame["tx_count_5m"])
+        assert_expiry([rc.hpexpiretime(k, "tx_count_5m")[0] for k in keys], pushed, 300, f"push {n}")
+        assert_expiry([rc.hpexpiretime(k, "_ts:user_streaming_features")[0] for k in keys], pushed, 300)
+
+
+def test_rows_of_a_slot_that_moved_after_grouping_go_again_per_slot(tmp_path, cluster, rc):
+    # The client groups rows by its slot map; the slot of one row has moved on the servers since.
+    # The old owner refuses that row inside the cross-slot call ("non local key"), writing nothing
+    # of it; the row goes again through the per-slot path, which follows ASK (slot migrating) and
+    # MOVED (slot moved). Every row is written exactly once and counted once.
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
+    online, view = online_store_of(store), store.get_feature_view("user_batch_features")
+    owner = cluster.owner_function()
+    moving = next(
+        f"m{n:03d}" for n in range(1000) if rc.cluster_countkeysinslot(rc.keyslot(f"fs:user:m{n:03d}")) == 0
+    )
+    key = f"fs:user:{moving}".encode()
+    slot, source = rc.keyslot(key), owner(key)
+    target = next(m for m in cluster.masters if m is not source)
+    users = [f"o{n:03d}" for n in range(30)]
+    keys = [f"fs:user:{u}".encode() for u in users]
+    assert any(owner(k) is source for k in keys), "the old owner has other rows of the call"
+    online.online_write_batch(store.config, view, failover.ack_rows(users, "warm"), None)  # slot map
+    try:
+        for phase, finish in (("ask", False), ("moved", True)):
+            _move_slot(slot, source, target, finish=finish)
+            with source.client() as s:
+                s.config_resetstat()
+            for label, write in (
+                ("sync", lambda rows: online.online_write_batch(store.config, view, rows, None)),
+                (
+                    "async",
+                    lambda rows: asyncio.run(online.online_write_batch_async(store.config, view, rows, None)),
+                ),
+            ):
+                if phase == "moved" and label == "async":
+                    continue  # a new asyncio client reads the slot map now: nothing moved for it
+                online.stats.clear()
+                value = f"{phase}-{label}"
+                with write_window() as written:
+                    write(failover.ack_rows([*users, moving], value))
+                assert online.stats == {"written": len(users) + 1}, value
+                assert [rc.hget(k, "risk_segment") for k in [*keys, key]] == [value.encode()] * (
+                    len(users) + 1
+                )
+                assert_expiry([rc.pexpiretime(k) for k in [*keys, key]], written, 86400, value)
+                with target.client() as t, source.client() as s:
+                    t.execute_command("ASKING")
+                    assert t.hget(key, "risk_segment") == value.encode()
+                    assert s.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+            with source.client() as s:
+                redirects = [k for k in s.info("errorstats") if ("ASK" if phase == "ask" else "MOVED") in k]
+            assert redirects, f"the per-slot retry should have met the {phase} redirect and followed it"
+    finally:
+        rc.delete(key)
+        wait_for("the slot to be empty", lambda: rc.cluster_countkeysinslot(slot) == 0)
+        for node in (source, target):  # back, for the module's other tests
+            with node.client() as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        if cluster.owner_function()(key) is not source:
+            _move_slot(slot, target, source)
+        wait_for("every node to see the slot back", lambda: cluster.owner_function()(key) is source)
+
+
+def _take_over(cluster: LocalCluster, replica: Any, master: Any, key: bytes) -> None:
+    """CLUSTER FAILOVER on ``replica`` (coordinated with its live ``master``, no data lost) until
+    every node names it the owner of ``key``'s slot and ``master`` replicates from it (a manual
+    failover right after another one can time out: it is asked again)."""
+    slot = key_slot(key)
+
+    def done() -> bool:
+        for node in cluster.nodes:
+            with node.client() as c:
+                slots = c.execute_command("CLUSTER", "SLOTS")
+            if not any(s <= slot <= e and int(p[1]) == replica.port for s, e, p, *_ in slots):
+                return False
+        with master.client() as c:
+            return c.info("replication").get("master_link_status") == "up"
+
+    def ask_and_wait() -> bool:
+        with replica.client() as c:
+            if c.info("replication").get("role") != "master":
+                c.execute_command("CLUSTER", "FAILOVER")
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            if done():
+                return True
+            time.sleep(0.05)
+        return False
+
+    wait_for(f"127.0.0.1:{replica.port} to take over from 127.0.0.1:{master.port}", ask_and_wait, timeout=60)
+
+
+def test_rows_sent_to_a_master_that_became_a_replica_go_again_per_slot(tmp_path, cluster, rc):
+    # A failover after the client read its slot map: the cross-slot calls to the old master (now
+    # a replica) are refused as a whole (READONLY: a flagged script that may write does not run on
+    # a replica), so all of its rows go again per slot, which follows MOVED to the new master.
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
+    online, view = online_store_of(store), store.get_feature_view("user_batch_features")
+    old, new = cluster.masters[1], cluster.replicas[1]
+    users = [f"f{n:03d}" for n in range(30)]
+    keys = [f"fs:user:{u}".encode() for u in users]
+    owner = cluster.owner_function()
+    theirs = next(k for k in keys if owner(k) is old)
+    assert 0 < sum(owner(k) is old for k in keys) < len(keys)
+    online.online_write_batch(store.config, view, failover.ack_rows(users, "warm"), None)  # slot map
+    try:
+        _take_over(cluster, new, old, theirs)
+        with old.client() as o:
+            o.config_resetstat()
+        online.stats.clear()
+        with write_window() as written:
+            online.online_write_batch(store.config, view, failover.ack_rows(users, "after"), None)
+        assert online.stats == {"written": len(users)}
+        assert [rc.hget(k, "risk_segment") for k in keys] == [b"after"] * len(keys)
+        assert_expiry([rc.pexpiretime(k) for k in keys], written, 86400, "after the failover")
+        with old.client() as o:
+            errors = o.info("errorstats")
+        assert [k for k in errors if "READONLY" in k], errors  # the cross-slot calls it refused
+        assert [k for k in errors if "MOVED" in k], errors  # the per-slot retry, followed
+    finally:
+        _take_over(cluster, old, new, theirs)  # back, for the module's other tests
+
+
+def test_acl_key_patterns_hold_inside_a_cross_slot_call(tmp_path, cluster, rc):
+    # The cross-slot call declares no keys: the server checks the user's key patterns on each
+    # command inside the script, so rows outside them are refused one by one, nothing of them is
+    # written, and the error names exactly those rows.
+    user, password = f"limited-{os.getpid()}", "pw-limited-7"
+    for node in cluster.masters:
+        with node.client() as c:
+            c.execute_command(
+                "ACL", "SETUSER", user, "on", f">{password}", "resetkeys", "~fs:_*", "~fs:user:a*", "+@all"
+            )
+    try:
+        conn = f"{cluster.connection_string},username={user},password={password}"
+        repo = write_repo(tmp_path / "limited", conn, redis_type="redis_cluster")
+        store = apply_repo(repo)
+        view = store.get_feature_view("user_batch_features")
+        users = [f"{c}{n:02d}" for n in range(12) for c in "ab"]
+        refused = [u for u in users if u.startswith("b")]
+        with pytest.raises(HexpireError) as info:
+            online_store_of(store).online_write_batch(
+                store.config, view, failover.ack_rows(users, "acl"), None
+            )
+        text = str(info.value)
+        assert f"refused {len(refused)} of {len(users)} row(s)" in text, text
+        shown = re.findall(r"row (\d+) \((fs:user:\w+)\)", text)
+        assert len(shown) == 5 and all(key == f"fs:user:{users[int(row)]}" for row, key in shown)
+        assert {key for _, key in shown} <= {f"fs:user:{u}" for u in refused}, text
+        assert "and 7 more" in text and password not in text
+        for u in users:
+            assert rc.hget(f"fs:user:{u}", "risk_segment") == (None if u in refused else b"acl"), u
+    finally:
+        for node in cluster.masters:
+            with node.client() as c:
+                c.execute_command("ACL", "DELUSER", user)
 
 
 def test_db_other_than_0_is_refused_for_a_cluster():

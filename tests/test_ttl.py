@@ -312,10 +312,14 @@ def test_shorter_field_ttl_after_a_setting_change_keeps_ts_alive_as_long_as_the_
     assert _expiry(r, KEY, TS_STREAM) == longest
 
 
-def test_complete_row_after_a_shorter_field_ttl_gives_ts_the_expiry_of_every_field(store, r):
+@pytest.mark.parametrize("hsetex", [True, False], ids=["hsetex", "hset+hpexpireat"])
+def test_complete_row_after_a_shorter_field_ttl_gives_ts_the_expiry_of_every_field(
+    store, r, hsetex, monkeypatch
+):
     """A row with every feature of the view skips reading the stored "_ts" expiry: after it, every
     feature field expires at the row's expiry, and "_ts" with them, not later (the partial row
-    above is the case that must keep the later one)."""
+    above is the case that must keep the later one). On both write paths of the script."""
+    monkeypatch.setattr(online_store_of(store), "_hsetex", lambda config: hsetex)
     store.push("user_events_push", streaming_frame(["u0001"], random.Random(1)))  # 300 s
     longest = max(r.hpexpiretime(KEY, *STREAMING_FEATURES))
     store.config.online_store.stream_field_ttl_seconds = 60

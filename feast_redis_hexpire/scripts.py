@@ -105,6 +105,7 @@ local function each_row(i, span, write)
   while r <= #KEYS do
     local ok, err = pcall(run)
     if not ok then
+      if nexti == i then error(err) end  -- span(i) failed: the ARGV layout is wrong, not the row
       results[r] = type(err) == 'table' and err.err or tostring(err)
       r, i = r + 1, nexti
     end
@@ -127,7 +128,7 @@ FIELD_TTL_ERROR = "FIELDTTL"
 # ARGV[6]   the number of the view's features (a row with that many fields is complete)
 # then per row r, in KEYS order: its event time (integer microseconds since the epoch), its
 # absolute field expiry in unix ms when TTLs count from the event time (else "0"), the number n
-# of its fields, and n field, value pairs.
+# of its fields, and n field, value pairs (n distinct fields).
 # Returns one result per row: 1 written, 0 not newer than the stored row (nothing written, key
 # TTL re-pinned), -1 already expired by its event time (nothing written), or the row's error as
 # a string. The rows run under pcall: a bad row (say, a key of another type) fails alone and

@@ -68,8 +68,8 @@ end
 
 # Lua helpers of the write scripts, placed after their ARGV locals: now() (the server's clock
 # in ms, read once per call), pin_key(key) (the batch key TTL: PEXPIRE, or PERSIST for
-# key_ttl < 0), failed(reply) (a pcall reply that is an error) and each_row(i, span, write) (runs
-# every row, each failing alone).
+# key_ttl < 0), failed(reply) (a pcall reply that is an error) and each_row(keys, i, span, write)
+# (runs every row, each failing alone).
 _WRITE_HELPERS = """
 local now_ms
 local function now()
@@ -89,20 +89,20 @@ end
 local function failed(reply)
   return type(reply) == 'table' and reply.err
 end
--- The results of write(KEYS[r], i) for every row r in KEYS order, its ARGV from i (the first
+-- The results of write(keys[r], i) for every row r in keys order, its ARGV from i (the first
 -- row's at ``i``, the next one's at span(i)): 1, 0, -1, or the row's error as a string (a row's
 -- Lua or Redis error ends that row only). One pcall covers the rows up to the first error, not
 -- one pcall per row.
-local function each_row(i, span, write)
+local function each_row(keys, i, span, write)
   local results, r, nexti = {}, 1, i
   local function run()
-    while r <= #KEYS do
+    while r <= #keys do
       nexti = span(i)
-      results[r] = write(KEYS[r], i)
+      results[r] = write(keys[r], i)
       r, i = r + 1, nexti
     end
   end
-  while r <= #KEYS do
+  while r <= #keys do
     local ok, err = pcall(run)
     if not ok then
       if nexti == i then error(err) end  -- span(i) failed: the ARGV layout is wrong, not the row
@@ -280,7 +280,7 @@ local function write(key, i, first, last)
   if problem then return undo(problem) end
   return 1
 end
-return each_row(7, function(i) return i + 3 + 2 * tonumber(ARGV[i + 2]) end, function(key, i)
+return each_row(KEYS, 7, function(i) return i + 3 + 2 * tonumber(ARGV[i + 2]) end, function(key, i)
   return write(key, i, i + 3, i + 2 + 2 * tonumber(ARGV[i + 2]))
 end)
 """
@@ -426,7 +426,7 @@ local function write(key, expire_at, partial, value)
   end
   return 1
 end
-return each_row(7, function(i) return i + 3 end, function(key, i)
+return each_row(KEYS, 7, function(i) return i + 3 end, function(key, i)
   return write(key, tonumber(ARGV[i]), ARGV[i + 1] == '1', ARGV[i + 2])
 end)
 """

@@ -16,7 +16,8 @@ plugin (``hx``) and Feast's built-in redis store (``builtin``). For each store, 
   sent while one of the stores was writing are its samples (``--writes`` writes each).
 
 The plugin runs with ``write_rows_per_call`` 1 (one EVALSHA per row: the write path before the
-rows were batched), and with each value of ``--per-call``.
+rows were batched), and with each value of ``--per-call``; with ``--layouts fields,packed`` (the
+default) also in ``value_layout: packed`` at each value of ``--per-call``, in the same alternation.
 
 ``--cluster``: server CPU only, summed over the masters of a 3-master cluster, for the built-in
 store and the plugin with the last ``--per-call`` value: rows per hash slot in each call
@@ -132,7 +133,9 @@ def measure_ping(server: LocalRedis, benches: dict[str, Bench], writes: int) -> 
     return result
 
 
-def run_kind(kind: str, rows: int, rounds: int, writes: int, per_call: list[int]) -> dict[str, Any]:
+def run_kind(
+    kind: str, rows: int, rounds: int, writes: int, per_call: list[int], layouts: list[str]
+) -> dict[str, Any]:
     with LocalRedis(kind) as server, tempfile.TemporaryDirectory() as tmp:
         r = server.client()
         conn = server.connection_string
@@ -142,6 +145,11 @@ def run_kind(kind: str, rows: int, rounds: int, writes: int, per_call: list[int]
         for n in [1, *per_call]:
             store = {**PLUGIN_STORE, "write_rows_per_call": n}
             benches[f"hx{n}"] = make_bench(f"hx{n}", Path(tmp), f"hx{n}", conn, store, rows, now_utc())
+        if "packed" in layouts:
+            for n in per_call:
+                store = {**PLUGIN_STORE, "write_rows_per_call": n, "value_layout": "packed"}
+                label = f"hx{n}packed"
+                benches[label] = make_bench(label, Path(tmp), label, conn, store, rows, now_utc())
         load_start = " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
         cpu = measure_cpu(r, benches, rows, rounds)
         r.flushall()
@@ -255,11 +263,15 @@ def render(results: dict[str, Any], rows: int, per_call: list[int]) -> str:
             "| 2000-row write (ms) |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for label in ["builtin", "hx1", *(f"hx{n}" for n in per_call)]:
+        labels = ["builtin", "hx1", *(f"hx{n}" for n in per_call)]
+        labels += [f"hx{n}packed" for n in per_call if f"hx{n}packed" in cpu]
+        for label in labels:
             c, p = cpu[label], ping[label]
             name = {"builtin": "built-in `type: redis`", "hx1": "plugin, 1 row per call (before)"}.get(
-                label, f"plugin, {label[2:]} rows per call"
+                label, f"plugin, {label[2:].removesuffix('packed')} rows per call"
             )
+            if label.endswith("packed"):
+                name += ", `value_layout: packed`"
             lines.append(
                 f"| {name} | {c['batch']:.2f} | {c['batch'] / base['batch']:.2f}x | {c['stream']:.2f} | "
                 f"{c['stream'] / base['stream']:.2f}x | {c['update']:.2f} | "
@@ -277,6 +289,9 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=10, help="2000-row writes per store for the PING phase")
     parser.add_argument("--per-call", default="10,100,500", help="write_rows_per_call values to compare")
     parser.add_argument("--server", choices=["redis", "valkey", "both"], default="both")
+    parser.add_argument(
+        "--layouts", default="fields,packed", help="value layouts of the plugin: fields, or fields,packed"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--cluster", action="store_true", help="3-master cluster, server CPU only")
     args = parser.parse_args()
@@ -294,7 +309,8 @@ def main() -> None:
         return
     kinds = ["redis", "valkey"] if args.server == "both" else [args.server]
     info = machine_info()
-    results = {kind: run_kind(kind, args.rows, args.rounds, args.writes, per_call) for kind in kinds}
+    layouts = args.layouts.split(",")
+    results = {kind: run_kind(kind, args.rows, args.rounds, args.writes, per_call, layouts) for kind in kinds}
     print(f"machine: {info['CPU']}, {info['cores']} cores, {info['date (UTC)']} UTC")
     print(render(results, args.rows, per_call))
     if args.json:

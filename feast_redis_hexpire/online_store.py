@@ -207,8 +207,7 @@ class RedisHexpireOnlineStore(OnlineStore):
             "1" if cfg.skip_dedup else "0",
             "1" if policy.streaming and self._hsetex(config) else "0",
         ]
-        if view.packed:
-            head.append(view.head)
+        head.append(view.head if view.packed else len(view.fields))
         per_call = cfg.write_rows_per_call
         row_args = _packed_args(view) if view.packed else _fields_args
 

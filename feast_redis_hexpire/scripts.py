@@ -91,9 +91,9 @@ end
 
 # Lua helpers of the write scripts, placed after their ARGV locals: now() (the server's clock
 # in ms, read once per call), pin_key(key) (the batch key TTL: PEXPIRE, or PERSIST for
-# key_ttl < 0), failed(reply) (a pcall reply that is an error), outcome(pcall(...)) (a row's
-# result, or its error as a string) and row_keys() (the rows' keys: KEYS, or for a call with
-# numkeys 0, the cross-slot variant, the last ARGV n and the n ARGV before it).
+# key_ttl < 0), failed(reply) (a pcall reply that is an error), row_keys() (the rows' keys: KEYS,
+# or for a call with numkeys 0, the cross-slot variant, the last ARGV n and the n ARGV before it)
+# and each_row(keys, i, span, write) (runs every row, each failing alone).
 _WRITE_HELPERS = """
 local function row_keys()
   if #KEYS > 0 then return KEYS end
@@ -120,9 +120,28 @@ end
 local function failed(reply)
   return type(reply) == 'table' and reply.err
 end
-local function outcome(ok, result)
-  if ok then return result end
-  return type(result) == 'table' and result.err or tostring(result)
+-- The results of write(keys[r], i) for every row r in keys order, its ARGV from i (the first
+-- row's at ``i``, the next one's at span(i)): 1, 0, -1, or the row's error as a string (a row's
+-- Lua or Redis error ends that row only). One pcall covers the rows up to the first error, not
+-- one pcall per row.
+local function each_row(keys, i, span, write)
+  local results, r, nexti = {}, 1, i
+  local function run()
+    while r <= #keys do
+      nexti = span(i)
+      results[r] = write(keys[r], i)
+      r, i = r + 1, nexti
+    end
+  end
+  while r <= #keys do
+    local ok, err = pcall(run)
+    if not ok then
+      if nexti == i then error(err) end  -- span(i) failed: the ARGV layout is wrong, not the row
+      results[r] = type(err) == 'table' and err.err or tostring(err)
+      r, i = r + 1, nexti
+    end
+  end
+  return results
 end
 """
 
@@ -138,12 +157,13 @@ FIELD_TTL_ERROR = "FIELDTTL"
 # ARGV[3]   field TTL in ms counted from now (streaming view), "0" for a batch view
 # ARGV[4]   "1" to skip the event-time check (skip_dedup)
 # ARGV[5]   "1" when the server has HSETEX (Redis >= 8.0, Valkey >= 9.0)
+# ARGV[6]   the number of the view's features (a row with that many fields is complete)
 # then per row r, in KEYS order: its event time (integer microseconds since the epoch), its
 # absolute field expiry in unix ms when TTLs count from the event time (else "0"), the number n
-# of its fields, and n field, value pairs.
+# of its fields, and n field, value pairs (n distinct fields).
 # Returns one result per row: 1 written, 0 not newer than the stored row (nothing written, key
 # TTL re-pinned), -1 already expired by its event time (nothing written), or the row's error as
-# a string. Each row runs under pcall: a bad row (say, a key of another type) fails alone and
+# a string. The rows run under pcall: a bad row (say, a key of another type) fails alone and
 # the other rows are written.
 #
 # No streaming field is ever left without its TTL, on any error path:
@@ -160,14 +180,17 @@ FIELD_TTL_ERROR = "FIELDTTL"
 # The view's "_ts" field expires at the later of the row's expiry and its stored expiry, so it
 # never expires before a field of an earlier row of the view that is still there (a row may be
 # older, with skip_dedup and ttl_from: event, or have a shorter TTL after a setting changed): a
-# value is never read without its event time. Long rows go in slices: Lua's unpack() is limited.
+# value is never read without its event time. A complete row (a field for each of the view's
+# features) skips reading the stored expiry: it gives every feature field of the view its own
+# expiry, so "_ts" expires with them (only fields of features no longer in the view, which no
+# read asks for, may outlive it). Long rows go in slices: Lua's unpack() is limited.
 WRITE_ROWS = Script(
     "write_rows",
     _HDEL_SLICED
     + Template(
         """
 local ts_field, key_ttl, field_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local skip_check, hsetex = ARGV[4] == '1', ARGV[5] == '1'
+local skip_check, hsetex, features = ARGV[4] == '1', ARGV[5] == '1', tonumber(ARGV[6])
 local SLICE, MAX_AT = 2000, $max_at
 local from_now, from_now_at
 """
@@ -222,9 +245,10 @@ local function write(key, i, first, last)
     end
   end
   local ts_at = at
-  -- The stored "_ts" expiry matters only when there is a stored "_ts": the event-time check
-  -- above read it (a row of a new entity skips this read).
-  if skip_check or stored then
+  -- The stored "_ts" expiry matters only when there is a stored "_ts" (the event-time check
+  -- above read it; a row of a new entity skips this read) and the row lacks some of the view's
+  -- features: a complete row gives every feature field the expiry "at", so none outlives "_ts".
+  if (skip_check or stored) and (last - first + 1) / 2 < features then
     local stored_at = redis.pcall('HPEXPIRETIME', key, 'FIELDS', 1, ts_field)
     if failed(stored_at) then
       return '$code HPEXPIRETIME failed: ' .. stored_at.err .. '; nothing of the row was written to ' .. key
@@ -288,14 +312,9 @@ local function write(key, i, first, last)
   if problem then return undo(problem) end
   return 1
 end
-local results, i, keys = {}, 6, row_keys()
-for r = 1, #keys do
-  local n = tonumber(ARGV[i + 2])
-  local first, last = i + 3, i + 2 + 2 * n
-  results[r] = outcome(pcall(write, keys[r], i, first, last))
-  i = last + 1
-end
-return results
+return each_row(row_keys(), 7, function(i) return i + 3 + 2 * tonumber(ARGV[i + 2]) end, function(key, i)
+  return write(key, i, i + 3, i + 2 + 2 * tonumber(ARGV[i + 2]))
+end)
 """
     ).substitute(max_at=MAX_FIELD_EXPIRE_AT_MS, code=FIELD_TTL_ERROR, probe=TS_FIELD_PREFIX),
 )
@@ -440,12 +459,9 @@ local function write(key, expire_at, partial, value)
   end
   return 1
 end
-local results, i, keys = {}, 7, row_keys()
-for r = 1, #keys do
-  results[r] = outcome(pcall(write, keys[r], tonumber(ARGV[i]), ARGV[i + 1] == '1', ARGV[i + 2]))
-  i = i + 3
-end
-return results
+return each_row(row_keys(), 7, function(i) return i + 3 end, function(key, i)
+  return write(key, tonumber(ARGV[i]), ARGV[i + 1] == '1', ARGV[i + 2])
+end)
 """
     ).substitute(
         max_at=MAX_FIELD_EXPIRE_AT_MS, code=FIELD_TTL_ERROR, probe=TS_FIELD_PREFIX, ts_width=PACKED_TS_WIDTH

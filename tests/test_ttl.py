@@ -208,7 +208,7 @@ def test_write_script_refuses_an_expiry_past_the_limit_and_leaves_the_hash_as_it
     online.online_write_batch(store.config, stream, stream_rows("u0001", n=1), None)
     before = _hash_state(r, KEY)
     ts_us = int(time.time() * 1_000_000) + 1_000_000
-    head = [TS_STREAM, 0, field_ttl_ms, 0, hsetex]
+    head = [TS_STREAM, 0, field_ttl_ms, 0, hsetex, len(STREAMING_FEATURES)]
     bad_row = [ts_us, 0, 2, "tx_count_5m", "7", "new_f", "x"]
     good_row = [ts_us, int(time.time() * 1000) + 60_000, 1, "tx_count_5m", "8"]  # by event time
     got = r.eval(WRITE_ROWS.lua, 2, KEY, "fs:user:u0002", *head, *bad_row, *good_row)
@@ -310,3 +310,19 @@ def test_shorter_field_ttl_after_a_setting_change_keeps_ts_alive_as_long_as_the_
                                               later, None)  # fmt: skip
     assert _expiry(r, KEY, "tx_count_5m") < longest
     assert _expiry(r, KEY, TS_STREAM) == longest
+
+
+@pytest.mark.parametrize("hsetex", [True, False], ids=["hsetex", "hset+hpexpireat"])
+def test_complete_row_after_a_shorter_field_ttl_gives_ts_the_expiry_of_every_field(
+    store, r, hsetex, monkeypatch
+):
+    """A row with every feature of the view skips reading the stored "_ts" expiry: after it, every
+    feature field expires at the row's expiry, and "_ts" with them, not later (the partial row
+    above is the case that must keep the later one). On both write paths of the script."""
+    monkeypatch.setattr(online_store_of(store), "_hsetex", lambda config: hsetex)
+    store.push("user_events_push", streaming_frame(["u0001"], random.Random(1)))  # 300 s
+    longest = max(r.hpexpiretime(KEY, *STREAMING_FEATURES))
+    store.config.online_store.stream_field_ttl_seconds = 60
+    store.push("user_events_push", streaming_frame(["u0001"], random.Random(2)))  # 60 s, complete
+    expiries = r.hpexpiretime(KEY, *STREAMING_FEATURES, TS_STREAM)
+    assert len(set(expiries)) == 1 and expiries[0] < longest

@@ -29,9 +29,9 @@ import base64
 import json
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
@@ -48,6 +48,7 @@ __all__ = [
     "expected_kind",
     "pack_values",
     "packed_head",
+    "row_encoder",
     "unpack_columns",
     "unpack_values",
 ]
@@ -74,6 +75,8 @@ _LIST_ITEM = {  # repeated kind -> scalar kind of its items
     for shape in ("list", "set")
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)  # a naive datetime means UTC
+_MICROSECOND = timedelta(microseconds=1)
 _ALIASES = {"pdf_bytes_val": "bytes_val", "image_bytes_val": "bytes_val"}
 _ONEOFS = {f.name for f in ValueProto.DESCRIPTOR.oneofs_by_name["val"].fields}
 _TEXT_KINDS = (
@@ -174,6 +177,81 @@ def encode_value(value: ValueProto, kind: str | None, encoding: str = "text") ->
     return PROTO_MARKER + value.SerializeToString()
 
 
+def _double_text(value: float) -> bytes:
+    if value - value == 0.0:  # finite: repr is the shortest text that round-trips
+        return b"%r" % value
+    return _float_text(value, False).encode("ascii")
+
+
+def _single_text(value: float) -> bytes:
+    return _float_text(value, True).encode("ascii")
+
+
+# The write path's scalar kinds: the stored text of a value of the kind, from the value's field
+# (what _text gives). A text that starts with NUL still takes encode_value's tagged form.
+_SCALAR_TEXT: dict[str, Callable[[Any], bytes]] = {
+    **dict.fromkeys(_STRING_KINDS, str.encode),
+    **dict.fromkeys(_INT_KINDS, b"%d".__mod__),
+    "bytes_val": bytes,
+    "double_val": _double_text,
+    "float_val": _single_text,
+    "bool_val": (b"false", b"true").__getitem__,
+}
+
+
+def row_encoder(
+    fields: Mapping[str, tuple[Any, str | None]], encoding: str = "text"
+) -> Callable[[Mapping[str, ValueProto]], list[Any]]:
+    """The write path's :func:`encode_value` for whole rows, each feature's encoder chosen once.
+
+    ``fields``: feature -> (the name to write it under, its declared kind). The returned function
+    turns one row's ``{feature: ValueProto}`` into ``[name, stored bytes, name, ...]`` in the
+    row's order, skipping features not in ``fields``; every value's bytes are exactly what
+    ``encode_value(value, kind, encoding)`` gives: a value of its declared scalar kind is turned
+    into text directly, anything else (another type, null, a list, NUL-leading text) goes
+    through encode_value."""
+    specs: dict[str, tuple[Any, str | None, Callable[[Any], bytes] | None]] = {
+        feature: (name, kind, _SCALAR_TEXT.get(kind or "") if encoding == "text" else None)
+        for feature, (name, kind) in fields.items()
+    }
+    if encoding == "proto":
+        serialize = ValueProto.SerializeToString
+
+        def proto_pairs(row: Mapping[str, ValueProto]) -> list[Any]:
+            pairs: list[Any] = []
+            for feature, value in row.items():
+                spec = specs.get(feature)
+                if spec is not None:
+                    pairs += (spec[0], serialize(value))
+            return pairs
+
+        return proto_pairs
+
+    def pairs_of(row: Mapping[str, ValueProto]) -> list[Any]:
+        pairs: list[Any] = []
+        for feature, value in row.items():
+            spec = specs.get(feature)
+            if spec is None:
+                continue
+            name, kind, text = spec
+            if text is None:
+                raw = encode_value(value, kind, encoding)
+            else:
+                # A oneof member holding a non-default value is the one set, so only a default
+                # (0, "", False) asks which member is set.
+                item = getattr(value, kind)  # type: ignore[arg-type]
+                if item or value.WhichOneof("val") == kind:
+                    raw = text(item)
+                    if raw[:1] == b"\x00":
+                        raw = encode_value(value, kind, encoding)
+                else:
+                    raw = encode_value(value, kind, encoding)
+            pairs += (name, raw)
+        return pairs
+
+    return pairs_of
+
+
 def decode_value(raw: bytes, kind: str | None, encoding: str = "text") -> ValueProto:
     """The ValueProto that :func:`encode_value` turned into ``raw``."""
     if encoding == "proto":
@@ -215,10 +293,7 @@ def decoder(kind: str | None, encoding: str = "text") -> Callable[[bytes], Value
 
 def encode_ts(ts: datetime) -> int:
     """Event time as integer microseconds since the epoch; a naive datetime means UTC."""
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    delta = ts - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (ts - (_NAIVE_EPOCH if ts.tzinfo is None else _EPOCH)) // _MICROSECOND
 
 
 def decode_ts(raw: bytes | int) -> datetime:

@@ -160,19 +160,16 @@ class RedisHexpireOnlineStore(OnlineStore):
             keys = view.keys.keys(row[0] for row in data)
         except ValueError as e:
             raise BadValueError(f"feature view {view.name!r}: {e}; nothing was written") from e
-        fields, encoding, packed = view.fields, view.encoding, view.packed
+        # A packed view's pairs name features; a join key listed among a stream view's features
+        # is not in view.fields and is skipped.
+        names = {f: (f if view.packed else field, kind) for f, (field, kind) in view.fields.items()}
+        row_pairs = codec.row_encoder(names, view.encoding)
 
         def pairs_of(i: int) -> list[Any]:
-            pairs: list[Any] = []
-            for feature, value in data[i][1].items():
-                spec = fields.get(feature)
-                if spec is None:
-                    continue  # a join key listed among a stream view's features
-                pairs.append(feature if packed else spec[0])  # a packed view: by feature
-                pairs.append(codec.encode_value(value, spec[1], encoding))
-            return pairs
+            return row_pairs(data[i][1])
 
-        event_us = [codec.encode_ts(row[2]) for row in data]
+        encode_ts = codec.encode_ts
+        event_us = [encode_ts(row[2]) for row in data]
         mode, encode = self._row_calls(config, table, view, keys, event_us, pairs_of, by_slot)
         return mode, keys, encode
 
@@ -207,21 +204,25 @@ class RedisHexpireOnlineStore(OnlineStore):
         per_call = cfg.write_rows_per_call
         row_args = _packed_args(view) if view.packed else _fields_args
 
+        field_ttl_ms = policy.field_ttl_ms
+
         def encode(start: int, stop: int) -> tuple[list[Call], list[list[int]]]:
-            groups: dict[int, list[int]] = {}
-            for i in range(start, stop):
-                slot = key_slot(keys[i]) if by_slot else 0
-                groups.setdefault(slot, []).append(i)
+            if by_slot:
+                groups: dict[int, list[int]] = {}
+                for i in range(start, stop):
+                    groups.setdefault(key_slot(keys[i]), []).append(i)
+                slot_rows: Iterator[list[int]] = iter(groups.values())
+            else:  # one server: the rows in order
+                slot_rows = iter([list(range(start, stop))])
             calls: list[Call] = []
             rows_of_calls: list[list[int]] = []
-            for rows in groups.values():
+            for rows in slot_rows:
                 for first in range(0, len(rows), per_call):
                     part = rows[first : first + per_call]
                     argv: list[Any] = list(head)
                     for i in part:
                         ts_us = event_us[i]
-                        expire_at = ts_us // 1000 + policy.field_ttl_ms if by_event else 0
-                        argv += row_args(ts_us, expire_at, pairs_of(i))
+                        argv += row_args(ts_us, ts_us // 1000 + field_ttl_ms if by_event else 0, pairs_of(i))
                     calls.append(([keys[i] for i in part], argv))
                     rows_of_calls.append(part)
             return calls, rows_of_calls

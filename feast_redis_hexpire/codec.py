@@ -31,6 +31,7 @@ import math
 import zlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any, Callable
 
 import numpy as np
@@ -197,6 +198,7 @@ _SCALAR_TEXT: dict[str, Callable[[Any], bytes]] = {
     "float_val": _single_text,
     "bool_val": (b"false", b"true").__getitem__,
 }
+_NUL_KINDS = _STRING_KINDS | {"bytes_val"}  # kinds whose text may start with NUL
 
 
 def row_encoder(
@@ -210,43 +212,48 @@ def row_encoder(
     ``encode_value(value, kind, encoding)`` gives: a value of its declared scalar kind is turned
     into text directly, anything else (another type, null, a list, NUL-leading text) goes
     through encode_value."""
-    specs: dict[str, tuple[Any, str | None, Callable[[Any], bytes] | None]] = {
-        feature: (name, kind, _SCALAR_TEXT.get(kind or "") if encoding == "text" else None)
-        for feature, (name, kind) in fields.items()
-    }
     if encoding == "proto":
         serialize = ValueProto.SerializeToString
+        names = {feature: name for feature, (name, _) in fields.items()}
 
         def proto_pairs(row: Mapping[str, ValueProto]) -> list[Any]:
             pairs: list[Any] = []
             for feature, value in row.items():
-                spec = specs.get(feature)
-                if spec is not None:
-                    pairs += (spec[0], serialize(value))
+                name = names.get(feature)
+                if name is not None:
+                    pairs += (name, serialize(value))
             return pairs
 
         return proto_pairs
+    # feature -> (name, kind, its field's getter and text (None: encode_value decides every
+    # value), whether that text may start with NUL)
+    specs: dict[str, tuple[Any, Any, Any, Callable[[Any], bytes] | None, bool]] = {
+        feature: (name, kind, attrgetter(kind or "val"), _SCALAR_TEXT.get(kind or ""), kind in _NUL_KINDS)
+        for feature, (name, kind) in fields.items()
+    }
 
     def pairs_of(row: Mapping[str, ValueProto]) -> list[Any]:
         pairs: list[Any] = []
+        append = pairs.append
         for feature, value in row.items():
             spec = specs.get(feature)
             if spec is None:
                 continue
-            name, kind, text = spec
+            name, kind, get, text, nul = spec
             if text is None:
                 raw = encode_value(value, kind, encoding)
             else:
                 # A oneof member holding a non-default value is the one set, so only a default
                 # (0, "", False) asks which member is set.
-                item = getattr(value, kind)  # type: ignore[arg-type]
+                item = get(value)
                 if item or value.WhichOneof("val") == kind:
                     raw = text(item)
-                    if raw[:1] == b"\x00":
+                    if nul and raw[:1] == b"\x00":
                         raw = encode_value(value, kind, encoding)
                 else:
                     raw = encode_value(value, kind, encoding)
-            pairs += (name, raw)
+            append(name)
+            append(raw)
         return pairs
 
     return pairs_of

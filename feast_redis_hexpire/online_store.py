@@ -245,14 +245,21 @@ class RedisHexpireOnlineStore(OnlineStore):
     ) -> int:
         """Count the per-row results of one batch (``seconds``: its round trip), add failed rows
         to ``failed``; returns the number of rows of the batch."""
-        results: list[int] = []
+        results: Counter[int] = Counter()  # row result -> rows
         refused = 0
         for rows, reply in zip(rows_of_calls, replies):
             if reply is None:  # its node failed (ack_replicas on a cluster): reported by the caller
                 continue
+            try:
+                counted = Counter(reply)
+            except TypeError:  # an unhashable reply (a nested list): counted row by row below
+                counted = Counter()
+            if counted and all(isinstance(result, int) for result in counted):  # none refused
+                results.update(counted)
+                continue
             for row, result in zip(rows, reply):
                 if isinstance(result, int):
-                    results.append(result)
+                    results[result] += 1
                 else:
                     refused += 1
                     failed.append((row, result.decode() if isinstance(result, bytes) else str(result)))
@@ -262,9 +269,13 @@ class RedisHexpireOnlineStore(OnlineStore):
             metrics.script_error(table.name, "refused")
         return sum(len(rows) for rows in rows_of_calls)
 
-    def _tally(self, view: str, policy_mode: str, results: list, seconds: float | None = None) -> None:
-        """Count one write batch's results (``seconds``: its round trip). METRICS HOOK (writes)."""
-        counts = Counter({1: "written", 0: "skipped_not_newer", -1: "dropped_expired"}[r] for r in results)
+    def _tally(
+        self, view: str, policy_mode: str, results: Counter[int], seconds: float | None = None
+    ) -> None:
+        """Count one write batch's results (row result -> rows; ``seconds``: its round trip).
+        METRICS HOOK (writes)."""
+        named = {1: "written", 0: "skipped_not_newer", -1: "dropped_expired"}
+        counts = Counter({named[result]: rows for result, rows in results.items()})
         with self._lock:
             self.stats.update(counts)
         for outcome, count in counts.items():

@@ -207,7 +207,7 @@ EDGE_VALUES = [
 
 @pytest.mark.parametrize("value_type", ALL_VALUE_TYPES, ids=lambda vt: vt.name)
 @pytest.mark.parametrize("encoding", ["text", "proto"])
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(data=st.data())
 def test_row_encoder_gives_encode_value_bytes(value_type, encoding, data):
     """codec.row_encoder (one encoder per feature, chosen from its declared type) writes each

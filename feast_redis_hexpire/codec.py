@@ -29,8 +29,9 @@ import base64
 import json
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any, Callable
 
 import numpy as np
@@ -51,6 +52,7 @@ __all__ = [
     "expected_kind",
     "pack_values",
     "packed_head",
+    "row_encoder",
     "unpack_columns",
     "unpack_values",
     "value_encoder",
@@ -78,6 +80,8 @@ _LIST_ITEM = {  # repeated kind -> scalar kind of its items
     for shape in ("list", "set")
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)  # a naive datetime means UTC
+_MICROSECOND = timedelta(microseconds=1)
 _ALIASES = {"pdf_bytes_val": "bytes_val", "image_bytes_val": "bytes_val"}
 _ONEOFS = {f.name for f in ValueProto.DESCRIPTOR.oneofs_by_name["val"].fields}
 _TEXT_KINDS = (
@@ -178,6 +182,87 @@ def encode_value(value: ValueProto, kind: str | None, encoding: str = "text") ->
     return PROTO_MARKER + value.SerializeToString()
 
 
+def _double_text(value: float) -> bytes:
+    if value - value == 0.0:  # finite: repr is the shortest text that round-trips
+        return b"%r" % value
+    return _float_text(value, False).encode("ascii")
+
+
+def _single_text(value: float) -> bytes:
+    return _float_text(value, True).encode("ascii")
+
+
+# The write path's scalar kinds: the stored text of a value of the kind, from the value's field
+# (what _text gives). A text that starts with NUL still takes encode_value's tagged form.
+_SCALAR_TEXT: dict[str, Callable[[Any], bytes]] = {
+    **dict.fromkeys(_STRING_KINDS, str.encode),
+    **dict.fromkeys(_INT_KINDS, b"%d".__mod__),
+    "bytes_val": bytes,
+    "double_val": _double_text,
+    "float_val": _single_text,
+    "bool_val": (b"false", b"true").__getitem__,
+}
+_NUL_KINDS = _STRING_KINDS | {"bytes_val"}  # kinds whose text may start with NUL
+
+
+def row_encoder(
+    fields: Mapping[str, tuple[Any, str | None]], encoding: str = "text"
+) -> Callable[[Mapping[str, ValueProto]], list[Any]]:
+    """The write path's :func:`encode_value` for whole rows, each feature's encoder chosen once.
+
+    ``fields``: feature -> (the name to write it under, its declared kind). The returned function
+    turns one row's ``{feature: ValueProto}`` into ``[name, stored bytes, name, ...]`` in the
+    row's order, skipping features not in ``fields``; every value's bytes are exactly what
+    ``encode_value(value, kind, encoding)`` gives: a value of its declared scalar kind is turned
+    into text directly, anything else (another type, null, a list, NUL-leading text) goes
+    through encode_value."""
+    if encoding == "proto":
+        serialize = ValueProto.SerializeToString
+        names = {feature: name for feature, (name, _) in fields.items()}
+
+        def proto_pairs(row: Mapping[str, ValueProto]) -> list[Any]:
+            pairs: list[Any] = []
+            for feature, value in row.items():
+                name = names.get(feature)
+                if name is not None:
+                    pairs += (name, serialize(value))
+            return pairs
+
+        return proto_pairs
+    # feature -> (name, kind, its field's getter and text (None: encode_value decides every
+    # value), whether that text may start with NUL)
+    specs: dict[str, tuple[Any, Any, Any, Callable[[Any], bytes] | None, bool]] = {
+        feature: (name, kind, attrgetter(kind or "val"), _SCALAR_TEXT.get(kind or ""), kind in _NUL_KINDS)
+        for feature, (name, kind) in fields.items()
+    }
+
+    def pairs_of(row: Mapping[str, ValueProto]) -> list[Any]:
+        pairs: list[Any] = []
+        append = pairs.append
+        for feature, value in row.items():
+            spec = specs.get(feature)
+            if spec is None:
+                continue
+            name, kind, get, text, nul = spec
+            if text is None:
+                raw = encode_value(value, kind, encoding)
+            else:
+                # A oneof member holding a non-default value is the one set, so only a default
+                # (0, "", False) asks which member is set.
+                item = get(value)
+                if item or value.WhichOneof("val") == kind:
+                    raw = text(item)
+                    if nul and raw[:1] == b"\x00":
+                        raw = encode_value(value, kind, encoding)
+                else:
+                    raw = encode_value(value, kind, encoding)
+            append(name)
+            append(raw)
+        return pairs
+
+    return pairs_of
+
+
 def decode_value(raw: bytes, kind: str | None, encoding: str = "text") -> ValueProto:
     """The ValueProto that :func:`encode_value` turned into ``raw``."""
     if encoding == "proto":
@@ -198,20 +283,17 @@ INT_RANGES = {ValueType.INT64: range(-(2**63), 2**63), ValueType.INT32: range(-(
 _INT64, _INT32 = INT_RANGES[ValueType.INT64], INT_RANGES[ValueType.INT32]
 
 # Python values a feature's bytes are made of without Feast's converter: (value type, the value's
-# exact type) -> (whether the value takes this way, its text). The bytes are exactly what
-# encode_value writes for the ValueProto Feast's converter makes of the value. Others take the
-# converter: a NaN and empty bytes (Feast makes them a null), an integer out of range (Feast
-# refuses it), a string or bytes starting with NUL in the text encoding (stored tagged).
-_DIRECT: dict[tuple[ValueType, type], tuple[Callable[[Any], bool], Callable[[Any], bytes | None]]] = {
-    (ValueType.STRING, str): (
-        lambda v: True,
-        lambda v: None if v[:1] == "\x00" else v.encode("utf-8"),
-    ),
-    (ValueType.BYTES, bytes): (lambda v: v != b"", lambda v: None if v[:1] == b"\x00" else v),
-    (ValueType.INT64, int): (lambda v: v in _INT64, lambda v: str(v).encode("ascii")),
-    (ValueType.INT32, int): (lambda v: v in _INT32, lambda v: str(v).encode("ascii")),
-    (ValueType.DOUBLE, float): (lambda v: v == v, lambda v: _float_text(v, False).encode("ascii")),
-    (ValueType.BOOL, bool): (lambda v: True, lambda v: b"true" if v else b"false"),
+# exact type) -> (whether the value takes this way, its text: the write path's _SCALAR_TEXT). The
+# bytes are exactly what encode_value writes for the ValueProto Feast's converter makes of the
+# value. Others take the converter: a NaN and empty bytes (Feast makes them a null), an integer
+# out of range (Feast refuses it), a string or bytes starting with NUL (stored tagged in text).
+_DIRECT: dict[tuple[ValueType, type], tuple[Callable[[Any], bool], Callable[[Any], bytes]]] = {
+    (ValueType.STRING, str): (lambda v: v[:1] != "\x00", _SCALAR_TEXT["string_val"]),
+    (ValueType.BYTES, bytes): (lambda v: v != b"" and v[:1] != b"\x00", _SCALAR_TEXT["bytes_val"]),
+    (ValueType.INT64, int): (lambda v: v in _INT64, _SCALAR_TEXT["int64_val"]),
+    (ValueType.INT32, int): (lambda v: v in _INT32, _SCALAR_TEXT["int32_val"]),
+    (ValueType.DOUBLE, float): (lambda v: v == v, _SCALAR_TEXT["double_val"]),
+    (ValueType.BOOL, bool): (lambda v: True, _SCALAR_TEXT["bool_val"]),
 }
 
 
@@ -236,8 +318,7 @@ def value_encoder(value_type: ValueType, encoding: str = "text") -> Callable[[An
 
         def encode(value: Any) -> bytes:
             way = direct.get(type(value))
-            raw = way[1](value) if way is not None and way[0](value) else None
-            return raw if raw is not None else convert(value)
+            return way[1](value) if way is not None and way[0](value) else convert(value)
 
         return encode
 
@@ -278,10 +359,7 @@ def encode_ts(ts: datetime) -> int:
     """Event time as integer microseconds since the epoch; a naive datetime means UTC."""
     if isinstance(ts, pd.Timestamp):  # its nanoseconds since the epoch (UTC), floored as below
         return int(ts.value) // 1000
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    delta = ts - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (ts - (_NAIVE_EPOCH if ts.tzinfo is None else _EPOCH)) // _MICROSECOND
 
 
 def decode_ts(raw: bytes | int) -> datetime:

@@ -91,7 +91,21 @@ class KeyBuilder:
         return f"{self.prefix}{segment}:{ids}".encode()
 
     def keys(self, entity_keys: Iterable[EntityKeyProto]) -> list[bytes]:
-        return [self.key(k) for k in entity_keys]
+        """:meth:`key` of each; a one-entity view's string ids take a short path."""
+        head = self.head
+        if head is None:
+            return [self.key(k) for k in entity_keys]
+        out: list[bytes] = []
+        append = out.append
+        for entity_key in entity_keys:
+            values = entity_key.entity_values
+            if len(values) == 1 and len(entity_key.join_keys) == 1:
+                text = values[0].string_val  # not empty: the id is a string (a oneof's member)
+                if text:  # no escaped character is alphanumeric
+                    append((head + (text if text.isalnum() else text.translate(_ESCAPE_TABLE))).encode())
+                    continue
+            append(self.key(entity_key))
+        return out
 
 
 def ts_field(view_name: str) -> str:

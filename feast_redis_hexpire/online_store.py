@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -166,19 +166,16 @@ class RedisHexpireOnlineStore(OnlineStore):
             keys = view.keys.keys(row[0] for row in data)
         except ValueError as e:
             raise BadValueError(f"feature view {view.name!r}: {e}; nothing was written") from e
-        fields, encoding, packed = view.fields, view.encoding, view.packed
+        # A packed view's pairs name features; a join key listed among a stream view's features
+        # is not in view.fields and is skipped.
+        names = {f: (f if view.packed else field, kind) for f, (field, kind) in view.fields.items()}
+        row_pairs = codec.row_encoder(names, view.encoding)
 
         def pairs_of(i: int) -> list[Any]:
-            pairs: list[Any] = []
-            for feature, value in data[i][1].items():
-                spec = fields.get(feature)
-                if spec is None:
-                    continue  # a join key listed among a stream view's features
-                pairs.append(feature if packed else spec[0])  # a packed view: by feature
-                pairs.append(codec.encode_value(value, spec[1], encoding))
-            return pairs
+            return row_pairs(data[i][1])
 
-        event_us = [codec.encode_ts(row[2]) for row in data]
+        encode_ts = codec.encode_ts
+        event_us = [encode_ts(row[2]) for row in data]
         mode, encode = self._row_calls(config, table, view, keys, event_us, pairs_of)
         return mode, keys, encode
 
@@ -211,23 +208,26 @@ class RedisHexpireOnlineStore(OnlineStore):
         per_call = cfg.write_rows_per_call
         row_args = _packed_args(view) if view.packed else _fields_args
 
+        field_ttl_ms = policy.field_ttl_ms
+
         def encode(rows: Sequence[int], group_of: GroupOf) -> tuple[list[Call], list[list[int]]]:
-            groups: dict[Hashable, list[int]] = {}
-            if group_of is None:
-                groups[0] = list(rows)
+            groups: Iterable[list[int]]
+            if group_of is None:  # one server: the rows in order
+                groups = [list(rows)]
             else:
+                by_group: dict[Hashable, list[int]] = {}
                 for i in rows:
-                    groups.setdefault(group_of(keys[i]), []).append(i)
+                    by_group.setdefault(group_of(keys[i]), []).append(i)
+                groups = by_group.values()
             calls: list[Call] = []
             rows_of_calls: list[list[int]] = []
-            for rows in groups.values():
-                for first in range(0, len(rows), per_call):
-                    part = rows[first : first + per_call]
+            for group in groups:
+                for first in range(0, len(group), per_call):
+                    part = group[first : first + per_call]
                     argv: list[Any] = list(head)
                     for i in part:
                         ts_us = event_us[i]
-                        expire_at = ts_us // 1000 + policy.field_ttl_ms if by_event else 0
-                        argv += row_args(ts_us, expire_at, pairs_of(i))
+                        argv += row_args(ts_us, ts_us // 1000 + field_ttl_ms if by_event else 0, pairs_of(i))
                     calls.append(([keys[i] for i in part], argv))
                     rows_of_calls.append(part)
             return calls, rows_of_calls
@@ -250,14 +250,21 @@ class RedisHexpireOnlineStore(OnlineStore):
     ) -> int:
         """Count the per-row results of one batch (``seconds``: its round trip), add failed rows
         to ``failed``; returns the number of rows of the batch."""
-        results: list[int] = []
+        results: Counter[int] = Counter()  # row result -> rows
         refused = 0
         for rows, reply in zip(rows_of_calls, replies):
             if reply is None:  # its node failed (ack_replicas on a cluster): reported by the caller
                 continue
+            try:
+                counted = Counter(reply)
+            except TypeError:  # an unhashable reply (a nested list): counted row by row below
+                counted = Counter()
+            if counted and all(isinstance(result, int) for result in counted):  # none refused
+                results.update(counted)
+                continue
             for row, result in zip(rows, reply):
                 if isinstance(result, int):
-                    results.append(result)
+                    results[result] += 1
                 else:
                     refused += 1
                     failed.append((row, result.decode() if isinstance(result, bytes) else str(result)))
@@ -267,9 +274,13 @@ class RedisHexpireOnlineStore(OnlineStore):
             metrics.script_error(table.name, "refused")
         return sum(len(rows) for rows in rows_of_calls)
 
-    def _tally(self, view: str, policy_mode: str, results: list, seconds: float | None = None) -> None:
-        """Count one write batch's results (``seconds``: its round trip). METRICS HOOK (writes)."""
-        counts = Counter({1: "written", 0: "skipped_not_newer", -1: "dropped_expired"}[r] for r in results)
+    def _tally(
+        self, view: str, policy_mode: str, results: Counter[int], seconds: float | None = None
+    ) -> None:
+        """Count one write batch's results (row result -> rows; ``seconds``: its round trip).
+        METRICS HOOK (writes)."""
+        named = {1: "written", 0: "skipped_not_newer", -1: "dropped_expired"}
+        counts = Counter({named[result]: rows for result, rows in results.items()})
         with self._lock:
             self.stats.update(counts)
         for outcome, count in counts.items():

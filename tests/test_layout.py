@@ -171,3 +171,20 @@ def test_int64_entity_through_write_to_online_store(store, r):
         entity_rows=[{"driver_id": 42}, {"driver_id": -7}, {"driver_id": 1}],
     ).to_dict()
     assert got["trips_today"] == [3, 4, None]
+
+
+_ID_VALUES = (
+    st.text(max_size=8).map(lambda t: Value(string_val=t))
+    | st.sampled_from(SPECIAL).map(lambda t: Value(string_val=t))
+    | st.integers(-(2**63), 2**63 - 1).map(lambda n: Value(int64_val=n))
+    | st.binary(max_size=4).map(lambda b: Value(bytes_val=b))
+)
+
+
+@given(st.lists(_ID_VALUES, max_size=8), st.sampled_from([["user"], ["merchant", "user"]]))
+def test_keys_of_a_batch_are_each_entity_keys_key(ids, entities):
+    """KeyBuilder.keys (the write path's short path for one string id) gives what key gives."""
+    builder = layout.KeyBuilder("fs:", entities)
+    join_keys = [f"{e}_id" for e in entities]
+    entity_keys = [EntityKey(join_keys=join_keys, entity_values=[value] * len(join_keys)) for value in ids]
+    assert builder.keys(entity_keys) == [builder.key(k) for k in entity_keys]

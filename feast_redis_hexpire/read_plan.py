@@ -148,9 +148,9 @@ class ReadPlan:
         rows = utils._validate_entity_values(lengths)
         return PreparedRead(self, columns, native, protos, rows)
 
-    def head(self, columns: tuple[str, ...], version_metadata: bool) -> tuple[bytes, list[bool]]:
+    def head(self, columns: tuple[str, ...], version_metadata: bool) -> tuple[bytes, list[bool] | None]:
         """The response's metadata bytes for these entity columns, and which of the features'
-        vectors Feast's ``_drop_unneeded_columns`` keeps."""
+        vectors Feast's ``_drop_unneeded_columns`` keeps (None: all)."""
         key = (columns, version_metadata)
         known = self.heads.get(key)
         if known is None:
@@ -163,7 +163,7 @@ class ReadPlan:
                     if meta[0] not in [name for name, _ in views]:
                         views.append(meta)
             names = [*columns, *(n for n, k in zip(self.output_names, kept) if k)]
-            known = self.heads[key] = (wire.metadata(names, views), kept)
+            known = self.heads[key] = (wire.metadata(names, views), None if all(kept) else kept)
         return known
 
 
@@ -208,7 +208,7 @@ class PreparedRead:
                 pass
         head, kept = self.plan.head(tuple(self.columns), version_metadata)
         vectors = [v for view in views for v in view]
-        if not all(kept):
+        if kept is not None:
             vectors = [v for v, k in zip(vectors, kept) if k]
         response = parse_response([head, *self.entity_vectors(), *vectors])
         if self.plan.feature_types is None:

@@ -2,7 +2,7 @@
 
     python bench/run.py                  # 100k users, two full repetitions -> BENCHMARKS.md
     python bench/run.py --quick          # 10k users, fewer iterations (smoke run)
-    python bench/run.py --quick --phases gof --gof-sizes 1 --gof1 3000 --out /tmp/gof1.md   # 1-entity reads
+    python bench/run.py --quick --phases gof --gof-sizes 1 --gof1 3000 --out gof1.md   # 1-entity reads only
     python bench/run.py --server valkey
     python bench/run.py --cluster --phases gof --out cluster.md   # 3-master cluster, reads only
 

@@ -2,6 +2,7 @@
 
     python bench/run.py                  # 100k users, two full repetitions -> BENCHMARKS.md
     python bench/run.py --quick          # 10k users, fewer iterations (smoke run)
+    python bench/run.py --quick --phases gof --gof-sizes 1 --gof1 3000 --out gof1.md   # 1-entity reads only
     python bench/run.py --server valkey
     python bench/run.py --cluster --phases gof --out cluster.md   # 3-master cluster, reads only
     python bench/run.py --phases direct --users 2000 --repeat 1 --out direct.md   # writer vs push, ~30 s
@@ -246,14 +247,21 @@ def check_same_answers(benches: list[Bench], rows: list[dict]) -> None:
         raise AssertionError(f"missing values in the read: {answers[0]}")
 
 
-def gof_phase(r: Any, benches: list[Bench], users: int, iters: dict[str, int], res: Result) -> None:
+def gof_phase(
+    r: Any,
+    benches: list[Bench],
+    users: int,
+    iters: dict[str, int],
+    res: Result,
+    sizes: tuple[int, ...] = (1, 100),
+) -> None:
     """get_online_features of both stores, the plugin's previous path (Feast's generic
     get_online_features calling the store's per-view hook) and raw redis-py HMGET(s) of the same
     keys and fields (one HMGET, or a pipeline of 100), interleaved in one run."""
     refs = feature_refs()
     plugin = benches[0]
     fields = [f"_ts:{BATCH_VIEW}", *BATCH_READ, f"_ts:{plugin.stream_view.name}", *STREAM_READ]
-    for size, n in ((1, iters["gof1"]), (100, iters["gof100"])):
+    for size, n in [(size, iters[f"gof{size}"]) for size in sizes]:
         batches = entity_batches(users, size, 500, seed=size)
         check_same_answers(benches, batches[0])
         calls: dict[str, Callable[[], object]] = {}
@@ -458,7 +466,7 @@ def one_run(args: argparse.Namespace, params: dict[str, int], run_no: int) -> Re
             direct_writer_phase(benches, users, params["direct"], res)
         load_both(r, benches, users)
         if "gof" in phases:
-            gof_phase(r, benches, users, params, res)
+            gof_phase(r, benches, users, params, res, args.gof_sizes)
         if "read" in phases:
             read_phase(r, benches, users, params["read"], res)
         r.close()
@@ -480,12 +488,20 @@ def main() -> None:
     parser.add_argument(
         "--cluster", action="store_true", help="a 3-master cluster (no replicas); phases gof and read only"
     )
+    parser.add_argument(
+        "--gof-sizes", type=lambda t: tuple(int(n) for n in t.split(",")), default=(1, 100),
+        help="entities per get_online_features call in phase gof: 1, 100 or 1,100 (default)",
+    )  # fmt: skip
+    parser.add_argument("--gof1", type=int, help="1-entity get_online_features calls per store (phase gof)")
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown report to write")
     args = parser.parse_args()
+    if not set(args.gof_sizes) <= {1, 100}:
+        parser.error("--gof-sizes takes 1, 100 or 1,100")
     if args.cluster and not set(args.phases) <= {"gof", "read"}:
         parser.error("--cluster runs the phases gof and read only: add --phases gof,read")
     params = dict(QUICK if args.quick else FULL)
     params["users"] = args.users or params["users"]
+    params["gof1"] = args.gof1 or params["gof1"]
     params["rounds"] = 1 if args.quick else 2
     repeat = args.repeat or (1 if args.quick else 2)
     info = machine_info()

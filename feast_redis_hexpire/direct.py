@@ -67,6 +67,10 @@ def _packed_fields(fields: Sequence[str]) -> tuple[bytes, bytes]:
 def pack_hmgets(commands: Sequence[tuple[bytes, Sequence[str]]]) -> bytes:
     """The HMGETs in the protocol's request form (an array of bulk strings), what
     ``hiredis.pack_command`` gives; the fields part is packed once per field list."""
+    if len(commands) == 1:  # a one-entity read
+        key, these = commands[0]
+        head, tail = _packed_fields(these)
+        return b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail)
     out = []
     fields: Any = None
     head = tail = b""
@@ -166,10 +170,11 @@ class DirectReads:
             conn.sock.sendall(packed)
             replies = conn.replies(len(commands))
             # In step: an array of the fields asked for each HMGET (or an error reply), nothing more.
-            clean = all(
-                type(reply) is list and len(reply) == len(fields)
-                for reply, (_, fields) in zip(replies, commands)
-            )
+            clean = True
+            for reply, (_, fields) in zip(replies, commands):
+                if type(reply) is not list or len(reply) != len(fields):
+                    clean = False
+                    break
             ok = conn.reader.gets() is False and (
                 clean or all(type(reply) is list or isinstance(reply, ResponseError) for reply in replies)
             )

@@ -60,7 +60,7 @@ from .reads import (
     route_for,
     value_columns,
 )
-from .response import ViewResult, append_view, view_vectors
+from .response import ViewResult, append_view, row_vectors, view_vectors
 from .scripts import (
     DELETE_VIEW_FIELDS,
     FIELD_TTL_ERROR,
@@ -616,17 +616,14 @@ class RedisHexpireOnlineStore(OnlineStore):
         if isinstance(answer, list):
             return answer
         client = self.client(config)
-        if answer is None:  # the own socket failed: no second try here, redis-py's retries decide
-            pass
-        elif isinstance(client, redis.Redis):  # one server: skip the pipeline machinery
-            replies = hmget_direct(client, commands)
+        if answer is False:  # no own socket here, or an error reply: redis-py sends, and raises it
+            # one server: one send on a pooled connection; a cluster: one per primary, all sent first
+            send = hmget_direct if isinstance(client, redis.Redis) else hmget_cluster_direct
+            replies = send(client, commands)
             if replies is not None:
                 return replies
-        else:  # a cluster: one send per primary, all sent before any reply is read
-            replies = hmget_cluster_direct(client, commands)
-            if replies is not None:
-                return replies
-        # a retry after an I/O error, or a cluster redirection: redis-py's pipeline follows it
+        # The own socket failed (no second try there), an I/O error or a cluster redirection:
+        # redis-py's pipeline, with its retries, follows it.
         with client.pipeline(transaction=False) as pipe:
             for key, fields in commands:
                 pipe.hmget(key, fields)
@@ -793,6 +790,14 @@ class RedisHexpireOnlineStore(OnlineStore):
             return prepared.finish([view_vectors(result) for result in results], meta)
         keys, fanout, n = context
         views = []
+        if n == 1 and config.online_store.freshness_check == "off":  # one entity, nothing to check
+            reply = replies[0]
+            for part in route.views:
+                raw_ts = reply[part.ts_position]
+                _count_reads(part.view.name, [raw_ts], None)  # METRICS HOOK (reads by status)
+                values = route.row(part, keys[0], reply)
+                views.append(row_vectors(part.table, len(part.requested), part.slots, raw_ts, values))
+            return prepared.finish(views, meta)
         for part in route.views:
             ts_raw, columns = route.columns(part, keys, replies)
             row_status = freshness_statuses(config, part.table, ts_raw)

@@ -26,6 +26,7 @@ from typing import Any
 
 from feast import utils
 from feast.feature_service import FeatureService
+from feast.online_response import OnlineResponse
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.value_type import ValueType
@@ -115,7 +116,9 @@ class ReadPlan:
         """Feast's ``_prepare_entities_to_read_from_online_store`` for this plan: the join-key
         columns (as plain values where they allow it, else as protos). None: a request Feast
         must serve."""
-        if isinstance(entity_rows, list):  # as Feast's get_online_features
+        if isinstance(entity_rows, list) and len(entity_rows) == 1:  # one row: its columns
+            entity_rows = {key: [value] for key, value in entity_rows[0].items()}
+        elif isinstance(entity_rows, list):  # as Feast's get_online_features
             columnar: dict[str, list[Any]] = {k: [] for k in entity_rows[0].keys()}
             for entity_row in entity_rows:
                 for key, value in entity_row.items():
@@ -129,7 +132,8 @@ class ReadPlan:
         columns: list[str] = []
         lengths: dict[str, list] = {}
         for name, column in entity_rows.items():
-            values = list(column) if isinstance(column, Sequence) else list(column.val)
+            sequence = type(column) is list or isinstance(column, Sequence)
+            values = list(column) if sequence else list(column.val)
             if name in self.join_keys:
                 value_type = self.join_key_types.get(name, ValueType.UNKNOWN)
                 columns.append(name)
@@ -144,9 +148,9 @@ class ReadPlan:
         rows = utils._validate_entity_values(lengths)
         return PreparedRead(self, columns, native, protos, rows)
 
-    def head(self, columns: tuple[str, ...], version_metadata: bool) -> tuple[bytes, list[bool]]:
+    def head(self, columns: tuple[str, ...], version_metadata: bool) -> tuple[bytes, list[bool] | None]:
         """The response's metadata bytes for these entity columns, and which of the features'
-        vectors Feast's ``_drop_unneeded_columns`` keeps."""
+        vectors Feast's ``_drop_unneeded_columns`` keeps (None: all)."""
         key = (columns, version_metadata)
         known = self.heads.get(key)
         if known is None:
@@ -159,7 +163,7 @@ class ReadPlan:
                     if meta[0] not in [name for name, _ in views]:
                         views.append(meta)
             names = [*columns, *(n for n, k in zip(self.output_names, kept) if k)]
-            known = self.heads[key] = (wire.metadata(names, views), kept)
+            known = self.heads[key] = (wire.metadata(names, views), None if all(kept) else kept)
         return known
 
 
@@ -197,8 +201,6 @@ class PreparedRead:
     def finish(self, views: list[list[bytes]], version_metadata: bool) -> Any:
         """The OnlineResponse from the views' vectors (response.view_vectors), as Feast ends
         ``get_online_features`` (read metric, unneeded columns dropped, feature types)."""
-        from feast.online_response import OnlineResponse
-
         if getattr(getattr(_metrics, "_config", None), "online_features", False):
             try:  # as Feast: metrics never fail a read
                 _metrics.track_online_store_read(time.monotonic() - self.started)
@@ -206,7 +208,7 @@ class PreparedRead:
                 pass
         head, kept = self.plan.head(tuple(self.columns), version_metadata)
         vectors = [v for view in views for v in view]
-        if not all(kept):
+        if kept is not None:
             vectors = [v for v, k in zip(vectors, kept) if k]
         response = parse_response([head, *self.entity_vectors(), *vectors])
         if self.plan.feature_types is None:

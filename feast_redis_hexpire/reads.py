@@ -322,19 +322,20 @@ class Route:
         fanout = None if len(rows) == len(column) else list(rows.values())  # no repeated entity
         return list(rows), fanout, len(column)
 
+    def row(self, part: RouteView, key: bytes, reply: list) -> list[bytes | None]:
+        """One entity's ``values`` entries of one view of the route (None: missing)."""
+        try:
+            return [
+                None if reply[pos] is None else encode(reply[pos])
+                for pos, encode in zip(part.positions, part.encoders)
+            ]
+        except (ValueError, TypeError):  # the error naming the feature and the key
+            return [column[0] for column in self.columns(part, [key], [reply])[1]]
+
     def columns(self, part: RouteView, keys: list[bytes], replies: list) -> tuple[list, list[list]]:
         """:func:`value_columns` of one view of the route."""
         ts = part.ts_position
         ts_raw = [reply[ts] for reply in replies]
-        if len(replies) == 1:  # one entity
-            reply = replies[0]
-            try:
-                return ts_raw, [
-                    [None if reply[pos] is None else encode(reply[pos])]
-                    for pos, encode in zip(part.positions, part.encoders)
-                ]
-            except (ValueError, TypeError):
-                pass  # the loop below names the feature and the key
         columns = [
             _encoded_column(part.view, name, encode, keys, [reply[pos] for reply in replies])
             for name, pos, encode in zip(part.names, part.positions, part.encoders)

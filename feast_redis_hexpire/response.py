@@ -27,7 +27,7 @@ try:  # Feast's per-view PRESENT / NOT_FOUND counters (a no-op unless metrics ar
 except ImportError:  # pragma: no cover - older Feast
     _track_statuses = None
 
-__all__ = ["ViewResult", "append_view", "parse_response", "slots", "view_vectors"]
+__all__ = ["ViewResult", "append_view", "parse_response", "row_vectors", "slots", "view_vectors"]
 
 PRESENT = FieldStatus.PRESENT
 NOT_FOUND = FieldStatus.NOT_FOUND
@@ -119,6 +119,9 @@ def view_vectors(result: ViewResult) -> list[bytes]:
     """One ``results`` entry per requested feature of the view, in request order, and Feast's
     per-view status counters (METRICS HOOK: ``feast.metrics.track_feature_statuses``)."""
     n, requested, columns = result.output_len, result.requested, result.columns
+    if n == 1 and result.fanout is None and result.row_status is None:  # one entity, no check
+        slots_ = result.slots if result.slots is not None else slots(requested, result.names)
+        return row_vectors(result.table, len(requested), slots_, result.ts_raw[0], [c[0] for c in columns])
     stamps = _stamps(result)
     plain = result.row_status is None and result.fanout is None  # entity i is row i, no check
     all_present = wire.statuses_all(PRESENT, n)
@@ -143,6 +146,39 @@ def view_vectors(result: ViewResult) -> list[bytes]:
     if _track_statuses is not None:
         try:  # as in Feast: metrics never fail a read
             _track_statuses(result.table.name, present, len(requested) * n - present)
+        except Exception:  # noqa: BLE001
+            pass
+    return vectors
+
+
+_PRESENT_ONE = wire.statuses_all(PRESENT, 1)
+_NOT_FOUND_ONE = wire.statuses_all(NOT_FOUND, 1)
+
+
+def row_vectors(
+    table: Any, requested: int, slots: Sequence[int | None], raw_ts: bytes | None, values: Sequence[Any]
+) -> list[bytes]:
+    """:func:`view_vectors` of a one-entity read without a freshness check: one ``results``
+    entry per requested feature (``slots``: its value in ``values``, a ``values`` entry or None
+    when missing) and Feast's status counters (METRICS HOOK)."""
+    stamp = wire.NULL_STAMP if raw_ts is None else wire.stamp(int(raw_ts))
+    found = _PRESENT_ONE + stamp
+    field, tag = wire.field, wire.RESULTS_TAG
+    missing = None
+    present = 0
+    vectors = []
+    for slot in slots:
+        value = None if slot is None else values[slot]
+        if value is None:
+            if missing is None:
+                missing = field(tag, wire.NULL_VALUE + _NOT_FOUND_ONE + stamp)
+            vectors.append(missing)
+        else:
+            present += 1
+            vectors.append(field(tag, value + found))
+    if _track_statuses is not None:
+        try:  # as in Feast: metrics never fail a read
+            _track_statuses(table.name, present, requested - present)
         except Exception:  # noqa: BLE001
             pass
     return vectors

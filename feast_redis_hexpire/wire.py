@@ -89,8 +89,10 @@ STATUS = {status: varint(status) for status in FieldStatus.values()}
 assert all(len(code) == 1 for code in STATUS.values())
 
 
+@functools.lru_cache(maxsize=4096)
 def stamp(us: int) -> bytes:
-    """One ``event_timestamps`` entry for ``us`` microseconds since the epoch."""
+    """One ``event_timestamps`` entry for ``us`` microseconds since the epoch (cached: rows
+    written together share their event time, and its two varints cost more than the lookup)."""
     seconds, rest = divmod(us, 1_000_000)
     body = _TS_SECONDS + varint(seconds) if seconds else b""
     if rest:

@@ -193,6 +193,9 @@ def test_packed_hmgets_are_what_hiredis_packs():
     commands = [(b"fs:user:u1", shared), (b"fs:user:%00\xff", shared), (b"k", ["x"])]
     expected = b"".join(hiredis.pack_command((b"HMGET", key, *fields)) for key, fields in commands)
     assert pack_hmgets(commands) == expected
+    for command in commands:  # a one-entity read takes its own way
+        key, fields = command
+        assert pack_hmgets([command]) == hiredis.pack_command((b"HMGET", key, *fields))
 
 
 @pytest.mark.parametrize("retries", [0, 2])

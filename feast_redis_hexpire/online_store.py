@@ -327,10 +327,11 @@ class RedisHexpireOnlineStore(OnlineStore):
         )
         named = ", ".join(k.decode(errors="replace") for k in keys[start : start + 10])
         named += f" and {total - start - 10} more" if total - start > 10 else ""
-        if isinstance(err, NoPermissionError):  # every row of the batch was refused alike
+        if isinstance(err, NoPermissionError):  # a refused call writes nothing; on a cluster per
+            # slot, calls of keys the user may write can have been written beside it
             return StoreUnavailableError(
                 f"feature view {table.name!r}: the Redis user at {where} may not write: {err}; "
-                f"nothing of rows {start}..{total - 1} was written (see docs/ACL.md)"
+                f"rows {start}..{total - 1} are not confirmed written (see docs/ACL.md): {named}"
             )
         if isinstance(err, ResponseError):
             return HexpireError(

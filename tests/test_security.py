@@ -124,6 +124,7 @@ def test_user_without_the_acl_gets_a_clear_error(tmp_path, r, server, acl_user):
         store.materialize_incremental(end_date=datetime.now(UTC))
     text = str(err.value)
     assert "user_batch_features" in text and server.connection_string in text and "evalsha" in text
+    assert "are not confirmed written" in text and "fs:user:" in text  # the rows, named by key
     assert r.keys("fs:*") == []  # nothing was written
 
     # The right commands but another key pattern: the write is refused, nothing written.

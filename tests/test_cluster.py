@@ -487,6 +487,20 @@ def _move_slot(slot: int, source: Any, target: Any, finish: bool = True) -> None
             src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
 
 
+def _give_back(cluster: Any, rc: Any, key: bytes, source: Any, target: Any) -> None:
+    """Delete ``key`` and give its slot back to ``source``, stable on both nodes, for the module's
+    other tests (after a test moved it, or left it migrating, to ``target``)."""
+    slot = rc.keyslot(key)
+    rc.delete(key)
+    wait_for("the slot to be empty", lambda: rc.cluster_countkeysinslot(slot) == 0)
+    for node in (source, target):
+        with node.client() as c:
+            c.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    if cluster.owner_function()(key) is not source:
+        _move_slot(slot, target, source)
+    wait_for("every node to see the slot back", lambda: cluster.owner_function()(key) is source)
+
+
 def test_ack_replicas_ask_and_moved_fail_their_rows_by_name(tmp_path, cluster, rc):
     # A slot being migrated (ASK) and then moved (MOVED) under a client whose slot map still
     # names the old owner: that node's rows are reported failed with the redirect, never
@@ -541,14 +555,7 @@ def test_ack_replicas_ask_and_moved_fail_their_rows_by_name(tmp_path, cluster, r
         with target.client() as t:
             assert t.hget(key, "risk_segment") == b"followed"
     finally:
-        rc.delete(key)
-        wait_for("the slot to be empty", lambda: rc.cluster_countkeysinslot(slot) == 0)
-        for node in (source, target):  # back, for the module's other tests
-            with node.client() as c:
-                c.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
-        if cluster.owner_function()(key) is not source:
-            _move_slot(slot, target, source)
-        wait_for("every node to see the slot back", lambda: cluster.owner_function()(key) is source)
+        _give_back(cluster, rc, key, source, target)
 
 
 def evalsha_calls(cluster: LocalCluster) -> list[int]:
@@ -655,14 +662,7 @@ def test_rows_of_a_slot_that_moved_after_grouping_go_again_per_slot(tmp_path, cl
                 redirects = [k for k in s.info("errorstats") if ("ASK" if phase == "ask" else "MOVED") in k]
             assert redirects, f"the per-slot retry should have met the {phase} redirect and followed it"
     finally:
-        rc.delete(key)
-        wait_for("the slot to be empty", lambda: rc.cluster_countkeysinslot(slot) == 0)
-        for node in (source, target):  # back, for the module's other tests
-            with node.client() as c:
-                c.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
-        if cluster.owner_function()(key) is not source:
-            _move_slot(slot, target, source)
-        wait_for("every node to see the slot back", lambda: cluster.owner_function()(key) is source)
+        _give_back(cluster, rc, key, source, target)
 
 
 def _take_over(cluster: LocalCluster, replica: Any, master: Any, key: bytes) -> None:

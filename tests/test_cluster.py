@@ -487,6 +487,18 @@ def _move_slot(slot: int, source: Any, target: Any, finish: bool = True) -> None
             src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
 
 
+def _key_of_an_empty_slot(cluster: Any, rc: Any) -> tuple[str, bytes, int, Any, Any]:
+    """A user id whose key's slot holds no key, that key, its slot, the slot's master and another
+    master (to move the slot to)."""
+    owner = cluster.owner_function()
+    moving = next(
+        f"m{n:03d}" for n in range(1000) if rc.cluster_countkeysinslot(rc.keyslot(f"fs:user:m{n:03d}")) == 0
+    )
+    key = f"fs:user:{moving}".encode()
+    source = owner(key)
+    return moving, key, rc.keyslot(key), source, next(m for m in cluster.masters if m is not source)
+
+
 def _give_back(cluster: Any, rc: Any, key: bytes, source: Any, target: Any) -> None:
     """Delete ``key`` and give its slot back to ``source``, stable on both nodes, for the module's
     other tests (after a test moved it, or left it migrating, to ``target``)."""
@@ -509,12 +521,7 @@ def test_ack_replicas_ask_and_moved_fail_their_rows_by_name(tmp_path, cluster, r
     store = apply_repo(cluster_repo(tmp_path / "repo", cluster, ack_replicas=1, ack_timeout_seconds=2))
     view = store.get_feature_view("user_batch_features")
     owner = cluster.owner_function()
-    moving = next(
-        f"m{n:03d}" for n in range(1000) if rc.cluster_countkeysinslot(rc.keyslot(f"fs:user:m{n:03d}")) == 0
-    )
-    key = f"fs:user:{moving}".encode()
-    slot, source = rc.keyslot(key), owner(key)
-    target = next(m for m in cluster.masters if m is not source)
+    moving, key, slot, source, target = _key_of_an_empty_slot(cluster, rc)
     other = next(f"o{n:03d}" for n in range(1000) if owner(f"fs:user:o{n:03d}".encode()) is not source)
     assert failover.acked(store, view, failover.ack_rows([other], "warm"))  # the client has its slot map
     try:
@@ -621,12 +628,7 @@ def test_rows_of_a_slot_that_moved_after_grouping_go_again_per_slot(tmp_path, cl
     store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
     online, view = online_store_of(store), store.get_feature_view("user_batch_features")
     owner = cluster.owner_function()
-    moving = next(
-        f"m{n:03d}" for n in range(1000) if rc.cluster_countkeysinslot(rc.keyslot(f"fs:user:m{n:03d}")) == 0
-    )
-    key = f"fs:user:{moving}".encode()
-    slot, source = rc.keyslot(key), owner(key)
-    target = next(m for m in cluster.masters if m is not source)
+    moving, key, slot, source, target = _key_of_an_empty_slot(cluster, rc)
     users = [f"o{n:03d}" for n in range(30)]
     keys = [f"fs:user:{u}".encode() for u in users]
     assert any(owner(k) is source for k in keys), "the old owner has other rows of the call"

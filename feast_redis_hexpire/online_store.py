@@ -255,13 +255,6 @@ class RedisHexpireOnlineStore(OnlineStore):
         for rows, reply in zip(rows_of_calls, replies):
             if reply is None:  # its node failed (ack_replicas on a cluster): reported by the caller
                 continue
-            try:
-                counted = Counter(reply)
-            except TypeError:  # an unhashable reply (a nested list): counted row by row below
-                counted = Counter()
-            if counted and all(isinstance(result, int) for result in counted):  # none refused
-                results.update(counted)
-                continue
             for row, result in zip(rows, reply):
                 if isinstance(result, int):
                     results[result] += 1

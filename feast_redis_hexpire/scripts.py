@@ -1,5 +1,5 @@
 """Server-side Lua scripts, each atomic; a call's keys share one hash slot, so it is cluster-safe,
-except a write script's cross-slot variant (:meth:`Script.across_slots`), whose calls run on one
+except a write script's cross-slot variant (:attr:`Script.across_slots`), whose calls run on one
 cluster node with their keys in ARGV (:func:`run_by_node`).
 
 Scripts are sent with EVALSHA inside ordinary pipelines (one round trip per batch); a server that
@@ -10,6 +10,7 @@ the commands that failed, so a row never runs twice.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -69,9 +70,10 @@ class Script:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.lua.encode()).hexdigest())
 
+    @functools.cached_property
     def across_slots(self) -> Script:
         """The same script flagged ``allow-cross-slot-keys``, called with its keys in ARGV: one
-        call may write rows of every slot of one cluster node (write scripts only)."""
+        call may write rows of every slot of one cluster node (write scripts only). Built once."""
         return Script(f"{self.name}_cross_slot", CROSS_SLOT_SHEBANG + self.lua, cross_slot=True)
 
 
@@ -889,10 +891,14 @@ def _settled(
             kept_rows.append([])
             kept.append([])
             continue
-        settled = [(row, result) for row, result in zip(rows, reply) if not _not_local(result)]
-        again += [row for row, result in zip(rows, reply) if _not_local(result)]
-        kept_rows.append([row for row, _ in settled])
-        kept.append([result for _, result in settled])
+        kept_rows.append([])
+        kept.append([])
+        for row, result in zip(rows, reply):
+            if _not_local(result):
+                again.append(row)
+            else:
+                kept_rows[-1].append(row)
+                kept[-1].append(result)
     standing = [node for node in nodes if not isinstance(node[2], Exception)]  # the rest go again
     return (kept_rows, kept, standing), sorted(again)
 
@@ -958,7 +964,7 @@ def run_by_node(
     ack: Sequence[Any] | None,
 ) -> NodeBatch:
     """On a cluster, a batch whose ``calls`` each hold rows of one master's slots (grouped by
-    ``get_node_from_key``): each master's calls run ``script.across_slots()`` in one pipeline on
+    ``get_node_from_key``): each master's calls run ``script.across_slots`` in one pipeline on
     that master's connection (``get_redis_connection``), followed by ``ack`` if given (as
     :func:`run_acked_batch`). The rows the master did not serve, and those of calls or masters
     that failed as a whole (a connection error, a refused call), are then encoded by ``per_slot``
@@ -966,7 +972,7 @@ def run_by_node(
     ``ack``), which redis-py routes and which follows MOVED / ASK; its errors raise or are
     reported as there. Returns the rows of each call (the cross-slot calls' settled rows, then
     the per-slot calls'), their replies, and one NodeAck per node of each pass."""
-    cross = script.across_slots()
+    cross = script.across_slots
     replies: list[Any]
     nodes: list[NodeAck] = []
     if ack is not None:
@@ -992,13 +998,12 @@ async def run_by_node_async(
 ) -> NodeBatch:
     """:func:`run_by_node` for a redis.asyncio cluster client (each master's calls through its
     node's ``execute_pipeline``)."""
-    cross = script.across_slots()
+    cross = script.across_slots
     replies: list[Any]
     nodes: list[NodeAck] = []
     if ack is not None:
         replies, nodes = await run_acked_batch_async(client, cross, calls, ack)
     else:
-        await client.initialize()  # a new asyncio cluster client reads its slot map on first use
         replies = [None] * len(calls)
         groups = [
             (node, idx) for _, node, idx in _node_groups(client, calls) if not isinstance(node, Exception)

@@ -90,6 +90,13 @@ class KeyBuilder:
         ids = KEY_SEPARATOR.join(id_text(v) for _, v in pairs)
         return f"{self.prefix}{segment}:{ids}".encode()
 
+    def id_key(self, text: str) -> bytes:
+        """A one-entity view's key (``head`` set) of an id given as its unescaped text: a string
+        id, or an integer's decimal digits (which escape_id leaves as they are)."""
+        assert self.head is not None
+        # no escaped character is alphanumeric
+        return (self.head + (text if text.isalnum() else text.translate(_ESCAPE_TABLE))).encode()
+
     def keys(self, entity_keys: Iterable[EntityKeyProto]) -> list[bytes]:
         """:meth:`key` of each; a one-entity view's string ids take a short path."""
         head = self.head
@@ -101,8 +108,8 @@ class KeyBuilder:
             values = entity_key.entity_values
             if len(values) == 1 and len(entity_key.join_keys) == 1:
                 text = values[0].string_val  # not empty: the id is a string (a oneof's member)
-                if text:  # no escaped character is alphanumeric
-                    append((head + (text if text.isalnum() else text.translate(_ESCAPE_TABLE))).encode())
+                if text:
+                    append(self.id_key(text))
                     continue
             append(self.key(entity_key))
         return out

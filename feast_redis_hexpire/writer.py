@@ -38,7 +38,6 @@ from feast.value_type import ValueType
 
 from . import codec
 from .exceptions import BadValueError, ConfigError
-from .layout import escape_id
 from .online_store import RedisHexpireOnlineStore, hexpire_store
 from .read_plan import registry_state
 from .views import ViewLayout
@@ -128,15 +127,14 @@ class _ViewSchema:
     def _fast_key(self, layout: ViewLayout, data: Mapping[str, Any]) -> bytes | None:
         """The row's hash key when its one join key is a str or int of the key's own type (what
         ``layout.keys`` makes of Feast's entity key of it), else None."""
-        head = layout.keys.head
-        if head is None or len(self.join_keys) != 1:
+        if layout.keys.head is None or len(self.join_keys) != 1:
             return None
         name, value_type = self.join_keys[0]
         value = data[name]
         if type(value) is str and value_type == ValueType.STRING:
-            return (head + escape_id(value)).encode("utf-8")
+            return layout.keys.id_key(value)
         if type(value) is int and value in codec.INT_RANGES.get(value_type, ()):
-            return (head + str(value)).encode("ascii")
+            return layout.keys.id_key(str(value))
         return None
 
 

@@ -1,19 +1,27 @@
 """Server CPU per written row, and how long a PING waits during a write: plugin vs built-in.
 
-    python bench/write_cpu.py                       # Redis 8.2 and Valkey 9.1, 20,000 rows
-    python bench/write_cpu.py --rows 5000 --server redis
+    python bench/write_cpu.py                       # Redis 8.2 and Valkey 9.1, two runs
+    python bench/write_cpu.py --rows 5000 --server redis --runs 1 --out /tmp/write_cpu.md
 
 One run starts one server per kind and, as in bench/run.py, two copies of the sample repo: the
 plugin (``hx``) and Feast's built-in redis store (``builtin``). For each store, in the same run:
 
-- server CPU per row: ``INFO cpu`` ``used_cpu_user + used_cpu_sys`` before and after
-  ``online_write_batch`` of N batch rows (the rows materialize hands over) and then N streaming
-  rows (the rows push hands over), on an emptied server, then the same streaming rows one second
-  later (rows that update stored ones), median of ``--rounds`` rounds, the
-  stores alternating within each round;
+- server CPU per row: CPU of the server's main thread (``INFO cpu``
+  ``used_cpu_{user,sys}_main_thread``; background threads, such as a lazy FLUSHALL still freeing
+  keys, are left out) before and after each ``online_write_batch``. A round starts on a server
+  emptied with ``FLUSHALL SYNC`` and writes, for every store, N batch rows (the rows materialize
+  hands over; new entities), then N streaming rows of the same entities (the rows push hands
+  over; new fields), then the same streaming rows one second later (rows that update stored
+  ones), each kind in writes of ``--chunk`` rows with the stores taking turns write by write
+  (A B B A ...), so a burst of other jobs weighs on every store alike. One unmeasured warm-up
+  round, then ``--rounds`` rounds; per store and kind, the median over rounds of its ratio to the
+  built-in store's sample of the same round, with the lowest and highest round;
 - a PING sent during a 2000-row streaming write: a separate process (so the writer's GIL does
   not delay it) sends PINGs back to back on its own connection for the whole phase; the pings
   sent while one of the stores was writing are its samples (``--writes`` writes each).
+
+``--runs`` independent runs (fresh servers each) in one command; ``--out FILE`` puts the result
+in FILE's ``bench/write_cpu.py`` section (``--out BENCHMARKS.md`` for the repository's).
 
 The plugin runs with ``write_rows_per_call`` 1 (one EVALSHA per row: the write path before the
 rows were batched), and with each value of ``--per-call``; with ``--layouts fields,packed`` (the
@@ -40,7 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import machine_info, server_info  # noqa: E402
+from report import machine_info, replace_section, server_info  # noqa: E402
 from timing import percentile  # noqa: E402
 from workload import (  # noqa: E402
     BUILTIN_STORE,
@@ -69,35 +77,96 @@ print(json.dumps(out))
 """
 
 
+def _clients(r: Any) -> list[Any]:
+    return r.clients if isinstance(r, _Masters) else [r]
+
+
 def server_cpu(r: Any) -> float:
-    info = r.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    """CPU seconds of the server's main thread, where commands and scripts run: ``INFO cpu``
+    ``used_cpu_user_main_thread + used_cpu_sys_main_thread`` (Redis >= 6.2, Valkey), which leaves
+    out the background threads (lazy free, jemalloc's purging); the whole process where absent.
+    Summed over the masters of a cluster."""
+    total = 0.0
+    for c in _clients(r):
+        info = c.info("cpu")
+        suffix = "_main_thread" if "used_cpu_user_main_thread" in info else ""
+        total += float(info[f"used_cpu_user{suffix}"]) + float(info[f"used_cpu_sys{suffix}"])
+    return total
 
 
-def cpu_per_row(r: Any, bench: Bench, view: Any, rows: list) -> float:
-    """Server CPU microseconds per row of one online_write_batch of ``rows``."""
-    before = server_cpu(r)
-    bench.write(view, rows)
-    return (server_cpu(r) - before) * 1e6 / len(rows)
+def flush(r: Any) -> None:
+    """Empty the server(s) now (``FLUSHALL SYNC``): a lazy free (Valkey's default for FLUSHALL)
+    would still be freeing the previous store's keys in the background during the next sample."""
+    for c in _clients(r):
+        c.execute_command("FLUSHALL", "SYNC")
 
 
-def measure_cpu(r: Any, benches: dict[str, Bench], rows: int, rounds: int) -> dict[str, dict[str, float]]:
-    samples: dict[str, dict[str, list[float]]] = {
-        k: {"batch": [], "stream": [], "update": []} for k in benches
-    }
+KINDS = ("batch", "stream", "update")
+
+
+def _later(rows: list, seconds: float) -> list:
+    return [(k, v, ts + timedelta(seconds=seconds), c) for k, v, ts, c in rows]
+
+
+def measure_cpu(
+    r: Any, benches: dict[str, Bench], rows: int, rounds: int, chunk: int
+) -> dict[str, dict[str, Any]]:
+    """Server CPU per row of each store and kind of write: one sample per round.
+
+    A round starts on an emptied server (``flush``; the stores' keys differ by project) and
+    writes, for every store, ``rows`` batch rows (new entities), then ``rows`` streaming rows of
+    the same entities (new fields of existing hashes), then the same streaming rows one second
+    later (rows that update stored ones): the same key population for every store. Each kind
+    goes in writes of ``chunk`` rows, the stores taking turns write by write (in order, then
+    reversed: A B B A ...), so a burst of other jobs on the machine weighs on every store alike;
+    a store's sample is the CPU of all its writes of that kind over its rows. One unmeasured
+    round first (scripts loaded, the allocator grown to the round's size, so later rounds reuse
+    freed memory alike). Per store and kind: the median over rounds of the ratio to the built-in
+    store's sample of the same round, its lowest and highest, and the median µs per row.
+    """
     labels = list(benches)
-    for n in range(rounds):
-        for label in labels if n % 2 == 0 else reversed(labels):
-            bench = benches[label]
-            r.flushall()
-            batch = batch_proto_rows(bench)[:rows]
-            samples[label]["batch"].append(cpu_per_row(r, bench, bench.batch_view, batch))
-            stream = streaming_proto_rows(bench, rows, now_utc() + timedelta(seconds=n))
-            samples[label]["stream"].append(cpu_per_row(r, bench, bench.stream_view, stream))
-            # The same entities again, one second later: rows that update a stored streaming row.
-            update = [(k, v, ts + timedelta(seconds=1), c) for k, v, ts, c in stream]
-            samples[label]["update"].append(cpu_per_row(r, bench, bench.stream_view, update))
-    return {k: {kind: statistics.median(v) for kind, v in s.items()} for k, s in samples.items()}
+    start = now_utc()
+    batch = {label: batch_proto_rows(b)[:rows] for label, b in benches.items()}
+    stream = {label: streaming_proto_rows(b, rows, start) for label, b in benches.items()}
+
+    def one_round(n: int) -> dict[str, dict[str, float]]:
+        flush(r)
+        first = {label: _later(rs, 2 * n) for label, rs in stream.items()}
+        writes = {
+            "batch": (lambda b: b.batch_view, batch),
+            "stream": (lambda b: b.stream_view, first),
+            "update": (lambda b: b.stream_view, {label: _later(rs, 1) for label, rs in first.items()}),
+        }
+        out: dict[str, dict[str, float]] = {label: {} for label in labels}
+        for kind, (view_of, rows_of) in writes.items():
+            seconds = dict.fromkeys(labels, 0.0)
+            for c, at in enumerate(range(0, rows, chunk)):
+                for label in labels if c % 2 == 0 else reversed(labels):
+                    bench = benches[label]
+                    before = server_cpu(r)
+                    bench.write(view_of(bench), rows_of[label][at : at + chunk])
+                    seconds[label] += server_cpu(r) - before
+            for label in labels:
+                out[label][kind] = seconds[label] * 1e6 / rows
+        return out
+
+    one_round(0)  # warm-up, not counted
+    samples = [one_round(n) for n in range(1, rounds + 1)]
+    flush(r)
+    out: dict[str, dict[str, Any]] = {}
+    for label in labels:
+        out[label] = {}
+        for kind in KINDS:
+            mine = [s[label][kind] for s in samples]
+            ratios = [s[label][kind] / s["builtin"][kind] for s in samples]
+            out[label][kind] = {
+                "us": statistics.median(mine),
+                "ratio": statistics.median(ratios),
+                "lo": min(ratios),
+                "hi": max(ratios),
+                "samples": mine,
+            }
+    return out
 
 
 def measure_ping(server: LocalRedis, benches: dict[str, Bench], writes: int) -> dict[str, dict[str, float]]:
@@ -134,7 +203,7 @@ def measure_ping(server: LocalRedis, benches: dict[str, Bench], writes: int) -> 
 
 
 def run_kind(
-    kind: str, rows: int, rounds: int, writes: int, per_call: list[int], layouts: list[str]
+    kind: str, rows: int, rounds: int, chunk: int, writes: int, per_call: list[int], layouts: list[str]
 ) -> dict[str, Any]:
     with LocalRedis(kind) as server, tempfile.TemporaryDirectory() as tmp:
         r = server.client()
@@ -151,26 +220,17 @@ def run_kind(
                 label = f"hx{n}packed"
                 benches[label] = make_bench(label, Path(tmp), label, conn, store, rows, now_utc())
         load_start = " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
-        cpu = measure_cpu(r, benches, rows, rounds)
-        r.flushall()
+        cpu = measure_cpu(r, benches, rows, rounds, chunk)
         ping = measure_ping(server, benches, writes)
         load_end = " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
         return {"server": server_info(r), "cpu": cpu, "ping": ping, "load": (load_start, load_end)}
 
 
 class _Masters:
-    """The masters of a cluster, read as one server: INFO cpu summed, FLUSHALL on each."""
+    """The masters of a cluster, read as one server (``server_cpu``, ``flush``)."""
 
     def __init__(self, cluster: Any) -> None:
         self.clients = [m.client() for m in cluster.masters]
-
-    def info(self, section: str) -> dict[str, float]:
-        infos = [c.info(section) for c in self.clients]
-        return {k: sum(float(i[k]) for i in infos) for k in ("used_cpu_user", "used_cpu_sys")}
-
-    def flushall(self) -> None:
-        for c in self.clients:
-            c.flushall()
 
 
 # The plugin's variants on a cluster: label -> (rows per call, key_prefix, cluster_write_calls).
@@ -184,7 +244,7 @@ def _cluster_variants(per_call: int) -> dict[str, tuple[int, str, str]]:
     }
 
 
-def run_cluster(kind: str, rows: int, rounds: int, per_call: int) -> dict[str, Any]:
+def run_cluster(kind: str, rows: int, rounds: int, chunk: int, per_call: int) -> dict[str, Any]:
     """Server CPU per row summed over the masters of a 3-master cluster (no replicas): the
     plugin with calls per slot and per master, without and with a hash-tag key prefix, and the
     built-in store."""
@@ -211,7 +271,7 @@ def run_cluster(kind: str, rows: int, rounds: int, per_call: int) -> dict[str, A
             }
             benches[label] = make_bench(label, Path(tmp), label, conn, store, rows, now_utc())
         load_start = " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
-        cpu = measure_cpu(_Masters(cluster), benches, rows, rounds)
+        cpu = measure_cpu(_Masters(cluster), benches, rows, rounds, chunk)
         load_end = " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
         with cluster.masters[0].client() as c:
             server = server_info(c)
@@ -220,7 +280,6 @@ def run_cluster(kind: str, rows: int, rounds: int, per_call: int) -> dict[str, A
 
 def render_cluster(res: dict[str, Any], rows: int, per_call: int) -> str:
     cpu = res["cpu"]
-    base = cpu["builtin"]
     names = {
         "builtin": "built-in `type: redis`",
         "hx1": "plugin, 1 row per call",
@@ -232,33 +291,39 @@ def render_cluster(res: dict[str, Any], rows: int, per_call: int) -> str:
         f"hx{per_call}tag": f"plugin, {per_call} rows per call, prefix `{{project}}:{{t}}:` (one slot)",
     }
     lines = [
-        f"#### {res['server']} ({rows:,} rows per write; load average {res['load'][0]} at start, "
+        f"#### {res['server']} ({rows:,} rows of each kind per store and round; "
+        f"load average {res['load'][0]} at start, "
         f"{res['load'][1]} at end)",
         "",
-        "| store | server CPU per batch row, all masters (µs) | vs built-in | per streaming row (µs) "
-        "| vs built-in | per streaming row updating a stored one (µs) | vs built-in |",
+        "| store | server CPU per batch row, all masters (µs) | vs built-in (rounds) "
+        "| per streaming row (µs) | vs built-in (rounds) "
+        "| per streaming row updating a stored one (µs) | vs built-in (rounds) |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, name in names.items():
-        c = cpu[label]
-        lines.append(
-            f"| {name} | {c['batch']:.2f} | {c['batch'] / base['batch']:.2f}x | {c['stream']:.2f} | "
-            f"{c['stream'] / base['stream']:.2f}x | {c['update']:.2f} | {c['update'] / base['update']:.2f}x |"
-        )
+        lines.append(f"| {name} | {cpu_cells(cpu[label])} |")
     return "\n".join(lines + [""])
+
+
+def cpu_cells(c: dict[str, dict[str, Any]]) -> str:
+    """µs per row and the median ratio to the built-in store (lowest-highest round) per kind."""
+    return " | ".join(
+        f"{c[k]['us']:.2f} | {c[k]['ratio']:.2f}x ({c[k]['lo']:.2f}-{c[k]['hi']:.2f})" for k in KINDS
+    )
 
 
 def render(results: dict[str, Any], rows: int, per_call: list[int]) -> str:
     lines = []
     for res in results.values():
         cpu, ping = res["cpu"], res["ping"]
-        base = cpu["builtin"]
         lines += [
-            f"#### {res['server']} ({rows:,} rows per write; load average {res['load'][0]} at start, "
+            f"#### {res['server']} ({rows:,} rows of each kind per store and round; "
+            f"load average {res['load'][0]} at start, "
             f"{res['load'][1]} at end)",
             "",
-            "| store | server CPU per batch row (µs) | vs built-in | per streaming row (µs) | vs built-in "
-            "| per streaming row updating a stored one (µs) | vs built-in "
+            "| store | server CPU per batch row (µs) | vs built-in (rounds) "
+            "| per streaming row (µs) | vs built-in (rounds) "
+            "| per streaming row updating a stored one (µs) | vs built-in (rounds) "
             "| PING during a 2000-row write p50 / p90 / max (ms) | p90 vs one EVALSHA per row "
             "| 2000-row write (ms) |",
             "|---|---|---|---|---|---|---|---|---|---|",
@@ -273,48 +338,93 @@ def render(results: dict[str, Any], rows: int, per_call: list[int]) -> str:
             if label.endswith("packed"):
                 name += ", `value_layout: packed`"
             lines.append(
-                f"| {name} | {c['batch']:.2f} | {c['batch'] / base['batch']:.2f}x | {c['stream']:.2f} | "
-                f"{c['stream'] / base['stream']:.2f}x | {c['update']:.2f} | "
-                f"{c['update'] / base['update']:.2f}x | {p['p50']:.2f} / {p['p90']:.2f} / {p['max']:.2f} "
+                f"| {name} | {cpu_cells(c)} | {p['p50']:.2f} / {p['p90']:.2f} / {p['max']:.2f} "
                 f"(n={p['n']}) | {p['p90'] / ping['hx1']['p90']:.2f}x | {p['write_ms']:.0f} |"
             )
         lines.append("")
     return "\n".join(lines)
 
 
+METHOD = """\
+## Server CPU per written row, and PING during a write (issue 9)
+
+Generated by `{command}` (see its docstring). Server CPU is the server's main thread (`INFO cpu`
+`used_cpu_user_main_thread + used_cpu_sys_main_thread`, where commands and scripts run; the
+background threads that free memory are left out) before and after each `online_write_batch` of
+the rows `materialize` / `push` hand to the store. A round starts on a server emptied with
+`FLUSHALL SYNC` and writes, for every store, {rows:,} batch rows of new entities, then {rows:,}
+streaming rows of the same entities (new fields), then the same streaming rows one second later
+(updates), in writes of {chunk:,} rows with the stores taking turns write by write (A B B A ...,
+so a burst of other jobs weighs on every store alike). One unmeasured round first (scripts
+loaded, the allocator grown), then {rounds} rounds; "vs built-in" is the median over rounds of the
+ratio to the built-in store's sample of the same round, with the lowest and highest round in
+brackets; µs are medians over rounds. "plugin, 1 row per call" is the write path before rows were batched (one
+`EVALSHA` per row); "`value_layout: packed`" is the plugin with one field per view, in the same
+alternation. PING: a separate process sends PINGs back to back on its own connection; the pings
+sent while a store wrote 2000 streaming rows (one `online_write_batch`, one round trip) are that
+store's samples. `--cluster`: server CPU only, summed over the masters of a 3-master cluster (no
+replicas), per slot (`cluster_write_calls: slot`), per master (`cluster_write_calls: node`, the
+default) and with a hash-tag key prefix (every key in one slot, i.e. one master: no sharding).
+
+Machine: {machine}.
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--writes", type=int, default=10, help="2000-row writes per store for the PING phase")
-    parser.add_argument("--per-call", default="10,100,500", help="write_rows_per_call values to compare")
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds per run (after one warm-up)")
+    parser.add_argument(
+        "--chunk", type=int, default=1000, help="rows per write; the stores take turns write by write"
+    )
+    parser.add_argument("--runs", type=int, default=2, help="independent runs, each with fresh servers")
+    parser.add_argument("--writes", type=int, default=4, help="2000-row writes per store for the PING phase")
+    parser.add_argument("--per-call", default="100", help="write_rows_per_call values to compare")
     parser.add_argument("--server", choices=["redis", "valkey", "both"], default="both")
     parser.add_argument(
         "--layouts", default="fields,packed", help="value layouts of the plugin: fields, or fields,packed"
     )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--out", type=Path, help="put the result in this file's bench/write_cpu.py section")
     parser.add_argument("--cluster", action="store_true", help="3-master cluster, server CPU only")
     args = parser.parse_args()
     per_call = [int(x) for x in args.per_call.split(",")]
-    if args.cluster:
-        info = machine_info()
-        kinds = ["redis", "valkey"] if args.server == "both" else [args.server]
-        print(f"machine: {info['CPU']}, {info['cores']} cores, {info['date (UTC)']} UTC")
-        for kind in kinds:
-            print(
-                render_cluster(
-                    run_cluster(kind, args.rows, args.rounds, per_call[-1]), args.rows, per_call[-1]
-                )
-            )
-        return
     kinds = ["redis", "valkey"] if args.server == "both" else [args.server]
-    info = machine_info()
     layouts = args.layouts.split(",")
-    results = {kind: run_kind(kind, args.rows, args.rounds, args.writes, per_call, layouts) for kind in kinds}
-    print(f"machine: {info['CPU']}, {info['cores']} cores, {info['date (UTC)']} UTC")
-    print(render(results, args.rows, per_call))
-    if args.json:
-        args.json.write_text(json.dumps({"machine": info, "results": results}, indent=1))
+    shown = [a for a in sys.argv[1:] if a not in ("--out", str(args.out), "--json", str(args.json))]
+    command = " ".join(["python bench/write_cpu.py", *shown])
+    info = machine_info()
+    parts = [
+        METHOD.format(
+            command=command,
+            rows=args.rows,
+            rounds=args.rounds,
+            chunk=args.chunk,
+            machine=f"{info['CPU']}, {info['cores']} cores, {info['OS']}, Python {info['python']}, "
+            f"Feast {info['feast']}, redis-py {info['redis-py']}, hiredis {info['hiredis']}, loopback TCP",
+        )
+    ]
+    raw: list[dict[str, Any]] = []
+    for run in range(1, args.runs + 1):
+        started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+        if args.cluster:
+            results = {
+                kind: run_cluster(kind, args.rows, args.rounds, args.chunk, per_call[-1]) for kind in kinds
+            }
+            text = "\n".join(render_cluster(res, args.rows, per_call[-1]) for res in results.values())
+        else:
+            results = {
+                kind: run_kind(kind, args.rows, args.rounds, args.chunk, args.writes, per_call, layouts)
+                for kind in kinds
+            }
+            text = render(results, args.rows, per_call)
+        raw.append(results)
+        parts.append(f"Run {run} ({started} UTC, fresh servers):\n\n{text}")
+        print(parts[-1], flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"machine": info, "runs": raw}, indent=1))
+        if args.out:
+            replace_section(args.out, "bench/write_cpu.py", "\n".join(parts))
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ def test_interleaved_faults_on_the_masters_never_answer_another_entity(tmp_path,
     store = apply_repo(cluster_repo(tmp_path / "repo", cluster, socket_timeout=0.2, retries=0))
     masters = [node.client() for node in cluster.masters]
     try:
-        outcomes = test_direct.interleaved_faults(store, rc, masters, steps=12)
+        outcomes = test_direct.interleaved_faults(store, rc, masters, steps=18)
     finally:
         for c in masters:
             c.close()

@@ -1,22 +1,32 @@
-"""The read path's own connections to a single server: HMGETs written on a plain socket and their
-replies parsed with hiredis's public ``hiredis.Reader``.
+"""The read path's own connections, to one server or to each primary of a cluster: HMGETs
+written on plain sockets and their replies parsed with hiredis's public ``hiredis.Reader``.
 
 For a one-entity read, redis-py's per-call layers (pool checkout and release, health checks,
 its parser wrapper) cost as much as the round trip. Here a connection is a socket, a Reader and
-nothing else, and a read is one ``sendall`` and as many ``recv`` calls as the replies need.
+nothing else, and a read is one ``sendall`` per server and as many ``recv`` calls as the replies
+need.
 
-Where this applies: ``redis_type: redis`` (one server) with no connection setting beyond
-``password``, ``username`` and ``db`` (TLS, RESP3 and every other redis-py option, Sentinel and
-Cluster keep redis-py's path). A connection is used by one read at a time (a read takes it off
-the idle list and puts it back only after every reply was read), so two reads never share one.
+Where this applies: ``redis_type: redis`` (one server) or ``redis_type: redis_cluster`` with no
+connection setting beyond ``password``, ``username`` and ``db`` (a cluster: db 0 only). TLS,
+RESP3 and every other redis-py option, and Sentinel, keep redis-py's path. A connection is used
+by one read at a time (a read takes it off its server's idle list and puts it back only after
+every reply was read), so two reads never share one.
+
+On a cluster, each key's primary is the one redis-py's slot map names
+(``RedisCluster.get_node_from_key``, its public API; the map stays redis-py's). A read's HMGETs
+are grouped per primary and written to every primary before any reply is read. A reply saying
+the map moved (MOVED, ASK, TRYAGAIN, CLUSTERDOWN), or a slot the map does not cover, makes the
+read return None: redis-py's cluster pipeline reads again, follows the redirection and updates
+the map, which the next read uses.
 
 A connection is reused only when it is in step: every reply of the read was read, each is an
 HMGET's array of exactly the fields asked (or an error reply), and nothing is left over. Any
 other outcome (a timeout, a reset, a protocol error, an unexpected reply, an interrupt) closes
 it, and the read returns None: the caller reads again through redis-py, whose retry policy
 (``retries``) and errors then apply. An error reply leaves the connection in step (it is kept);
-the read returns False and redis-py reads again, to raise the error as redis-py names it. A
-replayed read is safe: reads change nothing.
+the read returns False and redis-py reads again, to raise the error as redis-py names it. On a
+cluster, the other primaries' replies of a read are still read when one fails, so their
+connections stay in step. A replayed read is safe: reads change nothing.
 
 After a fork the child drops the parent's connections without touching them (the parent still
 uses its sockets) and opens its own.

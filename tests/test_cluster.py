@@ -14,6 +14,7 @@ import random
 import re
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -246,6 +247,30 @@ def test_reads_take_the_stores_own_sockets_and_answer_as_feast_and_redis_py(tmp_
     assert direct.hmget(commands, client) == expected
     assert [direct.hmget([c], client) for c in commands] == [[reply] for reply in expected]
     assert online._hmget(config, commands) == expected
+
+
+def test_acl_user_on_the_own_sockets(tmp_path, cluster, rc):
+    """username= and password= on the cluster: the own sockets to every master authenticate as
+    that ACL user (ACL SETUSER is per node: set on each)."""
+    user, secret = f"reader-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    nodes = [node.client() for node in cluster.nodes]
+    try:
+        for c in nodes:
+            c.execute_command("ACL", "SETUSER", user, "on", f">{secret}", "~*", "+@all")
+        conn = f"{cluster.connection_string},username={user},password={secret}"
+        repo = write_repo(tmp_path / "repo", conn, redis_type="redis_cluster")
+        write_data(repo)
+        store = apply_repo(repo)
+        test_direct.seed(store)
+        own = test_direct.OWN
+        assert test_direct.read(store, list(own)) == list(own.values())
+        assert test_direct.read(store, ["u0005"]) == [5]
+        masters = nodes[: len(cluster.masters)]
+        assert all([c for c in test_direct.own_sockets(m) if c["user"] == user] for m in masters)
+    finally:
+        for c in nodes:
+            c.execute_command("ACL", "DELUSER", user)
+            c.close()
 
 
 def test_interleaved_faults_on_the_masters_never_answer_another_entity(tmp_path, cluster, rc):

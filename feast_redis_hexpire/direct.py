@@ -1,22 +1,32 @@
-"""The read path's own connections to a single server: HMGETs written on a plain socket and their
-replies parsed with hiredis's public ``hiredis.Reader``.
+"""The read path's own connections, to one server or to each primary of a cluster: HMGETs
+written on plain sockets and their replies parsed with hiredis's public ``hiredis.Reader``.
 
 For a one-entity read, redis-py's per-call layers (pool checkout and release, health checks,
 its parser wrapper) cost as much as the round trip. Here a connection is a socket, a Reader and
-nothing else, and a read is one ``sendall`` and as many ``recv`` calls as the replies need.
+nothing else, and a read is one ``sendall`` per server and as many ``recv`` calls as the replies
+need.
 
-Where this applies: ``redis_type: redis`` (one server) with no connection setting beyond
-``password``, ``username`` and ``db`` (TLS, RESP3 and every other redis-py option, Sentinel and
-Cluster keep redis-py's path). A connection is used by one read at a time (a read takes it off
-the idle list and puts it back only after every reply was read), so two reads never share one.
+Where this applies: ``redis_type: redis`` (one server) or ``redis_type: redis_cluster`` with no
+connection setting beyond ``password``, ``username`` and ``db`` (a cluster: db 0 only). TLS,
+RESP3 and every other redis-py option, and Sentinel, keep redis-py's path. A connection is used
+by one read at a time (a read takes it off its server's idle list and puts it back only after
+every reply was read), so two reads never share one.
+
+On a cluster, each key's primary is the one redis-py's slot map names
+(``RedisCluster.get_node_from_key``, its public API; the map stays redis-py's). A read's HMGETs
+are grouped per primary and written to every primary before any reply is read. A reply saying
+the map moved (MOVED, ASK, TRYAGAIN, CLUSTERDOWN), or a slot the map does not cover, makes the
+read return None: redis-py's cluster pipeline reads again, follows the redirection and updates
+the map, which the next read uses.
 
 A connection is reused only when it is in step: every reply of the read was read, each is an
 HMGET's array of exactly the fields asked (or an error reply), and nothing is left over. Any
 other outcome (a timeout, a reset, a protocol error, an unexpected reply, an interrupt) closes
 it, and the read returns None: the caller reads again through redis-py, whose retry policy
 (``retries``) and errors then apply. An error reply leaves the connection in step (it is kept);
-the read returns False and redis-py reads again, to raise the error as redis-py names it. A
-replayed read is safe: reads change nothing.
+the read returns False and redis-py reads again, to raise the error as redis-py names it. On a
+cluster, the other primaries' replies of a read are still read when one fails, so their
+connections stay in step. A replayed read is safe: reads change nothing.
 
 After a fork the child drops the parent's connections without touching them (the parent still
 uses its sockets) and opens its own.
@@ -31,7 +41,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import hiredis
-from redis.exceptions import ResponseError
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, ResponseError
 
 from .config import RedisHexpireOnlineStoreConfig, RedisType, parse_connection_string
 
@@ -40,7 +51,11 @@ __all__ = ["DirectReads", "direct_reads", "pack_hmgets"]
 # Connection settings this path implements itself; any other key=value pair keeps redis-py's.
 _OWN_PARAMS = frozenset({"password", "username", "db"})
 _RECV = 65536
-_MAX_IDLE = 32
+_HMGETs = Sequence[tuple[bytes, Sequence[str]]]  # (key, fields) per HMGET
+_MAX_IDLE = 32  # per server
+# Error replies that say a cluster's slot map moved (reads.py's redirect exceptions, as replies):
+# redis-py's cluster pipeline follows them and updates the map.
+_CLUSTER_REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")
 
 
 def _bulk(data: bytes) -> bytes:
@@ -64,7 +79,7 @@ def _packed_fields(fields: Sequence[str]) -> tuple[bytes, bytes]:
     return head, tail
 
 
-def pack_hmgets(commands: Sequence[tuple[bytes, Sequence[str]]]) -> bytes:
+def pack_hmgets(commands: _HMGETs) -> bytes:
     """The HMGETs in the protocol's request form (an array of bulk strings), what
     ``hiredis.pack_command`` gives; the fields part is packed once per field list."""
     if len(commands) == 1:  # a one-entity read
@@ -113,33 +128,30 @@ class _Connection:
             pass
 
 
-class DirectReads:
-    """Idle connections to one server, for :meth:`hmget`."""
+class _Server:
+    """Idle connections to one server (on a cluster: one primary)."""
+
+    __slots__ = ("address", "connect_timeout", "handshake", "idle", "refused", "timeout")
 
     def __init__(
-        self,
-        host: str,
-        port: int,
-        handshake: list[tuple[Any, ...]],
-        timeout: float | None,
-        connect: float | None,
+        self, address: tuple[str, int], handshake: list[bytes], timeout: float | None, connect: float | None
     ) -> None:
-        self._address = (host, port)
-        self._handshake = [hiredis.pack_command(command) for command in handshake]
-        self._timeout = timeout
-        self._connect_timeout = connect
-        self._idle: list[_Connection] = []
+        self.address = address
+        self.handshake = handshake
+        self.timeout = timeout
+        self.connect_timeout = connect
+        self.idle: list[_Connection] = []
         self.refused = False  # the server refused the handshake: redis-py's path says why
 
     def _open(self) -> _Connection | None:
-        sock = socket.create_connection(self._address, timeout=self._connect_timeout)
+        sock = socket.create_connection(self.address, timeout=self.connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(self._timeout)
+            sock.settimeout(self.timeout)
             conn = _Connection(sock)
-            if self._handshake:
-                sock.sendall(b"".join(self._handshake))
-                if any(isinstance(reply, ResponseError) for reply in conn.replies(len(self._handshake))):
+            if self.handshake:
+                sock.sendall(b"".join(self.handshake))
+                if any(isinstance(reply, ResponseError) for reply in conn.replies(len(self.handshake))):
                     self.refused = True
                     conn.close()
                     return None
@@ -148,15 +160,14 @@ class DirectReads:
             sock.close()
             raise
 
-    def hmget(self, commands: Sequence[tuple[bytes, Sequence[str]]]) -> list[Any] | None | bool:
-        """The replies of one HMGET per (key, fields); None when the connection failed or the
-        handshake was refused, False when a reply was an error (the caller reads through
-        redis-py either way). Every reply is read before returning, so a connection put back is
-        in step."""
+    def send(self, commands: _HMGETs) -> _Connection | None:
+        """A connection (taken off the idle list, or new) with the HMGETs written to it; None when
+        none could be opened, the handshake was refused or the write failed (it is closed)."""
         if self.refused:
             return None
+        packed = pack_hmgets(commands)
         try:
-            conn: _Connection | None = self._idle.pop()
+            conn: _Connection | None = self.idle.pop()
         except IndexError:
             try:
                 conn = self._open()
@@ -164,10 +175,24 @@ class DirectReads:
                 return None
         if conn is None:
             return None
+        sent = False
+        try:
+            conn.sock.sendall(packed)
+            sent = True
+        except OSError:
+            pass
+        finally:
+            if not sent:  # an interrupt too: part of the request may be on the wire
+                conn.close()
+        return conn if sent else None
+
+    def finish(self, conn: _Connection, commands: _HMGETs) -> list[Any] | None | bool:
+        """The replies of the HMGETs :meth:`send` wrote on ``conn``. Every reply is read before
+        ``conn`` goes back on the idle list, in step; any other outcome closes it. None when
+        the connection failed or a reply says the cluster's slot map moved, False when a reply
+        was another error."""
         ok = clean = False
         try:
-            packed = pack_hmgets(commands)
-            conn.sock.sendall(packed)
             replies = conn.replies(len(commands))
             # In step: an array of the fields asked for each HMGET (or an error reply), nothing more.
             clean = True
@@ -181,20 +206,125 @@ class DirectReads:
         except (OSError, hiredis.ProtocolError):
             return None
         finally:
-            if ok and len(self._idle) < _MAX_IDLE:
-                self._idle.append(conn)
+            if ok and len(self.idle) < _MAX_IDLE:
+                self.idle.append(conn)
             else:  # anything else, an interrupt included: this connection is out of step
                 conn.close()
         if not ok:
             return None
-        # An error reply (WRONGTYPE, NOPERM, LOADING ...): False, redis-py reads again and raises
-        # it as the exception class redis-py gives it.
-        return replies if clean else False
+        if clean:
+            return replies
+        # MOVED, ASK, TRYAGAIN, CLUSTERDOWN: None, redis-py's cluster pipeline follows it and
+        # updates the slot map. Any other (WRONGTYPE, NOPERM, LOADING ...): False, redis-py reads
+        # again and raises it as the exception class redis-py gives it.
+        errors = [str(reply) for reply in replies if isinstance(reply, ResponseError)]
+        return None if any(e.startswith(_CLUSTER_REDIRECTS) for e in errors) else False
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
+
+
+class DirectReads:
+    """The own connections of one set of connection settings: to the server, or to each primary
+    of a cluster (opened on first use), for :meth:`hmget`."""
+
+    def __init__(
+        self,
+        address: tuple[str, int] | None,
+        handshake: list[tuple[Any, ...]],
+        timeout: float | None,
+        connect: float | None,
+    ) -> None:
+        """``address``: the server's; None for a cluster (each read asks the cluster client's
+        slot map where its keys live)."""
+        self._handshake = [hiredis.pack_command(command) for command in handshake]
+        self._timeout = timeout
+        self._connect_timeout = connect
+        self._server = None if address is None else self._new(address)
+        self._primaries: dict[str, _Server] = {}  # a cluster's, by host:port
+        self.cluster = address is None
+
+    def _new(self, address: tuple[str, int]) -> _Server:
+        return _Server(address, self._handshake, self._timeout, self._connect_timeout)
+
+    @property
+    def refused(self) -> bool:
+        """Whether a server refused the handshake (a wrong password): redis-py's path says why."""
+        servers = [self._server] if self._server is not None else list(self._primaries.values())
+        return any(server.refused for server in servers)
+
+    def _primary(self, cluster: RedisCluster, key: bytes) -> _Server | None:
+        """The primary serving ``key``'s slot in the cluster client's map; None where the map
+        covers no node for it."""
+        try:
+            node = cluster.get_node_from_key(key)
+        except RedisClusterException:  # the slot is not covered (the map is being refreshed)
+            return None
+        if node is None:
+            return None
+        server = self._primaries.get(node.name)
+        if server is None:  # setdefault: two threads adding one node keep one
+            server = self._primaries.setdefault(node.name, self._new((node.host, int(node.port))))
+        return server
+
+    def hmget(self, commands: _HMGETs, cluster: RedisCluster | None = None) -> list[Any] | None | bool:
+        """The replies of one HMGET per (key, fields); None when a connection failed, the
+        handshake was refused or (``cluster``: the client whose slot map routes the keys) a key's
+        slot has no known node or moved; False when a reply was an error. The caller reads
+        through redis-py in both cases. Every reply is read before returning, so a connection
+        put back is in step."""
+        if not self.cluster:
+            server = self._server
+        elif cluster is None:
+            return False
+        elif len(commands) == 1:  # a one-entity read
+            server = self._primary(cluster, commands[0][0])
+        else:
+            return self._hmget_primaries(cluster, commands)
+        if server is None:
+            return None
+        conn = server.send(commands)
+        return None if conn is None else server.finish(conn, commands)
+
+    def _hmget_primaries(self, cluster: RedisCluster, commands: _HMGETs) -> list[Any] | None | bool:
+        """:meth:`hmget` on a cluster: the HMGETs grouped by primary, written to every primary
+        before any reply is read (one round trip, not one per primary in turn)."""
+        groups: dict[_Server, list[int]] = {}
+        for n, (key, _) in enumerate(commands):
+            server = self._primary(cluster, key)
+            if server is None:
+                return None
+            groups.setdefault(server, []).append(n)
+        sent: list[tuple[_Server, _Connection, _HMGETs, list[int]]] = []
+        replies: list[Any] = [None] * len(commands)
+        answer: list[Any] | None | bool = replies
+        try:
+            for server, nos in groups.items():
+                mine = [commands[n] for n in nos]
+                conn = server.send(mine)
+                if conn is None:
+                    return None
+                sent.append((server, conn, mine, nos))
+            while sent:
+                server, conn, asked, nos = sent.pop()
+                got = server.finish(conn, asked)  # puts conn back or closes it
+                if type(got) is not list:
+                    if answer is not None:  # None (a failure, a redirect) outranks False
+                        answer = got
+                    continue  # still read the other primaries' replies: their connections stay in step
+                for n, reply in zip(nos, got):
+                    replies[n] = reply
+        finally:
+            for _, conn, _, _ in sent:  # written to, replies unread: out of step
+                conn.close()
+        return answer
 
     def close(self) -> None:
         """Close every idle connection (those in use close when their read fails or is done)."""
-        while self._idle:
-            self._idle.pop().close()
+        for server in [self._server, *self._primaries.values()]:
+            if server is not None:
+                server.close()
 
 
 _lock = threading.Lock()
@@ -203,10 +333,14 @@ _readers: dict[tuple, DirectReads | None] = {}
 
 
 def _build(cfg: RedisHexpireOnlineStoreConfig) -> DirectReads | None:
-    if cfg.redis_type != RedisType.redis:
-        return None
     nodes, params = parse_connection_string(cfg.connection_string)
-    if len(nodes) != 1 or set(params) - _OWN_PARAMS:
+    if set(params) - _OWN_PARAMS:
+        return None
+    db = params.get("db", 0)
+    if cfg.redis_type == RedisType.redis_cluster:
+        if db not in (0, "0", None):  # redis-py's path refuses it, naming the setting
+            return None
+    elif cfg.redis_type != RedisType.redis or len(nodes) != 1:
         return None
     handshake: list[tuple[Any, ...]] = []
     if params.get("password") is not None:
@@ -214,16 +348,15 @@ def _build(cfg: RedisHexpireOnlineStoreConfig) -> DirectReads | None:
         handshake.append(
             ("AUTH", str(user), str(params["password"])) if user else ("AUTH", str(params["password"]))
         )
-    db = params.get("db", 0)
     if db not in (0, "0", None):
         handshake.append(("SELECT", str(db)))
-    host, port = nodes[0]
-    return DirectReads(host, port, handshake, cfg.socket_timeout, cfg.socket_connect_timeout)
+    address = None if cfg.redis_type == RedisType.redis_cluster else nodes[0]
+    return DirectReads(address, handshake, cfg.socket_timeout, cfg.socket_connect_timeout)
 
 
 def direct_reads(cfg: RedisHexpireOnlineStoreConfig, settings: tuple) -> DirectReads | None:
     """This process's :class:`DirectReads` for the connection ``settings`` (clients.py's key),
-    or None where the connection needs redis-py (cluster, sentinel, TLS, other options)."""
+    or None where the connection needs redis-py (sentinel, TLS, other options)."""
     global _pid
     try:
         return _readers[settings] if os.getpid() == _pid else _forked(cfg, settings)

@@ -605,8 +605,10 @@ class RedisHexpireOnlineStore(OnlineStore):
 
     def _hmget_replies(self, config: RepoConfig, commands: list[tuple[bytes, list[str]]]) -> list:
         cfg = config.online_store
-        direct = direct_reads(cfg, clients.connection_settings(cfg))  # one server: own sockets
-        answer = direct.hmget(commands) if direct is not None else False
+        direct = direct_reads(cfg, clients.connection_settings(cfg))  # own sockets
+        answer: Any = False
+        if direct is not None:  # a cluster's keys are routed by its client's slot map
+            answer = direct.hmget(commands, self.client(config) if direct.cluster else None)
         if isinstance(answer, list):
             return answer
         client = self.client(config)

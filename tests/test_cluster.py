@@ -14,6 +14,7 @@ import random
 import re
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,12 +24,15 @@ import failover
 import pandas as pd
 import pytest
 import redis
+import test_direct
+import test_read_fastpath
 from conftest import (
     LAYOUTS,
     SERVER_KINDS,
     apply_repo,
     assert_expiry,
     feast_objects,
+    hexpire_store,
     old_redis_server,
     online_store_of,
     stored,
@@ -39,8 +43,10 @@ from conftest import (
 )
 from redis.crc import key_slot
 
+from feast_redis_hexpire import clients
 from feast_redis_hexpire.config import RedisHexpireOnlineStoreConfig
 from feast_redis_hexpire.connection import make_async_client, make_client
+from feast_redis_hexpire.direct import direct_reads
 from feast_redis_hexpire.exceptions import (
     ConfigError,
     HexpireError,
@@ -191,6 +197,9 @@ def test_reads_follow_a_slot_moved_to_another_master(tmp_path, cluster, rc):
         moving = s.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
         assert key.decode() in moving
         s.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *moving)
+        s.config_resetstat()  # mid-migration the key lives on dst: the source answers ASK
+        assert store.get_online_features(features=features, entity_rows=rows).to_dict() == before
+        assert [k for k in s.info("errorstats") if "ASK" in k], "the read should have met an ASK"
         for node in cluster.masters:
             with node.client() as c:
                 c.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
@@ -199,7 +208,82 @@ def test_reads_follow_a_slot_moved_to_another_master(tmp_path, cluster, rc):
         assert after == before
         moved = {k: v for k, v in s.info("errorstats").items() if "MOVED" in k}
         assert moved, "the read should have met the old slot map (a MOVED reply) and followed it"
+        # Following it updated the client's slot map: the next read goes to the new owner at
+        # once, on the store's own socket, and meets no MOVED.
+        s.config_resetstat()
+        d.config_resetstat()
+        assert store.get_online_features(features=features, entity_rows=rows).to_dict() == before
+        assert not s.info("errorstats") and d.info("commandstats")["cmdstat_hmget"]["calls"] >= 1
+        assert test_direct.own_sockets(d)
     assert store.get_online_features(features=features, entity_rows=rows).to_dict() == before
+
+
+def test_reads_take_the_stores_own_sockets_and_answer_as_feast_and_redis_py(tmp_path, cluster, rc):
+    """On a cluster too, reads go out on the store's own sockets to each master (direct.py,
+    routed by redis-py's slot map) and answer exactly as Feast's generic path and redis-py's
+    cluster pipeline do: repeated, missing and partial entities, one entity, many."""
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster))
+    test_read_fastpath.load(store)
+    for entities in (test_read_fastpath.ROWS, ["u0001"], ["nobody"], USERS):
+        ours, feast = test_read_fastpath.answers(store, test_read_fastpath.FEATURES, {"user_id": entities})
+        assert ours == feast
+    masters = [node.client() for node in cluster.masters]
+    try:
+        assert all(test_direct.own_sockets(c) for c in masters), "a master was read through redis-py"
+    finally:
+        for c in masters:
+            c.close()
+    online, config = hexpire_store(store), store.config
+    fields = ["_ts:user_batch_features", "risk_segment", "no_such_field"]
+    commands = [(f"fs:user:{u}".encode(), fields) for u in [*USERS, "nobody", "u0003"]]
+    client = online.client(config)
+    with client.pipeline(transaction=False) as pipe:
+        for key, these in commands:
+            pipe.hmget(key, these)
+        expected = pipe.execute()
+    assert sum(reply[1] is not None for reply in expected) == len(USERS) + 1
+    direct = direct_reads(config.online_store, clients.connection_settings(config.online_store))
+    assert direct is not None and direct.cluster
+    assert direct.hmget(commands, client) == expected
+    assert [direct.hmget([c], client) for c in commands] == [[reply] for reply in expected]
+    assert online._hmget(config, commands) == expected
+
+
+def test_acl_user_on_the_own_sockets(tmp_path, cluster, rc):
+    """username= and password= on the cluster: the own sockets to every master authenticate as
+    that ACL user (ACL SETUSER is per node: set on each)."""
+    user, secret = f"reader-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    nodes = [node.client() for node in cluster.nodes]
+    try:
+        for c in nodes:
+            c.execute_command("ACL", "SETUSER", user, "on", f">{secret}", "~*", "+@all")
+        conn = f"{cluster.connection_string},username={user},password={secret}"
+        repo = write_repo(tmp_path / "repo", conn, redis_type="redis_cluster")
+        write_data(repo)
+        store = apply_repo(repo)
+        test_direct.seed(store)
+        own = test_direct.OWN
+        assert test_direct.read(store, list(own)) == list(own.values())
+        assert test_direct.read(store, ["u0005"]) == [5]
+        masters = nodes[: len(cluster.masters)]
+        assert all([c for c in test_direct.own_sockets(m) if c["user"] == user] for m in masters)
+    finally:
+        for c in nodes:
+            c.execute_command("ACL", "DELUSER", user)
+            c.close()
+
+
+def test_interleaved_faults_on_the_masters_never_answer_another_entity(tmp_path, cluster, rc):
+    """test_direct's faults on every master of a cluster (killed connections, pauses past the
+    socket timeout, a WRONGTYPE key among the keys): no answer is ever another entity's."""
+    store = apply_repo(cluster_repo(tmp_path / "repo", cluster, socket_timeout=0.2, retries=0))
+    masters = [node.client() for node in cluster.masters]
+    try:
+        outcomes = test_direct.interleaved_faults(store, rc, masters, steps=18)
+    finally:
+        for c in masters:
+            c.close()
+    assert {"answered", "ResponseError"} <= set(outcomes), outcomes
 
 
 class ReadEvents:

@@ -67,10 +67,15 @@ def test_settings_redis_py_implements_keep_redis_pys_path(extra):
     assert direct_reads(online, ("test", extra)) is None
 
 
-def test_cluster_and_sentinel_keep_redis_pys_path():
-    for kind in ("redis_cluster", "redis_sentinel"):
-        online = cfg("127.0.0.1:6399,127.0.0.1:6400", redis_type=kind)
-        assert direct_reads(online, ("test", kind)) is None
+def test_sentinel_and_cluster_options_keep_redis_pys_path():
+    online = cfg("127.0.0.1:6399,127.0.0.1:6400", redis_type="redis_sentinel")
+    assert direct_reads(online, ("test", "sentinel")) is None
+    for extra in (",ssl=true", ",db=1", ",read_from_replicas=true"):
+        online = cfg(f"127.0.0.1:6399,127.0.0.1:6400{extra}", redis_type="redis_cluster")
+        assert direct_reads(online, ("test", "cluster", extra)) is None
+    online = cfg("127.0.0.1:6399,127.0.0.1:6400,username=u,password=p", redis_type="redis_cluster")
+    direct = direct_reads(online, ("test", "cluster"))
+    assert direct is not None and direct.cluster
 
 
 def test_interleaved_faults_never_answer_another_entity(make_repo, r):
@@ -78,8 +83,17 @@ def test_interleaved_faults_never_answer_another_entity(make_repo, r):
     socket timeout (late replies), and some reads hit a WRONGTYPE key mid-batch: every answer
     given is the asked entities' own; failures raise; reads recover on new sockets."""
     store = apply_repo(make_repo(socket_timeout=0.2, retries=0))
+    outcomes = interleaved_faults(store, r, [r], steps=36)
+    assert {"answered", "ResponseError", "TimeoutError"} <= set(outcomes), outcomes
+
+
+def interleaved_faults(store: Any, client: Any, servers: list[Any], steps: int) -> dict[str, int]:
+    """The faults of the test above on ``servers`` (one server, or every cluster primary; each
+    pause hits some of them) while four threads read; ``client`` writes the WRONGTYPE key.
+    Asserts every answer given was the asked entities' own and that reads end up back on the
+    store's own sockets. Returns how many reads ended how (answered, or the exception's name)."""
     seed(store)
-    r.set("fs:user:broken", "not a hash")
+    client.set("fs:user:broken", "not a hash")
     outcomes: dict[str, int] = {}
     wrong: list[str] = []
     lock = threading.Lock()
@@ -106,24 +120,35 @@ def test_interleaved_faults_never_answer_another_entity(make_repo, r):
         t.start()
     try:
         rng = random.Random(1)
-        for step in range(36):
+        for step in range(steps):
             fault = step % 3
             if fault == 0:
-                r.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+                for server in servers:
+                    server.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
             elif fault == 1:
-                r.execute_command("CLIENT", "PAUSE", rng.choice([150, 400]), "ALL")
-            wait_for("reads between faults", lambda s=step: outcomes.get("answered", 0) > s * 3, timeout=30)
+                pause = rng.choice([150, 400])
+                for paused in rng.sample(servers, rng.randint(1, len(servers))):
+                    paused.execute_command("CLIENT", "PAUSE", pause, "ALL")
+            # a few reads answered after each fault, on whatever sockets it left
+            done = outcomes.get("answered", 0) + 6
+            wait_for("reads between faults", lambda n=done: outcomes.get("answered", 0) >= n, timeout=30)
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=30)
     assert not any(t.is_alive() for t in threads)
     assert wrong == [], wrong[:5]
-    assert {"answered", "ResponseError", "TimeoutError"} <= set(outcomes), outcomes
     assert read(store, USERS[:25]) == [OWN[u] for u in USERS[:25]]
     # Idle sockets killed while idle are found dead on their next use and dropped (that read
     # goes through redis-py); then reads are back on a new own socket.
-    wait_for("reads back on the store's own socket", lambda: read(store, ["u0004"]) == [4] and own_sockets(r))
+    wait_for(
+        "reads back on the store's own sockets",
+        lambda: (
+            read(store, USERS[:25]) == [OWN[u] for u in USERS[:25]]
+            and all(own_sockets(server) for server in servers)
+        ),
+    )
+    return outcomes
 
 
 def test_password_acl_user_and_db(tmp_path, r, server):

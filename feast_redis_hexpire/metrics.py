@@ -19,15 +19,16 @@ Labels hold view names and fixed words only: never entity ids, keys or connectio
 
 Reads are recorded in two steps, so a read does not pay prometheus_client's per-value cost (in
 its multiprocess mode, which Feast switches on in every process, each value written is a locked
-write into a memory-mapped file): a read appends its round trip and its entity rows by status to an
-in-process tally, and a daemon thread writes the tally at most ``METRICS_FLUSH_SECONDS`` (0.5 s)
-after the first read in it: the counts summed (one write per view and status instead of one per
-read), the round trips observed one by one (prometheus_client has no public way to add many
-observations at once), off the reads' path. So a scrape of Feast's
-endpoint sees every read within about half a second; a scrape of this process's own registry
-(``metrics_port``, ``REGISTRY.collect()``) writes the tally first and sees every read at once; the
-tally is written at process exit too; a forked child starts with an empty tally (its parent
-writes its own). Writes and errors are recorded when they happen.
+write into a memory-mapped file): a read appends its round trip and its entity rows by status
+to an in-process tally, and a daemon thread writes the tally at most ``METRICS_FLUSH_SECONDS``
+(0.5 s) after the first read in it: the counts summed (one write per view and status instead of
+one per read), the round trips observed one by one (prometheus_client has no public way to add
+many observations at once), off the reads' path. So a scrape of Feast's endpoint sees every
+read within about half a second (plus the time the thread waits for the GIL and takes to
+write); a scrape of this process's own registry (``metrics_port``, ``REGISTRY.collect()``)
+writes the tally first and sees every read at once; the tally is written at process exit too;
+a forked child starts with an empty tally (its parent writes its own). Writes and errors are
+recorded when they happen.
 
 ``prometheus_client`` is imported on the first recorded value, not at import: under ``feast
 serve --metrics`` Feast switches prometheus_client to its multiprocess mode (an environment
@@ -230,7 +231,10 @@ class _Flusher:
         if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
-                    threading.Thread(target=self._run, name="feast-hexpire-metrics", daemon=True).start()
+                    try:
+                        threading.Thread(target=self._run, name="feast-hexpire-metrics", daemon=True).start()
+                    except RuntimeError:  # no new threads (interpreter shutdown): the exit flush writes
+                        return
                     self._pid = os.getpid()
         self._wake.set()
 

@@ -45,3 +45,8 @@ COMPOUND_SEPARATOR = "+"
 
 # The optional extra with the embedded servers and the demo's web stack (local-redis, demo).
 LOCAL_EXTRA = "feast-redis-hexpire[local]"
+
+# Reads' metrics (reads_total, read_seconds) are tallied in the process and written to
+# prometheus_client at most this many seconds after the read (metrics.py): far below any scrape
+# interval, and the per-read cost of prometheus_client's multiprocess mode is paid once per flush.
+METRICS_FLUSH_SECONDS = 0.5

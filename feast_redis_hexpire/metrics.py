@@ -17,6 +17,19 @@ Without ``prometheus_client`` every function here does nothing. With it, the sto
 
 Labels hold view names and fixed words only: never entity ids, keys or connection strings.
 
+Reads are recorded in two steps, so a read does not pay prometheus_client's per-value cost (in
+its multiprocess mode, which Feast switches on in every process, each value written is a locked
+write into a memory-mapped file): a read appends its round trip and its entity rows by status
+to an in-process tally, and a daemon thread writes the tally at most ``METRICS_FLUSH_SECONDS``
+(0.5 s) after the first read in it: the counts summed (one write per view and status instead of
+one per read), the round trips observed one by one (prometheus_client has no public way to add
+many observations at once), off the reads' path. So a scrape of Feast's endpoint sees every
+read within about half a second (plus the time the thread waits for the GIL and takes to
+write); a scrape of this process's own registry (``metrics_port``, ``REGISTRY.collect()``)
+writes the tally first and sees every read at once; the tally is written at process exit too;
+a forked child starts with an empty tally (its parent writes its own). Writes and errors are
+recorded when they happen.
+
 ``prometheus_client`` is imported on the first recorded value, not at import: under ``feast
 serve --metrics`` Feast switches prometheus_client to its multiprocess mode (an environment
 variable read when prometheus_client is first imported), and the store's metrics then appear on
@@ -26,14 +39,20 @@ sets ``metrics_port`` and gets prometheus_client's own HTTP endpoint (:func:`ser
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import logging
+import os
 import threading
+import time
 from typing import Any
+
+from .constants import METRICS_FLUSH_SECONDS
 
 __all__ = [
     "available",
     "connection_error",
+    "flush_reads",
     "read_seconds",
     "reads",
     "connection_failure",
@@ -66,8 +85,9 @@ def _get() -> dict[str, Any] | None:
         return _metrics
     with _lock:
         if _metrics is None:
-            from prometheus_client import Counter, Histogram
+            from prometheus_client import REGISTRY, Counter, Histogram
 
+            REGISTRY.register(_FlushOnCollect())  # first: a scrape of this registry flushes, then reads
             _metrics = {
                 "rows": Counter(
                     "feast_hexpire_rows", "Rows of online writes by outcome.", ["view", "mode", "outcome"]
@@ -123,14 +143,11 @@ def script_error(view: str, error: str) -> None:
 
 
 def reads(view: str, present: int, not_found: int, outside_max_age: int) -> None:
-    if not _AVAILABLE:
-        return
-    if present:
-        _child("reads", view, "present").inc(present)
-    if not_found:
-        _child("reads", view, "not_found").inc(not_found)
-    if outside_max_age:
-        _child("reads", view, "outside_max_age").inc(outside_max_age)
+    """Entity rows of one view of a read, by status: tallied (:func:`flush_reads` writes them)."""
+    if _AVAILABLE:
+        _tally_reads.append((view, present, not_found, outside_max_age))
+        if not _flusher.armed:  # after the append: a flush that began before it re-arms
+            _flusher.arm()
 
 
 def write_batch_seconds(mode: str, seconds: float) -> None:
@@ -139,9 +156,121 @@ def write_batch_seconds(mode: str, seconds: float) -> None:
 
 
 def read_seconds(seconds: float) -> None:
-    m = _get()
-    if m is not None:
-        m["read_seconds"].observe(seconds)
+    """The round trip of one read: tallied (:func:`flush_reads` observes it)."""
+    if _AVAILABLE:
+        _tally_seconds.append(seconds)
+        if not _flusher.armed:
+            _flusher.arm()
+
+
+# ---- the reads' tally, written by a daemon thread within METRICS_FLUSH_SECONDS ----
+
+# Appended by reads without a lock (a list's append is atomic); a flush takes the first n entries
+# and deletes exactly those, so an entry appended meanwhile waits for the next flush.
+_tally_reads: list[tuple[str, int, int, int]] = []  # (view, present, not_found, outside_max_age)
+_tally_seconds: list[float] = []  # round trips not yet observed
+_flush_lock = threading.Lock()
+_OBSERVES_PER_TURN = 64  # observations between two yields of the GIL (~0.2 ms): reads go on
+
+
+def flush_reads() -> None:
+    """Write the tally of reads to prometheus_client: the counts summed (one write per view and
+    status), each round trip observed. Called by the flusher thread, a scrape of this process's
+    registry and at exit; one flush at a time (a scrape waits for the thread's flush to end, so
+    it sees every read before it); never raises."""
+    with _flush_lock:
+        _flusher.armed = False  # before taking the entries: a read appending after this re-arms
+        reads, seconds = _take(_tally_reads), _take(_tally_seconds)
+        if reads or seconds:
+            _write(reads, seconds)
+
+
+def _write(reads: list[tuple[str, int, int, int]], seconds: list[float]) -> None:
+    counts: dict[tuple[str, str], int] = {}
+    for view, present, not_found, outside_max_age in reads:
+        for status, count in (
+            ("present", present),
+            ("not_found", not_found),
+            ("outside_max_age", outside_max_age),
+        ):
+            if count:
+                counts[(view, status)] = counts.get((view, status), 0) + count
+    try:  # metrics never fail a read
+        for (view, status), count in counts.items():
+            _child("reads", view, status).inc(count)
+        m = _get()
+        assert m is not None
+        histogram = m["read_seconds"]
+        for n, value in enumerate(seconds, 1):
+            histogram.observe(value)
+            if n % _OBSERVES_PER_TURN == 0:
+                time.sleep(0)  # let the threads serving reads run
+    except Exception:  # noqa: BLE001
+        logger.exception("could not write the reads' metrics")
+
+
+def _take(entries: list) -> list:
+    n = len(entries)
+    taken = entries[:n]
+    del entries[:n]
+    return taken
+
+
+class _Flusher:
+    """A daemon thread that writes the tally ``METRICS_FLUSH_SECONDS`` after a read armed it;
+    started by the first read in each process."""
+
+    def __init__(self) -> None:
+        self.armed = False  # a flush is due: the thread is sleeping towards it
+        self._wake = threading.Event()
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def arm(self) -> None:
+        self.armed = True
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    try:
+                        threading.Thread(target=self._run, name="feast-hexpire-metrics", daemon=True).start()
+                    except RuntimeError:  # no new threads (interpreter shutdown): the exit flush writes
+                        return
+                    self._pid = os.getpid()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(METRICS_FLUSH_SECONDS)
+            flush_reads()
+
+    def forked(self) -> None:
+        """In a forked child: the parent's tally is the parent's to write; no thread runs yet."""
+        global _flush_lock
+        del _tally_reads[:], _tally_seconds[:]
+        _flush_lock = threading.Lock()
+        self.armed = False
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._pid = 0
+
+
+class _FlushOnCollect:
+    """Registered first in prometheus_client's registry: a scrape of this process's registry
+    writes the tally before the metrics are read."""
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> list:
+        flush_reads()
+        return []
+
+
+_flusher = _Flusher()
+atexit.register(flush_reads)
+os.register_at_fork(after_in_child=_flusher.forked)
 
 
 def connection_error(op: str) -> None:

@@ -13,12 +13,14 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from conftest import apply_repo, online_store_of, user_key
+from conftest import apply_repo, online_store_of, user_key, wait_for
 from feast.protos.feast.types.Value_pb2 import Value
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from test_feast_cli import FEAST, feast, wait_healthy
 
 from feast_redis_hexpire import metrics
+from feast_redis_hexpire.constants import METRICS_FLUSH_SECONDS
 from feast_redis_hexpire.exceptions import HexpireError, StoreUnavailableError
 from feast_redis_hexpire.local_redis import free_port
 from feast_redis_hexpire.synth import streaming_frame
@@ -115,6 +117,29 @@ def test_reads_by_status_and_round_trip(make_repo):
     assert delta("feast_hexpire_reads_total", view=BATCH, status="outside_max_age") == 1
 
 
+def test_reads_reach_other_processes_within_the_flush_bound(store):
+    """Reads are tallied in the process and written by a thread within METRICS_FLUSH_SECONDS: a
+    scrape by another process (Feast's metrics server reads prometheus_client's multiprocess
+    files, which a scrape of this process's registry does not flush) sees them without any
+    further read or scrape here."""
+    files = CollectorRegistry()  # what Feast's metrics process serves: the files only
+    MultiProcessCollector(files, path=os.environ["PROMETHEUS_MULTIPROCESS_DIR"])
+
+    def in_files() -> tuple[float, float]:
+        labels = {"view": BATCH, "status": "not_found"}
+        reads = files.get_sample_value("feast_hexpire_reads_total", labels) or 0.0
+        return reads, files.get_sample_value("feast_hexpire_read_seconds_count") or 0.0
+
+    reads, count = in_files()
+    for user in ("nobody1", "nobody2", "nobody3"):
+        store.get_online_features(features=[f"{BATCH}:risk_segment"], entity_rows=[{"user_id": user}])
+    wait_for(
+        "the reads in the multiprocess files",
+        lambda: in_files() == (reads + 3, count + 3),
+        timeout=20 * METRICS_FLUSH_SECONDS,
+    )
+
+
 def test_connection_errors_and_failed_attempts(make_repo, tmp_path, monkeypatch):
     store = apply_repo(make_repo())
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
@@ -186,8 +211,13 @@ def test_feast_serve_metrics_endpoint_shows_the_store(repo, r, tmp_path):
         wait_healthy(client, process, repo)
         body = {"features": [f"{BATCH}:risk_segment"], "entities": {"user_id": ["u0001", "nobody"]}}
         assert client.post("/get-online-features", json=body).status_code == 200
-        text = httpx.get(f"http://127.0.0.1:{FEAST_METRICS_PORT}/metrics", timeout=30).text
-        assert f'feast_hexpire_reads_total{{status="present",view="{BATCH}"}} 1.0' in text, text[-3000:]
+        present = f'feast_hexpire_reads_total{{status="present",view="{BATCH}"}} 1.0'
+
+        def scrape() -> str:  # the worker writes its reads' tally within METRICS_FLUSH_SECONDS
+            text = httpx.get(f"http://127.0.0.1:{FEAST_METRICS_PORT}/metrics", timeout=30).text
+            return text if present in text else ""
+
+        text = wait_for("the read on Feast's metrics endpoint", scrape, timeout=20 * METRICS_FLUSH_SECONDS)
         assert f'feast_hexpire_reads_total{{status="not_found",view="{BATCH}"}} 1.0' in text
         assert "feast_hexpire_read_seconds_count" in text
         assert "feast_feature_server" in text  # Feast's own metrics, same endpoint

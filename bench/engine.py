@@ -182,7 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=2, help="independent runs, each with its own server")
-    parser.add_argument("--rounds", type=int, default=7, help="timed materializations per store and run")
+    parser.add_argument("--rounds", type=int, default=11, help="timed materializations per store and run")
     parser.add_argument("--server", choices=["redis", "valkey"], default="redis")
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown report to update")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")

@@ -75,7 +75,7 @@ def _settings(args: argparse.Namespace) -> int:
 def _init_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .demo.repo import init_sample
+    from .demo.sample import init_sample
 
     path = init_sample(Path(args.dir))
     print(f"wrote the sample repo to {path}; next: cd {args.dir} && python generate_data.py", flush=True)

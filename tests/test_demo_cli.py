@@ -106,8 +106,9 @@ def test_inspect_cli(loaded, redis_server, r, capsys):
     fields = {f["field"]: f for f in report["fields"]}
     assert fields["tx_count_5m"]["ttl"] == "missing" and fields["country_iso"]["ttl_ms"] == -1
     assert 0 < report["key_ttl_ms"] <= 900_000 and env_conn
-    missing = cli("inspect", "user", "u9999", "--repo", str(loaded))
-    assert missing.returncode == 3 and "missing" in missing.stdout
+    # The exit code the command's process ends with (`sys.exit(main())`): in process, like --json.
+    assert main(["inspect", "user", "u9999", "--repo", str(loaded)]) == 3
+    assert "missing" in capsys.readouterr().out
 
 
 def test_demo_port_in_use_is_a_clear_error_and_deletes_nothing(loaded, redis_server, r):

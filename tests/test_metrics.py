@@ -17,7 +17,7 @@ from conftest import apply_repo, online_store_of, user_key, wait_for
 from feast.protos.feast.types.Value_pb2 import Value
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
-from test_feast_cli import FEAST, feast, wait_healthy
+from test_feast_cli import FEAST, wait_healthy
 
 from feast_redis_hexpire import metrics
 from feast_redis_hexpire.constants import METRICS_FLUSH_SECONDS
@@ -192,12 +192,12 @@ def test_bad_metrics_port_fails_at_apply_naming_it(make_repo):
 FEAST_METRICS_PORT = 8000  # fixed in Feast's start_metrics_server
 
 
-def test_feast_serve_metrics_endpoint_shows_the_store(repo, r, tmp_path):
+def test_feast_serve_metrics_endpoint_shows_the_store(store, repo, r):
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", FEAST_METRICS_PORT)) == 0:
             pytest.fail(f"port {FEAST_METRICS_PORT} (Feast's metrics endpoint) is taken on this machine")
-    feast(repo, "apply")
-    feast(repo, "materialize-incremental", datetime.now(UTC).isoformat())
+    # Applied and materialized in this process (the `feast` CLI's apply and materialize runs are
+    # tests/test_feast_cli.py's): the only Feast start here is `feast serve`'s own.
     port = free_port()
     log = (repo / "serve.log").open("w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_")}
@@ -207,6 +207,7 @@ def test_feast_serve_metrics_endpoint_shows_the_store(repo, r, tmp_path):
     )  # fmt: skip
     log.close()
     try:
+        store.materialize_incremental(datetime.now(UTC))  # while the server starts up
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         wait_healthy(client, process, repo)
         body = {"features": [f"{BATCH}:risk_segment"], "entities": {"user_id": ["u0001", "nobody"]}}

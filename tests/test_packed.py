@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -33,6 +31,7 @@ from test_codec import ALL_VALUE_TYPES, assert_same, natural_kind, value_strateg
 from test_security import documented_acl
 
 from feast_redis_hexpire import codec
+from feast_redis_hexpire.cli import main
 from feast_redis_hexpire.constants import PACKED_FORMAT
 from feast_redis_hexpire.exceptions import ConfigError, FieldTTLError, HexpireError
 from feast_redis_hexpire.inspect import inspect_entity
@@ -348,7 +347,7 @@ def test_apply_refuses_a_layout_switch_over_existing_data_and_changes_nothing(ma
 # ---- what users see ----
 
 
-def test_inspect_and_layout_show_the_packed_values(store, repo, r):
+def test_inspect_and_layout_show_the_packed_values(store, repo, r, capsys):
     now = datetime.now(UTC)
     write(store, BATCH, [batch_row("u0001", now, 3)])
     store.push("user_events_push", streaming_frame(["u0001"], random.Random(1)))
@@ -361,11 +360,10 @@ def test_inspect_and_layout_show_the_packed_values(store, repo, r):
     assert not report.other_fields
     text = report.render()
     assert f"{BATCH}[country_iso]" in text and "c3" in text
-    out = subprocess.run(
-        [sys.executable, "-m", "feast_redis_hexpire.cli", "layout", "--repo", str(repo), "--json"],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    views = {v["view"]: v for v in json.loads(out.stdout)}
+    # The CLI's main in process (tests/test_naming.py runs `layout` as a process: a Feast start).
+    capsys.readouterr()
+    assert main(["layout", "--repo", str(repo), "--json"]) == 0
+    views = {v["view"]: v for v in json.loads(capsys.readouterr().out)}
     assert views[BATCH]["value_layout"] == "packed" and views[BATCH]["ts_field"] == BATCH
 
 

@@ -35,12 +35,14 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from ..layout import KeyBuilder
+from .sample import SAMPLE_FILES, SAMPLE_REPO, init_sample, sample_file
 
 __all__ = [
     "BATCH_VIEW",
     "ENTITY",
     "PUSH_SOURCE",
     "STREAMING_VIEW",
+    "SAMPLE_FILES",
     "SAMPLE_REPO",
     "apply",
     "key_builder",
@@ -55,9 +57,6 @@ __all__ = [
     "CONNECTION_ENV",
 ]
 
-# Shipped inside the package (package data), so wheel installs have it too.
-SAMPLE_REPO = Path(__file__).resolve().parent.parent / "sample_repo"
-SAMPLE_FILES = ("feature_store.yaml", "features.py", "generate_data.py", "push.py")
 ENTITY = "user"
 JOIN_KEY = "user_id"
 BATCH_VIEW = "user_batch_features"
@@ -65,26 +64,6 @@ STREAMING_VIEW = "user_streaming_features"
 PUSH_SOURCE = "user_events_push"
 CONNECTION_ENV = "FEAST_HEXPIRE_DEMO_REDIS"  # the demo repo's connection string, never in its file
 DEMO_REGISTRY = {"cache_mode": "thread", "cache_ttl_seconds": 0, "serve_features_while_materializing": True}
-
-
-def _sample_file(name: str) -> Path:
-    path = SAMPLE_REPO / name
-    if not path.exists():
-        raise FileNotFoundError(f"the sample repo is missing from the installed package: {path}")
-    return path
-
-
-def init_sample(path: Path) -> Path:
-    """Copy the sample repo as it ships (the yaml reads ``${REDIS_CONNECTION_STRING}``) to
-    ``path``; refuses to overwrite any file already there."""
-    existing = [name for name in SAMPLE_FILES if (path / name).exists()]
-    if existing:
-        raise FileExistsError(f"{path} already has {', '.join(existing)}; choose an empty directory")
-    sources = [_sample_file(name) for name in SAMPLE_FILES]
-    path.mkdir(parents=True, exist_ok=True)
-    for source in sources:
-        shutil.copy(source, path / source.name)
-    return path
 
 
 def write_repo(
@@ -96,7 +75,7 @@ def write_repo(
     The connection string is written as given (the tests' repos work without environment
     variables); the yaml is readable by its owner only. The demo uses :func:`write_demo_repo`.
     """
-    features, yaml_file = _sample_file("features.py"), _sample_file("feature_store.yaml")
+    features, yaml_file = sample_file("features.py"), sample_file("feature_store.yaml")
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy(features, path / "features.py")
     config = yaml.safe_load(yaml_file.read_text())

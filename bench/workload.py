@@ -24,7 +24,7 @@ from feast.entity import Entity
 from feast.feature_service import FeatureService
 from feast.utils import _convert_arrow_to_proto
 
-from feast_redis_hexpire.demo.repo import SAMPLE_REPO
+from feast_redis_hexpire.demo.sample import SAMPLE_REPO
 from feast_redis_hexpire.synth import STREAMING_FEATURES, batch_rows, streaming_frame, user_id
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from feast_redis_hexpire.demo.repo import init_sample
+from feast_redis_hexpire.demo.sample import init_sample
 from feast_redis_hexpire.local_redis import LocalRedis
 
 

@@ -23,8 +23,9 @@ from feast import FeatureStore
 from feast.entity import Entity
 
 # Re-exported for the test modules: the sample-repo helpers live in the package (the demo uses them).
-from feast_redis_hexpire.demo.repo import SAMPLE_REPO, feast_objects, write_repo  # noqa: F401
 from feast_redis_hexpire.demo.repo import apply as apply_repo  # noqa: F401
+from feast_redis_hexpire.demo.repo import feast_objects, write_repo  # noqa: F401
+from feast_redis_hexpire.demo.sample import SAMPLE_REPO  # noqa: F401
 from feast_redis_hexpire.local_redis import LocalRedis
 from feast_redis_hexpire.online_store import hexpire_store
 from feast_redis_hexpire.synth import batch_rows

@@ -195,7 +195,7 @@ def test_wheel_in_a_fresh_venv(wheel, tmp_path, redis_server):
 
 
 def test_init_sample_copies_the_sample_and_refuses_to_overwrite(tmp_path):
-    from feast_redis_hexpire.demo.repo import SAMPLE_FILES, SAMPLE_REPO, init_sample
+    from feast_redis_hexpire.demo.sample import SAMPLE_FILES, SAMPLE_REPO, init_sample
 
     repo = init_sample(tmp_path / "repo")
     for name in SAMPLE_FILES:

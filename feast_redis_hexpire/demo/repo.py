@@ -1,7 +1,7 @@
-"""The sample repo (package data) and the demo's own Feast repo: a copy of it with the connection
-and TTLs filled in.
+"""The demo's own Feast repo: a copy of the sample repo (:mod:`.sample`) with the connection and
+TTLs filled in.
 
-Nothing writes into the sample repo itself: ``init_sample`` copies it for a user
+Nothing writes into the sample repo itself: ``init_sample`` (:mod:`.sample`) copies it for a user
 (``feast-hexpire init-sample DIR``), and the demo's registry, offline parquet files and yaml live
 in a work directory (by default one per HTTP port under the system temp directory).
 
@@ -35,20 +35,17 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from ..layout import KeyBuilder
-from .sample import SAMPLE_FILES, SAMPLE_REPO, init_sample, sample_file
+from .sample import sample_file
 
 __all__ = [
     "BATCH_VIEW",
     "ENTITY",
     "PUSH_SOURCE",
     "STREAMING_VIEW",
-    "SAMPLE_FILES",
-    "SAMPLE_REPO",
     "apply",
     "key_builder",
     "user_entity_key",
     "clear_offline_rows",
-    "init_sample",
     "batch_source_path",
     "read_population",
     "write_offline_rows",

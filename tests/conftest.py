@@ -270,6 +270,17 @@ def wait_for(what: str, condition: Callable[[], Any], timeout: float = 30.0, int
 online_store_of = hexpire_store  # the plugin instance behind a FeatureStore (its `.stats` live here)
 
 
+def cli_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``feast-hexpire ARGS`` through the CLI's ``main`` in this process: the exit code its process
+    ends with (``sys.exit(main())``) and its output. For a test whose command already runs once as
+    a process elsewhere: each process start imports Feast (seconds of CPU)."""
+    from feast_redis_hexpire.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().out
+
+
 def field_statuses(response: Any) -> dict[str, list[str]]:
     """{feature name: [FieldStatus name per entity row]} of an OnlineResponse."""
     from feast.protos.feast.serving.ServingService_pb2 import FieldStatus

@@ -14,9 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from conftest import Window, assert_expiry, write_window
+from conftest import Window, assert_expiry, cli_main, write_window
 
-from feast_redis_hexpire.cli import main
 from feast_redis_hexpire.demo import repo as demo_repo
 from feast_redis_hexpire.demo.server import bind
 from feast_redis_hexpire.local_redis import LocalRedis, free_port
@@ -101,14 +100,14 @@ def test_inspect_cli(loaded, redis_server, r, capsys):
     assert "fs:user:u0002" in done.stdout and "(key-level)" in done.stdout
     assert "risk_segment" in done.stdout and "no TTL" in done.stdout
     assert r.hget("fs:user:u0002", "risk_segment").decode() in done.stdout
-    assert main(["inspect", "user", "u0002", "--repo", str(loaded), "--json"]) == 0  # in process: faster
-    report = json.loads(capsys.readouterr().out)
+    code, out = cli_main(capsys, "inspect", "user", "u0002", "--repo", str(loaded), "--json")  # in process
+    assert code == 0
+    report = json.loads(out)
     fields = {f["field"]: f for f in report["fields"]}
     assert fields["tx_count_5m"]["ttl"] == "missing" and fields["country_iso"]["ttl_ms"] == -1
     assert 0 < report["key_ttl_ms"] <= 900_000 and env_conn
-    # The exit code the command's process ends with (`sys.exit(main())`): in process, like --json.
-    assert main(["inspect", "user", "u9999", "--repo", str(loaded)]) == 3
-    assert "missing" in capsys.readouterr().out
+    code, out = cli_main(capsys, "inspect", "user", "u9999", "--repo", str(loaded))
+    assert code == 3 and "missing" in out
 
 
 def test_demo_port_in_use_is_a_clear_error_and_deletes_nothing(loaded, redis_server, r):

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import apply_repo, write_data, write_repo
+from conftest import apply_repo, cli_main, write_data, write_repo
 from feast import FeatureStore
 from test_apply_teardown import old_redis  # noqa: F401 -- Debian's redis-server 7.0, as a fixture
 from test_security import ACL_DOC, documented_acl
 
-from feast_redis_hexpire.cli import main
 from feast_redis_hexpire.doctor import (
     ACL_ACK,
     ACL_ACK_AOF,
@@ -73,11 +72,8 @@ def cli(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def in_process(capsys: pytest.CaptureFixture[str], repo: Path, *args: str) -> tuple[int, str]:
-    """The same command through the CLI's ``main`` (what its process exits with, and its output):
-    each test runs the command once as a process; a second run there would be one more Feast start."""
-    capsys.readouterr()
-    code = main(["doctor", "--repo", str(repo), *args])
-    return code, capsys.readouterr().out
+    """The same command in this process: each test runs it once as a process (:func:`cli`)."""
+    return cli_main(capsys, "doctor", "--repo", str(repo), *args)
 
 
 def test_healthy_server_reports_every_check(loaded, server):

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import apply_repo, online_store_of, user_key, user_view
+from conftest import apply_repo, cli_main, online_store_of, user_key, user_view
 from feast import FeatureStore
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.types import Int64, String
 
 from feast_redis_hexpire import naming
-from feast_redis_hexpire.cli import main
 from feast_redis_hexpire.exceptions import FieldCollisionError
 
 KEY = "fs:user:u0001"
@@ -186,10 +185,10 @@ def test_layout_prints_the_sample_repo(store, repo):
 
 def test_layout_shows_prefixed_fields_of_shared_names(store, repo, capsys):
     store.apply([user_view("risk_copy", {"risk_segment": String, "extra": Int64}, push=True)])
-    # The CLI's main in process (the previous test runs the command as a process: a Feast start).
-    capsys.readouterr()
-    assert main(["layout", "--repo", str(repo), "--json"]) == 0
-    views = {v["view"]: v for v in json.loads(capsys.readouterr().out)}
+    # In process: the previous test runs the command as a process.
+    code, out = cli_main(capsys, "layout", "--repo", str(repo), "--json")
+    assert code == 0
+    views = {v["view"]: v for v in json.loads(out)}
     assert views["risk_copy"]["fields"] == {"risk_segment": "risk_copy:risk_segment", "extra": "extra"}
     assert views["user_batch_features"]["fields"]["risk_segment"] == "risk_segment"
     assert (

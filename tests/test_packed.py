@@ -19,6 +19,7 @@ import pytest
 from conftest import (
     apply_repo,
     assert_expiry,
+    cli_main,
     field_statuses,
     online_store_of,
     user_key,
@@ -31,7 +32,6 @@ from test_codec import ALL_VALUE_TYPES, assert_same, natural_kind, value_strateg
 from test_security import documented_acl
 
 from feast_redis_hexpire import codec
-from feast_redis_hexpire.cli import main
 from feast_redis_hexpire.constants import PACKED_FORMAT
 from feast_redis_hexpire.exceptions import ConfigError, FieldTTLError, HexpireError
 from feast_redis_hexpire.inspect import inspect_entity
@@ -360,10 +360,10 @@ def test_inspect_and_layout_show_the_packed_values(store, repo, r, capsys):
     assert not report.other_fields
     text = report.render()
     assert f"{BATCH}[country_iso]" in text and "c3" in text
-    # The CLI's main in process (tests/test_naming.py runs `layout` as a process: a Feast start).
-    capsys.readouterr()
-    assert main(["layout", "--repo", str(repo), "--json"]) == 0
-    views = {v["view"]: v for v in json.loads(capsys.readouterr().out)}
+    # In process: tests/test_naming.py runs `layout` as a process.
+    code, out = cli_main(capsys, "layout", "--repo", str(repo), "--json")
+    assert code == 0
+    views = {v["view"]: v for v in json.loads(out)}
     assert views[BATCH]["value_layout"] == "packed" and views[BATCH]["ts_field"] == BATCH
 
 

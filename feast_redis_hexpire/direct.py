@@ -337,8 +337,9 @@ def _build(cfg: RedisHexpireOnlineStoreConfig) -> DirectReads | None:
     if set(params) - _OWN_PARAMS:
         return None
     db = params.get("db", 0)
+    select = db not in (0, "0", None)
     if cfg.redis_type == RedisType.redis_cluster:
-        if db not in (0, "0", None):  # redis-py's path refuses it, naming the setting
+        if select:  # redis-py's path refuses it, naming the setting
             return None
     elif cfg.redis_type != RedisType.redis or len(nodes) != 1:
         return None
@@ -348,7 +349,7 @@ def _build(cfg: RedisHexpireOnlineStoreConfig) -> DirectReads | None:
         handshake.append(
             ("AUTH", str(user), str(params["password"])) if user else ("AUTH", str(params["password"]))
         )
-    if db not in (0, "0", None):
+    if select:
         handshake.append(("SELECT", str(db)))
     address = None if cfg.redis_type == RedisType.redis_cluster else nodes[0]
     return DirectReads(address, handshake, cfg.socket_timeout, cfg.socket_connect_timeout)

@@ -13,7 +13,7 @@ garbage collection before each), the stores' order alternating each round: rows/
 (Feast's offline read included) of the best and the median round; the ratio to the built-in
 store of each round (the stores of one round ran next to each other, so load that comes and goes
 on a shared machine touches both), its median and range, which judges the target; and the
-median CPU per row of this process (Feast, the store, redis-py) and of the server (INFO cpu),
+median CPU per row of this process (Feast, the store, redis-py) and of the server's main thread (INFO cpu),
 steadier than wall time on a shared machine. The engine's hashes are checked equal to the
 default engine's first. The load average is written down at the start and end of each run.
 """
@@ -37,6 +37,7 @@ from feast import FeatureStore
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import machine_info, replace_section, server_info  # noqa: E402
+from timing import server_cpu  # noqa: E402
 from workload import BATCH_VIEW, BUILTIN_STORE, PLUGIN_STORE, make_bench, now_utc  # noqa: E402
 
 from feast_redis_hexpire.local_redis import LocalRedis  # noqa: E402
@@ -72,12 +73,6 @@ def stores(root: Path, conn: str, users: int) -> dict[str, FeatureStore]:
     yml.write_text(yaml.safe_dump(config, sort_keys=False))
     made["hxa"] = FeatureStore(repo_path=str(yml.parent))
     return made
-
-
-def server_cpu(r: Any) -> float:
-    """CPU seconds the server process has used (user + system)."""
-    info = r.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def materialize(r: Any, store: FeatureStore, users: int) -> tuple[float, float, float]:
@@ -136,7 +131,7 @@ def render(runs: list[dict[str, Any]], info: dict[str, str], users: int, rounds:
         "alternating; the engine's hashes checked equal to the default engine's first. Per round: "
         "the store's rows/s over the built-in store's in the same round; the target is judged on "
         "the median of these ratios (their range in brackets). Client CPU is this process's CPU "
-        "time per row (Feast, the store and redis-py), server CPU the server's (INFO cpu).",
+        "time per row (Feast, the store and redis-py), server CPU the server's main thread (INFO cpu).",
         "",
         f"Machine: {info['CPU']}, {info['cores']} cores, {info['OS']}, python {info['python']}, "
         f"feast {info['feast']}, redis-py {info['redis-py']}, hiredis {info['hiredis']}; "

@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import machine_info, replace_section, server_info  # noqa: E402
-from timing import interleaved, percentile  # noqa: E402
+from timing import interleaved, percentile, server_cpu  # noqa: E402
 from workload import (  # noqa: E402
     BUILTIN_STORE,
     PLUGIN_STORE,
@@ -97,11 +97,6 @@ def measure(r: Any, benches: dict[str, Bench], users: int, rounds: int) -> dict[
         label: {kind: statistics.median(v) for kind, v in s.items()} | {"encoding": encodings[label]}
         for label, s in samples.items()
     }
-
-
-def server_cpu(r: Any) -> float:
-    info = r.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def costs(r: Any, benches: dict[str, Bench], users: int, reads: int) -> dict[str, dict[str, float]]:

@@ -36,7 +36,7 @@ from redis.cluster import RedisCluster
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import Result, kept_sections, machine_info, render, server_info  # noqa: E402
-from timing import interleaved, percentile, timed, timed_cpu  # noqa: E402
+from timing import interleaved, percentile, server_cpu, timed, timed_cpu  # noqa: E402
 from workload import (  # noqa: E402
     BATCH_VIEW,
     BUILTIN_STORE,
@@ -83,12 +83,6 @@ def log(msg: str) -> None:
 
 def used_memory(r: Any) -> int:
     return int(r.info("memory")["used_memory"])
-
-
-def server_cpu(r: Any) -> float:
-    """CPU seconds the server process has used (user + system)."""
-    info = r.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def flush(r: Any) -> int:

@@ -1,10 +1,11 @@
-"""Timing helpers: interleaved latency sampling and percentiles."""
+"""Timing helpers: interleaved latency sampling, percentiles and the server's CPU time."""
 
 from __future__ import annotations
 
 import gc
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -62,3 +63,16 @@ def timed_cpu(fn: Callable[[], object]) -> tuple[float, float]:
     start, cpu_start = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def server_cpu(*clients: Any) -> float:
+    """CPU seconds of the servers' main threads, where commands and scripts run: ``INFO cpu``
+    ``used_cpu_user_main_thread + used_cpu_sys_main_thread`` (Redis >= 6.2, Valkey), which leaves
+    out the background threads (lazy free, jemalloc's purging); the whole process where absent.
+    Summed over ``clients`` (one per server: a cluster's masters)."""
+    total = 0.0
+    for c in clients:
+        info = c.info("cpu")
+        suffix = "_main_thread" if "used_cpu_user_main_thread" in info else ""
+        total += float(info[f"used_cpu_user{suffix}"]) + float(info[f"used_cpu_sys{suffix}"])
+    return total

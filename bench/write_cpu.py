@@ -49,7 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import machine_info, replace_section, server_info  # noqa: E402
-from timing import percentile  # noqa: E402
+from timing import percentile, server_cpu  # noqa: E402
 from workload import (  # noqa: E402
     BUILTIN_STORE,
     PLUGIN_STORE,
@@ -79,19 +79,6 @@ print(json.dumps(out))
 
 def _clients(r: Any) -> list[Any]:
     return r.clients if isinstance(r, _Masters) else [r]
-
-
-def server_cpu(r: Any) -> float:
-    """CPU seconds of the server's main thread, where commands and scripts run: ``INFO cpu``
-    ``used_cpu_user_main_thread + used_cpu_sys_main_thread`` (Redis >= 6.2, Valkey), which leaves
-    out the background threads (lazy free, jemalloc's purging); the whole process where absent.
-    Summed over the masters of a cluster."""
-    total = 0.0
-    for c in _clients(r):
-        info = c.info("cpu")
-        suffix = "_main_thread" if "used_cpu_user_main_thread" in info else ""
-        total += float(info[f"used_cpu_user{suffix}"]) + float(info[f"used_cpu_sys{suffix}"])
-    return total
 
 
 def flush(r: Any) -> None:
@@ -143,9 +130,9 @@ def measure_cpu(
             for c, at in enumerate(range(0, rows, chunk)):
                 for label in labels if c % 2 == 0 else reversed(labels):
                     bench = benches[label]
-                    before = server_cpu(r)
+                    before = server_cpu(*_clients(r))
                     bench.write(view_of(bench), rows_of[label][at : at + chunk])
-                    seconds[label] += server_cpu(r) - before
+                    seconds[label] += server_cpu(*_clients(r)) - before
             for label in labels:
                 out[label][kind] = seconds[label] * 1e6 / rows
         return out
